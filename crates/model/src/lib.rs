@@ -1,0 +1,20 @@
+//! COGO's vocabulary: the standard types every other crate speaks.
+//!
+//! Invariant: this crate does no IO. Clocks, random numbers and file contents are passed in, so the
+//! state machines here (message lifecycle, retry schedule, circuit breaker, policy resolution) are pure
+//! and testable without sleeping.
+
+pub mod artifact;
+pub mod breaker;
+pub mod config;
+pub mod event;
+pub mod ids;
+pub mod message;
+pub mod metrics;
+pub mod policy;
+pub mod presence;
+pub mod retry;
+pub mod trace;
+
+pub use ids::{new_id, EventId, MessageId};
+pub use message::{ErrorKind, Intent, Message, MessageStatus, NewMessage, Phase};

@@ -1,0 +1,69 @@
+//! Metric names: the exact Prometheus names of the brief, in one place.
+//!
+//! Invariant: labels are bounded (toolset, tool, kind, key, service, role); never ids or tenants.
+
+/// MCP calls made, by `toolset`, `tool`.
+pub const MCP_CALLS_TOTAL: &str = "cogo_mcp_calls_total";
+/// MCP calls failed, by `toolset`, `tool`, `kind`.
+pub const MCP_FAIL_TOTAL: &str = "cogo_mcp_fail_total";
+/// MCP call latency histogram in milliseconds, by `toolset`, `tool`.
+pub const MCP_LATENCY_MS: &str = "cogo_mcp_latency_ms";
+/// Circuit breakers open now.
+pub const CIRCUIT_OPEN_CURRENT: &str = "cogo_circuit_open_current";
+/// Breaker openings, by `key`.
+pub const CIRCUIT_OPEN_TOTAL: &str = "cogo_circuit_open_total";
+/// Breaker closings, by `key`.
+pub const CIRCUIT_CLOSE_TOTAL: &str = "cogo_circuit_close_total";
+/// Messages enqueued, by `service`, `role`.
+pub const BUS_ENQUEUED_TOTAL: &str = "cogo_bus_enqueued_total";
+/// Messages claimed, by `service`, `role`.
+pub const BUS_CLAIMED_TOTAL: &str = "cogo_bus_claimed_total";
+/// Messages completed successfully, by `service`, `role`.
+pub const BUS_SUCCEEDED_TOTAL: &str = "cogo_bus_succeeded_total";
+/// Attempts failed (retried or not), by `service`, `role`.
+pub const BUS_FAILED_TOTAL: &str = "cogo_bus_failed_total";
+/// Messages moved to the dead-letter queue, by `service`, `role`.
+pub const BUS_DEAD_LETTERED_TOTAL: &str = "cogo_bus_dead_lettered_total";
+/// Messages waiting, by `service`, `role` (gauge).
+pub const BUS_QUEUE_DEPTH: &str = "cogo_bus_queue_depth";
+/// Age of the oldest ready message in seconds, by `service`, `role` (gauge).
+pub const BUS_OLDEST_QUEUED_AGE_SECONDS: &str = "cogo_bus_oldest_queued_age_seconds";
+/// Enqueue → claim latency histogram in milliseconds, by `service`, `role`.
+pub const BUS_CLAIM_LATENCY_MS: &str = "cogo_bus_claim_latency_ms";
+/// Expired leases taken back by the reaper, by `service`, `role`.
+pub const BUS_LEASES_EXPIRED_TOTAL: &str = "cogo_bus_leases_expired_total";
+/// LLM calls, by `provider`, `model`, `outcome`.
+pub const LLM_CALLS_TOTAL: &str = "cogo_llm_calls_total";
+/// LLM latency histogram in milliseconds, by `provider`, `model`.
+pub const LLM_LATENCY_MS: &str = "cogo_llm_latency_ms";
+/// LLM tokens, by `provider`, `model`, `direction`.
+pub const LLM_TOKENS_TOTAL: &str = "cogo_llm_tokens_total";
+/// Policy files reloaded, by `file`, `outcome`.
+pub const CONFIG_RELOADS_TOTAL: &str = "cogo_config_reloads_total";
+
+/// Every metric name above, for documentation and naming checks.
+pub const ALL: [&str; 19] = [
+    MCP_CALLS_TOTAL,
+    MCP_FAIL_TOTAL,
+    MCP_LATENCY_MS,
+    CIRCUIT_OPEN_CURRENT,
+    CIRCUIT_OPEN_TOTAL,
+    CIRCUIT_CLOSE_TOTAL,
+    BUS_ENQUEUED_TOTAL,
+    BUS_CLAIMED_TOTAL,
+    BUS_SUCCEEDED_TOTAL,
+    BUS_FAILED_TOTAL,
+    BUS_DEAD_LETTERED_TOTAL,
+    BUS_QUEUE_DEPTH,
+    BUS_OLDEST_QUEUED_AGE_SECONDS,
+    BUS_CLAIM_LATENCY_MS,
+    BUS_LEASES_EXPIRED_TOTAL,
+    LLM_CALLS_TOTAL,
+    LLM_LATENCY_MS,
+    LLM_TOKENS_TOTAL,
+    CONFIG_RELOADS_TOTAL,
+];
+
+/// Bucket bounds (ms) for latency histograms: 0.1 ms to 60 s.
+pub const LATENCY_BUCKETS_MS: [f64; 16] =
+    [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0, 15000.0, 60000.0];
