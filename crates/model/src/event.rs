@@ -34,7 +34,9 @@ pub fn is_valid_event_type(event_type: &str) -> bool {
 /// One row of `bus_events`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
-    /// UUIDv7; orders events within a trace.
+    /// Insertion order within the store (pagination cursor).
+    pub seq: i64,
+    /// UUIDv7.
     pub id: EventId,
     /// When it happened.
     pub created_at: DateTime<Utc>,

@@ -6,6 +6,7 @@
 
 pub mod artifact;
 pub mod breaker;
+pub mod clock;
 pub mod config;
 pub mod event;
 pub mod ids;

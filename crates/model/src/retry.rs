@@ -163,3 +163,17 @@ impl RetryPolicy {
 
 #[cfg(test)]
 mod tests;
+
+/// The bus's decision after a failed attempt of a message: the message's own attempt budget bounds
+/// the attempts, the policy decides which kinds retry and how long to wait.
+pub fn bus_decision(
+    policy: &RetryPolicy,
+    kind: ErrorKind,
+    attempts: u32,
+    max_attempts: u32,
+    elapsed: Duration,
+    random: f64,
+) -> RetryDecision {
+    let bounded = RetryPolicy { max_attempts, ..policy.clone() };
+    bounded.decide(kind, attempts, elapsed, random)
+}

@@ -1,1 +1,334 @@
-//! x
+//! COGO's durable state: the bus (messages, leases, dead letters, events, presence, circuit states)
+//! on SQLite (embedded) and PostgreSQL (distributed), behind one `Store`.
+//!
+//! Invariants:
+//! - a message's state change and its event are written in one transaction;
+//! - a message is held by at most one live lease; completion and failure are accepted only from the
+//!   lease holder, so a completion is never recorded twice;
+//! - every time comparison uses the injected clock, never the database's.
+
+mod error;
+mod lifecycle;
+mod postgres;
+mod sqlite;
+mod types;
+mod wake;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use model::clock::{Clock, SystemClock};
+use model::event::{Event, NewEvent};
+use model::presence::Presence;
+use model::{Message, MessageId, NewMessage};
+
+pub use error::Error;
+pub use types::*;
+pub use wake::Wakeups;
+
+/// Store-wide settings.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Largest accepted payload (bytes of JSON).
+    pub max_payload_bytes: usize,
+    /// Largest inline result (bytes of JSON); larger results must go to an artifact.
+    pub max_result_bytes: usize,
+    /// Connections to open (PostgreSQL; SQLite uses one writer and this many readers).
+    pub max_connections: u32,
+    /// The clock every time rule uses.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: model::message::DEFAULT_MAX_PAYLOAD_BYTES,
+            max_result_bytes: model::message::DEFAULT_MAX_RESULT_BYTES,
+            max_connections: 8,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl StoreOptions {
+    /// Uses `clock` for every time rule.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Sets the connection count.
+    pub fn with_max_connections(mut self, max_connections: u32) -> Self {
+        self.max_connections = max_connections;
+        self
+    }
+}
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// One SQLite file (embedded mode).
+    Sqlite,
+    /// PostgreSQL (distributed mode).
+    Postgres,
+}
+
+impl BackendKind {
+    /// `sqlite` or `postgres`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite(sqlite::SqliteBus),
+    Postgres(postgres::PgBus),
+}
+
+/// The bus and its companions on one database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+macro_rules! dispatch {
+    ($self:ident, $bus:ident => $call:expr) => {
+        match &$self.backend {
+            Backend::Sqlite($bus) => $call,
+            Backend::Postgres($bus) => $call,
+        }
+    };
+}
+
+impl Store {
+    /// Opens `url`: `sqlite://PATH` (created if missing), `sqlite::memory:`, or `postgres://…`.
+    /// Does not migrate; call [`Store::migrate`].
+    pub async fn open(url: &str, options: StoreOptions) -> Result<Self, Error> {
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite(sqlite::SqliteBus::open(url, options).await?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres(postgres::PgBus::open(url, options).await?)
+        } else {
+            return Err(Error::BadUrl { url: redact_url(url) });
+        };
+        Ok(Self { backend })
+    }
+
+    /// Which database this is.
+    pub fn kind(&self) -> BackendKind {
+        match self.backend {
+            Backend::Sqlite(_) => BackendKind::Sqlite,
+            Backend::Postgres(_) => BackendKind::Postgres,
+        }
+    }
+
+    /// Applies every pending migration of this backend's history.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        dispatch!(self, bus => bus.migrate().await)
+    }
+
+    /// The clock of this store.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        dispatch!(self, bus => &bus.options().clock)
+    }
+
+    /// Where workers wait for new work.
+    pub fn wakeups(&self) -> &Wakeups {
+        dispatch!(self, bus => bus.wakeups())
+    }
+
+    /// Puts one message on the bus. A message whose idempotency key exists for its tenant is not
+    /// created again: the existing one is returned with `created: false`.
+    pub async fn enqueue(&self, message: NewMessage) -> Result<Enqueued, Error> {
+        let mut out = self.enqueue_batch(vec![message]).await?;
+        out.pop().ok_or(Error::Internal { what: "enqueue returned no row" })
+    }
+
+    /// Puts many messages on the bus in one transaction (all or none), in order.
+    pub async fn enqueue_batch(&self, messages: Vec<NewMessage>) -> Result<Vec<Enqueued>, Error> {
+        let max = dispatch!(self, bus => bus.options().max_payload_bytes);
+        for (index, message) in messages.iter().enumerate() {
+            message.validate(max).map_err(|source| Error::InvalidMessage { index, source })?;
+        }
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        dispatch!(self, bus => bus.enqueue_batch(messages).await)
+    }
+
+    /// Claims up to `request.limit` ready messages with a lease.
+    pub async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Message>, Error> {
+        if request.limit == 0 {
+            return Ok(Vec::new());
+        }
+        dispatch!(self, bus => bus.claim(request).await)
+    }
+
+    /// Extends the leases `agent_id` holds on `ids`; returns the ids still held (the others were lost).
+    pub async fn extend_leases(&self, agent_id: &str, ids: &[MessageId], lease: Duration) -> Result<Vec<MessageId>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        dispatch!(self, bus => bus.extend_leases(agent_id, ids, lease).await)
+    }
+
+    /// Completes messages held by `agent_id`. Returns the outcome of each, in order: a completion
+    /// of a message whose lease was lost is refused, never recorded twice.
+    pub async fn complete(&self, agent_id: &str, completions: Vec<Completion>) -> Result<Vec<Outcome>, Error> {
+        let max = dispatch!(self, bus => bus.options().max_result_bytes);
+        for completion in &completions {
+            if let Some(result) = &completion.result {
+                let size = model::message::payload_size(result);
+                if size > max {
+                    return Err(Error::ResultTooLarge { id: completion.id, size, max });
+                }
+            }
+        }
+        if completions.is_empty() {
+            return Ok(Vec::new());
+        }
+        dispatch!(self, bus => bus.complete(agent_id, completions).await)
+    }
+
+    /// Records failed attempts of messages held by `agent_id`: each goes back to the queue with its
+    /// delay or to the dead-letter queue, as its action says.
+    pub async fn fail(&self, agent_id: &str, failures: Vec<Failure>) -> Result<Vec<Outcome>, Error> {
+        if failures.is_empty() {
+            return Ok(Vec::new());
+        }
+        dispatch!(self, bus => bus.fail(agent_id, failures).await)
+    }
+
+    /// Gives messages back to the queue without counting an attempt (graceful shutdown).
+    pub async fn release(&self, agent_id: &str, ids: &[MessageId]) -> Result<Vec<MessageId>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        dispatch!(self, bus => bus.release(agent_id, ids).await)
+    }
+
+    /// Takes back messages whose lease expired: each is retried (counted as a failed attempt of kind
+    /// `lease_expired`) or dead-lettered, as `decide` says. Returns how many were taken back.
+    pub async fn reap_expired(&self, limit: u32, decide: &(dyn Fn(&Message) -> FailAction + Sync)) -> Result<u64, Error> {
+        dispatch!(self, bus => bus.reap_expired(limit, decide).await)
+    }
+
+    /// Puts a dead-lettered message back on the queue with a fresh attempt series. Idempotent:
+    /// requeueing a message that is already back returns it unchanged.
+    pub async fn requeue(&self, id: MessageId) -> Result<Message, Error> {
+        dispatch!(self, bus => bus.requeue(id).await)
+    }
+
+    /// Cancels a queued message (it ends `failed` with reason `cancelled`).
+    pub async fn cancel(&self, id: MessageId, reason: &str) -> Result<Message, Error> {
+        dispatch!(self, bus => bus.cancel(id, reason).await)
+    }
+
+    /// One message.
+    pub async fn message(&self, id: MessageId) -> Result<Message, Error> {
+        dispatch!(self, bus => bus.message(id).await)
+    }
+
+    /// Messages matching `filter`, newest first, one page.
+    pub async fn messages(&self, filter: &MessageFilter, page: &PageRequest) -> Result<Page<Message>, Error> {
+        dispatch!(self, bus => bus.messages(filter, page).await)
+    }
+
+    /// Events matching `filter`, in order (oldest first), one page after `page.after`.
+    pub async fn events(&self, filter: &EventFilter, page: &PageRequest) -> Result<Page<Event>, Error> {
+        dispatch!(self, bus => bus.events(filter, page).await)
+    }
+
+    /// Dead-letter entries, newest first.
+    pub async fn dead_letters(&self, filter: &MessageFilter, page: &PageRequest) -> Result<Page<DeadLetter>, Error> {
+        dispatch!(self, bus => bus.dead_letters(filter, page).await)
+    }
+
+    /// Appends events that belong to no message state change (presence, circuits).
+    pub async fn append_events(&self, events: Vec<NewEvent>) -> Result<(), Error> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        dispatch!(self, bus => bus.append_events(events).await)
+    }
+
+    /// Registers a process as online (or refreshes it) and records `agent_online`.
+    pub async fn presence_online(&self, presence: &Presence) -> Result<(), Error> {
+        dispatch!(self, bus => bus.presence_online(presence).await)
+    }
+
+    /// Refreshes a process's heartbeat. Returns false when its row is gone or offline.
+    pub async fn presence_heartbeat(&self, agent_id: &str) -> Result<bool, Error> {
+        dispatch!(self, bus => bus.presence_heartbeat(agent_id).await)
+    }
+
+    /// Marks a process offline and records `agent_offline` with `reason`.
+    pub async fn presence_offline(&self, agent_id: &str, reason: &str) -> Result<(), Error> {
+        dispatch!(self, bus => bus.presence_offline(agent_id, reason).await)
+    }
+
+    /// Marks offline every online process whose heartbeat is older than `timeout`; returns their ids.
+    pub async fn presence_mark_stale(&self, timeout: Duration) -> Result<Vec<String>, Error> {
+        dispatch!(self, bus => bus.presence_mark_stale(timeout).await)
+    }
+
+    /// Every known process, newest heartbeat first.
+    pub async fn presence(&self) -> Result<Vec<Presence>, Error> {
+        dispatch!(self, bus => bus.presence().await)
+    }
+
+    /// Records a breaker's state in this process.
+    pub async fn record_circuit(&self, state: &CircuitState) -> Result<(), Error> {
+        dispatch!(self, bus => bus.record_circuit(state).await)
+    }
+
+    /// Every recorded breaker state.
+    pub async fn circuits(&self) -> Result<Vec<CircuitState>, Error> {
+        dispatch!(self, bus => bus.circuits().await)
+    }
+
+    /// Queue depth, oldest age and totals per service and role.
+    pub async fn queue_stats(&self) -> Result<Vec<QueueStats>, Error> {
+        dispatch!(self, bus => bus.queue_stats().await)
+    }
+
+    /// Deletes finished messages and events older than `older_than`; returns rows removed.
+    pub async fn prune(&self, older_than: Duration) -> Result<u64, Error> {
+        dispatch!(self, bus => bus.prune(older_than).await)
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), Error> {
+        dispatch!(self, bus => bus.ping().await)
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        dispatch!(self, bus => bus.close().await)
+    }
+}
+
+/// A database URL with its password hidden, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}://{}:***@{}", &url[..scheme_end], user, &url[at + 1..])
+        }
+        _ => url.chars().take(200).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(super::redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(super::redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}

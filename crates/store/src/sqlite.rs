@@ -1,0 +1,943 @@
+//! The SQLite backend (embedded mode): one writer connection (writes never contend for the file
+//! lock inside a process), several readers under WAL, `BEGIN IMMEDIATE` so writers from another
+//! process wait instead of failing, and in-process wake-ups.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite, SqlSafeStr};
+use uuid::Uuid;
+
+use model::event::{Event, NewEvent};
+use model::presence::{Presence, PresenceStatus};
+use model::{Intent, Message, MessageId, MessageStatus, NewMessage};
+
+use crate::error::db;
+use crate::lifecycle::{message_event, parse_seq_cursor, parse_uuid_cursor, presence_event, truncate};
+use crate::{
+    CircuitState, ClaimRequest, Completion, DeadLetter, Enqueued, Error, EventFilter, FailAction, Failure,
+    MessageFilter, Outcome, Page, PageRequest, QueueStats, StoreOptions, Wakeups,
+};
+
+const MIGRATIONS: [(i64, &str, &str); 1] = [(1, "bus", include_str!("../../../migrations/sqlite/0001_bus.sql"))];
+
+type Tx = sqlx::Transaction<'static, Sqlite>;
+
+#[derive(Debug, Clone)]
+pub(crate) struct SqliteBus {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    options: StoreOptions,
+    wakeups: Wakeups,
+}
+
+fn us(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+fn at(us: i64) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp_micros(us).unwrap_or_default()
+}
+
+fn dur_us(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX / 4)
+}
+
+impl SqliteBus {
+    pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Self, Error> {
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(db("parsing the SQLite URL"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            .pragma("temp_store", "memory")
+            .pragma("cache_size", "-32768");
+        let memory = url.contains(":memory:") || url.contains("mode=memory");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(connect.clone())
+            .await
+            .map_err(db("opening the SQLite database"))?;
+        let reader = if memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(options.max_connections.clamp(1, 16))
+                .connect_with(connect.read_only(true))
+                .await
+                .map_err(db("opening SQLite readers"))?
+        };
+        Ok(Self { writer, reader, options, wakeups: Wakeups::default() })
+    }
+
+    pub(crate) fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+
+    pub(crate) fn wakeups(&self) -> &Wakeups {
+        &self.wakeups
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.options.clock.now()
+    }
+
+    async fn begin(&self, what: &'static str) -> Result<Tx, Error> {
+        self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(db(what))
+    }
+
+    pub(crate) async fn migrate(&self) -> Result<(), Error> {
+        let migrations = MIGRATIONS
+            .iter()
+            .map(|(version, name, sql)| {
+                Migration::new(*version, Cow::Borrowed(*name), MigrationType::Simple, AssertSqlSafe(*sql).into_sql_str(), false)
+            })
+            .collect();
+        Migrator::with_migrations(migrations)
+            .run(&self.writer)
+            .await
+            .map_err(|source| Error::Migrate { backend: "sqlite", source })
+    }
+
+    pub(crate) async fn enqueue_batch(&self, messages: Vec<NewMessage>) -> Result<Vec<Enqueued>, Error> {
+        let now = self.now();
+        let ids: Vec<Uuid> = messages.iter().map(|_| model::new_id()).collect();
+        let mut tx = self.begin("starting an enqueue").await?;
+        let mut created: HashMap<Uuid, Message> = HashMap::with_capacity(messages.len());
+        // 17 columns a row: 500 rows stay far below SQLite's bind limit.
+        for (chunk_index, chunk) in messages.chunks(500).enumerate() {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO agent_messages (id, created_at, tenant, project_id, service, role, shard, intent, payload, \
+                 trace_id, parent_id, idempotency_key, priority, status, attempts, max_attempts, run_at) ",
+            );
+            query.push_values(chunk.iter().enumerate(), |mut row, (offset, message)| {
+                row.push_bind(ids[chunk_index * 500 + offset])
+                    .push_bind(us(now))
+                    .push_bind(message.tenant.clone())
+                    .push_bind(message.project_id.clone())
+                    .push_bind(message.service.clone())
+                    .push_bind(message.role.clone())
+                    .push_bind(message.shard.clone())
+                    .push_bind(message.intent.as_str().to_owned())
+                    .push_bind(message.payload.to_string())
+                    .push_bind(message.trace_id.clone().unwrap_or_else(|| model::trace::TraceContext::new_root().trace_id_hex()))
+                    .push_bind(message.parent_id.map(|id| id.0))
+                    .push_bind(message.idempotency_key.clone())
+                    .push_bind(message.priority)
+                    .push_bind("queued")
+                    .push_bind(0)
+                    .push_bind(message.max_attempts)
+                    .push_bind(us(message.run_at.unwrap_or(now)));
+            });
+            query.push(" ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING *");
+            let rows = query.build().fetch_all(&mut *tx).await.map_err(db("enqueueing messages"))?;
+            for row in &rows {
+                let message = message_from_row(row)?;
+                created.insert(message.id.0, message);
+            }
+        }
+        let mut events = Vec::with_capacity(created.len());
+        let mut out = Vec::with_capacity(messages.len());
+        for (index, message) in messages.iter().enumerate() {
+            if let Some(stored) = created.remove(&ids[index]) {
+                let payload = serde_json::json!({ "priority": stored.priority, "run_at": stored.run_at, "max_attempts": stored.max_attempts });
+                events.push(message_event(&stored, model::Phase::Scheduled, None, payload));
+                out.push(Enqueued { message: stored, created: true });
+                continue;
+            }
+            let key = message.idempotency_key.as_deref().ok_or(Error::Internal { what: "insert skipped without a key" })?;
+            let row = sqlx::query("SELECT * FROM agent_messages WHERE tenant = ? AND idempotency_key = ?")
+                .bind(&message.tenant)
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("reading the message of a duplicate idempotency key"))?;
+            out.push(Enqueued { message: message_from_row(&row)?, created: false });
+        }
+        insert_events(&mut tx, now, &events).await?;
+        tx.commit().await.map_err(db("committing an enqueue"))?;
+        let queues: HashSet<(&str, &str)> = out.iter().map(|e| (e.message.service.as_str(), e.message.role.as_str())).collect();
+        for (service, role) in queues {
+            self.wakeups.notify_queue(service, role);
+        }
+        self.wakeups.events().notify_waiters();
+        Ok(out)
+    }
+
+    pub(crate) async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Message>, Error> {
+        let now = self.now();
+        let lease_until = us(now) + dur_us(request.lease);
+        let shards = serde_json::to_string(&request.shard_list()).unwrap_or_else(|_| "[\"\"]".into());
+        let mut tx = self.begin("starting a claim").await?;
+        let rows = sqlx::query(
+            "UPDATE agent_messages SET status = 'claimed', attempts = attempts + 1, claimed_by = ?1, claimed_at = ?2, lease_until = ?3 \
+             WHERE id IN (SELECT id FROM agent_messages \
+                          WHERE status = 'queued' AND service = ?4 AND role = ?5 AND run_at <= ?2 \
+                            AND shard IN (SELECT value FROM json_each(?6)) \
+                          ORDER BY priority DESC, run_at, id LIMIT ?7) \
+             RETURNING *",
+        )
+        .bind(&request.agent_id)
+        .bind(us(now))
+        .bind(lease_until)
+        .bind(&request.service)
+        .bind(&request.role)
+        .bind(shards)
+        .bind(i64::from(request.limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("claiming messages"))?;
+        let mut messages = rows.iter().map(message_from_row).collect::<Result<Vec<_>, _>>()?;
+        messages.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.run_at.cmp(&b.run_at)).then(a.id.cmp(&b.id)));
+        let events: Vec<NewEvent> = messages
+            .iter()
+            .map(|m| {
+                let payload = serde_json::json!({ "attempt": m.attempts, "agent_id": m.claimed_by, "lease_until": m.lease_until });
+                message_event(m, model::Phase::Claimed, None, payload)
+            })
+            .collect();
+        insert_events(&mut tx, now, &events).await?;
+        tx.commit().await.map_err(db("committing a claim"))?;
+        Ok(messages)
+    }
+
+    pub(crate) async fn extend_leases(&self, agent_id: &str, ids: &[MessageId], lease: Duration) -> Result<Vec<MessageId>, Error> {
+        let until = us(self.now()) + dur_us(lease);
+        let mut tx = self.begin("starting a lease extension").await?;
+        let rows = sqlx::query(
+            "UPDATE agent_messages SET lease_until = ?1 WHERE id IN (SELECT unhex(value) FROM json_each(?2)) \
+             AND status = 'claimed' AND claimed_by = ?3 RETURNING id",
+        )
+        .bind(until)
+        .bind(id_array(ids))
+        .bind(agent_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("extending leases"))?;
+        tx.commit().await.map_err(db("committing lease extensions"))?;
+        rows.iter().map(|row| row.try_get::<Uuid, _>("id").map(MessageId).map_err(db("reading extended leases"))).collect()
+    }
+
+    pub(crate) async fn complete(&self, agent_id: &str, completions: Vec<Completion>) -> Result<Vec<Outcome>, Error> {
+        let now = self.now();
+        let input: Vec<Value> = completions
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "id": c.id.0.simple().to_string(),
+                    "result": c.result.as_ref().map(Value::to_string),
+                    "result_url": c.result_url,
+                })
+            })
+            .collect();
+        let mut tx = self.begin("starting a completion").await?;
+        let rows = sqlx::query(
+            "UPDATE agent_messages SET status = 'done', done_at = ?1, lease_until = NULL, \
+               result = j.value ->> 'result', result_url = j.value ->> 'result_url' \
+             FROM json_each(?2) AS j \
+             WHERE agent_messages.id = unhex(j.value ->> 'id') AND agent_messages.status = 'claimed' \
+               AND agent_messages.claimed_by = ?3 \
+             RETURNING id, intent, trace_id, tenant, service, role, shard, attempts, claimed_at",
+        )
+        .bind(us(now))
+        .bind(Value::Array(input).to_string())
+        .bind(agent_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("completing messages"))?;
+        let mut done = HashSet::with_capacity(rows.len());
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let read = || -> Result<(Uuid, NewEvent), sqlx::Error> {
+                let id: Uuid = row.try_get("id")?;
+                let intent: String = row.try_get("intent")?;
+                let attempts: i32 = row.try_get("attempts")?;
+                let claimed_at: Option<i64> = row.try_get("claimed_at")?;
+                Ok((
+                    id,
+                    NewEvent {
+                        event_type: model::message::event_type(&intent, model::Phase::Succeeded),
+                        message_id: Some(MessageId(id)),
+                        trace_id: row.try_get("trace_id")?,
+                        tenant: row.try_get("tenant")?,
+                        service: row.try_get("service")?,
+                        role: row.try_get("role")?,
+                        shard: row.try_get("shard")?,
+                        reason: None,
+                        payload: serde_json::json!({
+                            "attempt": attempts,
+                            "agent_id": agent_id,
+                            "duration_ms": claimed_at.map(|c| (us(now) - c) / 1000),
+                        }),
+                    },
+                ))
+            };
+            let (id, event) = read().map_err(db("reading completed messages"))?;
+            done.insert(id);
+            events.push(event);
+        }
+        insert_events(&mut tx, now, &events).await?;
+        tx.commit().await.map_err(db("committing completions"))?;
+        self.wakeups.events().notify_waiters();
+        Ok(completions.iter().map(|c| if done.contains(&c.id.0) { Outcome::Done } else { Outcome::LeaseLost }).collect())
+    }
+
+    pub(crate) async fn fail(&self, agent_id: &str, failures: Vec<Failure>) -> Result<Vec<Outcome>, Error> {
+        let now = self.now();
+        let mut tx = self.begin("starting a failure").await?;
+        let agents = vec![agent_id.to_owned(); failures.len()];
+        let (outcomes, retried) = fail_rows(&mut tx, now, &failures, &agents).await?;
+        tx.commit().await.map_err(db("committing failures"))?;
+        for (service, role) in retried {
+            self.wakeups.notify_queue(&service, &role);
+        }
+        self.wakeups.events().notify_waiters();
+        Ok(outcomes)
+    }
+
+    pub(crate) async fn release(&self, agent_id: &str, ids: &[MessageId]) -> Result<Vec<MessageId>, Error> {
+        let now = self.now();
+        let mut tx = self.begin("starting a release").await?;
+        let rows = sqlx::query(
+            "UPDATE agent_messages SET status = 'queued', attempts = max(attempts - 1, 0), claimed_by = NULL, \
+             claimed_at = NULL, lease_until = NULL, run_at = ?1 \
+             WHERE id IN (SELECT unhex(value) FROM json_each(?2)) AND status = 'claimed' AND claimed_by = ?3 RETURNING *",
+        )
+        .bind(us(now))
+        .bind(id_array(ids))
+        .bind(agent_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("releasing messages"))?;
+        let messages = rows.iter().map(message_from_row).collect::<Result<Vec<_>, _>>()?;
+        let events: Vec<NewEvent> = messages
+            .iter()
+            .map(|m| {
+                let payload = serde_json::json!({ "agent_id": agent_id, "run_at": m.run_at });
+                message_event(m, model::Phase::RetryScheduled, Some("released"), payload)
+            })
+            .collect();
+        insert_events(&mut tx, now, &events).await?;
+        tx.commit().await.map_err(db("committing a release"))?;
+        for message in &messages {
+            self.wakeups.notify_queue(&message.service, &message.role);
+        }
+        Ok(messages.into_iter().map(|m| m.id).collect())
+    }
+
+    pub(crate) async fn reap_expired(&self, limit: u32, decide: &(dyn Fn(&Message) -> FailAction + Sync)) -> Result<u64, Error> {
+        let now = self.now();
+        let mut tx = self.begin("starting the lease reaper").await?;
+        let rows = sqlx::query("SELECT * FROM agent_messages WHERE status = 'claimed' AND lease_until < ? ORDER BY lease_until LIMIT ?")
+            .bind(us(now))
+            .bind(i64::from(limit.max(1)))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("finding expired leases"))?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut failures = Vec::with_capacity(rows.len());
+        let mut agents = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let message = message_from_row(row)?;
+            let holder = message.claimed_by.clone().unwrap_or_default();
+            failures.push(Failure {
+                id: message.id,
+                kind: model::ErrorKind::LeaseExpired,
+                error: format!("lease held by {holder} expired"),
+                action: decide(&message),
+            });
+            agents.push(holder);
+        }
+        let (_, retried) = fail_rows(&mut tx, now, &failures, &agents).await?;
+        tx.commit().await.map_err(db("committing reaped leases"))?;
+        for (service, role) in retried {
+            self.wakeups.notify_queue(&service, &role);
+        }
+        Ok(rows.len() as u64)
+    }
+
+    pub(crate) async fn requeue(&self, id: MessageId) -> Result<Message, Error> {
+        let now = self.now();
+        let mut tx = self.begin("starting a requeue").await?;
+        let current = sqlx::query("SELECT * FROM agent_messages WHERE id = ?")
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("reading the message to requeue"))?
+            .map(|row| message_from_row(&row))
+            .transpose()?
+            .ok_or(Error::NotFound { id })?;
+        let entry: Option<Option<i64>> = sqlx::query_scalar("SELECT requeued_at FROM agent_messages_dlq WHERE message_id = ?")
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("reading the dead-letter entry"))?;
+        match entry {
+            None => return Err(Error::Conflict { id, action: "requeue", status: format!("{} and not dead-lettered", current.status) }),
+            Some(Some(_)) => return Ok(current),
+            Some(None) => {}
+        }
+        let row = sqlx::query(
+            "UPDATE agent_messages SET status = 'queued', attempts = 0, run_at = ?2, done_at = NULL, claimed_by = NULL, \
+             claimed_at = NULL, lease_until = NULL WHERE id = ?1 AND status = 'failed' RETURNING *",
+        )
+        .bind(id.0)
+        .bind(us(now))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("requeueing the message"))?
+        .ok_or_else(|| Error::Conflict { id, action: "requeue", status: current.status.to_string() })?;
+        let message = message_from_row(&row)?;
+        sqlx::query("UPDATE agent_messages_dlq SET requeued_at = ? WHERE message_id = ?")
+            .bind(us(now))
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("marking the dead-letter entry requeued"))?;
+        insert_events(&mut tx, now, &[message_event(&message, model::Phase::Requeued, Some("operator"), Value::Null)]).await?;
+        tx.commit().await.map_err(db("committing a requeue"))?;
+        self.wakeups.notify_queue(&message.service, &message.role);
+        Ok(message)
+    }
+
+    pub(crate) async fn cancel(&self, id: MessageId, reason: &str) -> Result<Message, Error> {
+        let now = self.now();
+        let mut tx = self.begin("starting a cancel").await?;
+        let row = sqlx::query(
+            "UPDATE agent_messages SET status = 'failed', done_at = ?2, last_error = ?3, last_error_at = ?2 \
+             WHERE id = ?1 AND status = 'queued' RETURNING *",
+        )
+        .bind(id.0)
+        .bind(us(now))
+        .bind(format!("cancelled: {reason}"))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("cancelling the message"))?;
+        let Some(row) = row else {
+            drop(tx);
+            let current = self.message(id).await?;
+            return Err(Error::Conflict { id, action: "cancel", status: current.status.to_string() });
+        };
+        let message = message_from_row(&row)?;
+        let payload = serde_json::json!({ "reason": reason });
+        insert_events(&mut tx, now, &[message_event(&message, model::Phase::Failed, Some("cancelled"), payload)]).await?;
+        tx.commit().await.map_err(db("committing a cancel"))?;
+        Ok(message)
+    }
+
+    pub(crate) async fn message(&self, id: MessageId) -> Result<Message, Error> {
+        let row = sqlx::query("SELECT * FROM agent_messages WHERE id = ?")
+            .bind(id.0)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db("reading a message"))?
+            .ok_or(Error::NotFound { id })?;
+        message_from_row(&row)
+    }
+
+    pub(crate) async fn messages(&self, filter: &MessageFilter, page: &PageRequest) -> Result<Page<Message>, Error> {
+        let limit = page.effective_limit();
+        let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM agent_messages WHERE 1");
+        if let Some(v) = &filter.tenant {
+            query.push(" AND tenant = ").push_bind(v.clone());
+        }
+        if let Some(v) = &filter.service {
+            query.push(" AND service = ").push_bind(v.clone());
+        }
+        if let Some(v) = &filter.role {
+            query.push(" AND role = ").push_bind(v.clone());
+        }
+        if let Some(v) = filter.status {
+            query.push(" AND status = ").push_bind(v.as_str());
+        }
+        if let Some(v) = &filter.intent {
+            query.push(" AND intent = ").push_bind(v.clone());
+        }
+        if let Some(v) = &filter.trace_id {
+            query.push(" AND trace_id = ").push_bind(v.clone());
+        }
+        if let Some(v) = filter.since {
+            query.push(" AND created_at >= ").push_bind(us(v));
+        }
+        if let Some(v) = filter.until {
+            query.push(" AND created_at < ").push_bind(us(v));
+        }
+        if let Some(after) = &page.after {
+            query.push(" AND id < ").push_bind(parse_uuid_cursor(after)?);
+        }
+        query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit));
+        let rows = query.build().fetch_all(&self.reader).await.map_err(db("listing messages"))?;
+        let items = rows.iter().map(message_from_row).collect::<Result<Vec<_>, _>>()?;
+        let next = (items.len() == limit as usize).then(|| items.last().map(|m| m.id.to_string())).flatten();
+        Ok(Page { items, next })
+    }
+
+    pub(crate) async fn events(&self, filter: &EventFilter, page: &PageRequest) -> Result<Page<Event>, Error> {
+        let limit = page.effective_limit();
+        let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM bus_events WHERE 1");
+        if let Some(v) = &filter.tenant {
+            query.push(" AND tenant = ").push_bind(v.clone());
+        }
+        if let Some(v) = &filter.service {
+            query.push(" AND service = ").push_bind(v.clone());
+        }
+        if let Some(v) = &filter.role {
+            query.push(" AND role = ").push_bind(v.clone());
+        }
+        if let Some(v) = &filter.event_type {
+            query.push(" AND event_type = ").push_bind(v.clone());
+        }
+        if let Some(v) = &filter.message_id {
+            query.push(" AND message_id = ").push_bind(v.0);
+        }
+        if let Some(v) = &filter.trace_id {
+            query.push(" AND trace_id = ").push_bind(v.clone());
+        }
+        if let Some(v) = filter.since {
+            query.push(" AND created_at >= ").push_bind(us(v));
+        }
+        if let Some(v) = filter.until {
+            query.push(" AND created_at < ").push_bind(us(v));
+        }
+        if let Some(after) = &page.after {
+            query.push(" AND seq > ").push_bind(parse_seq_cursor(after)?);
+        }
+        query.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit));
+        let rows = query.build().fetch_all(&self.reader).await.map_err(db("listing events"))?;
+        let items = rows.iter().map(event_from_row).collect::<Result<Vec<_>, _>>()?;
+        let next = items.last().map(|e| e.seq.to_string()).or_else(|| page.after.clone());
+        Ok(Page { items, next })
+    }
+
+    pub(crate) async fn dead_letters(&self, filter: &MessageFilter, page: &PageRequest) -> Result<Page<DeadLetter>, Error> {
+        let limit = page.effective_limit();
+        let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM agent_messages_dlq WHERE 1");
+        if let Some(v) = &filter.tenant {
+            query.push(" AND tenant = ").push_bind(v.clone());
+        }
+        if let Some(v) = &filter.service {
+            query.push(" AND service = ").push_bind(v.clone());
+        }
+        if let Some(v) = &filter.role {
+            query.push(" AND role = ").push_bind(v.clone());
+        }
+        if let Some(v) = &filter.intent {
+            query.push(" AND intent = ").push_bind(v.clone());
+        }
+        if filter.status == Some(MessageStatus::Failed) {
+            query.push(" AND requeued_at IS NULL");
+        }
+        if let Some(after) = &page.after {
+            query.push(" AND message_id < ").push_bind(parse_uuid_cursor(after)?);
+        }
+        query.push(" ORDER BY message_id DESC LIMIT ").push_bind(i64::from(limit));
+        let rows = query.build().fetch_all(&self.reader).await.map_err(db("listing dead letters"))?;
+        let items = rows
+            .iter()
+            .map(|row| -> Result<DeadLetter, Error> {
+                let read = || -> Result<DeadLetter, sqlx::Error> {
+                    let original: String = row.try_get("original")?;
+                    Ok(DeadLetter {
+                        message_id: MessageId(row.try_get("message_id")?),
+                        dead_lettered_at: at(row.try_get("dead_lettered_at")?),
+                        tenant: row.try_get("tenant")?,
+                        service: row.try_get("service")?,
+                        role: row.try_get("role")?,
+                        intent: row.try_get("intent")?,
+                        reason: row.try_get("reason")?,
+                        last_error: row.try_get("last_error")?,
+                        original: serde_json::from_str(&original).unwrap_or(Value::String(original)),
+                        requeued_at: row.try_get::<Option<i64>, _>("requeued_at")?.map(at),
+                    })
+                };
+                read().map_err(db("reading dead letters"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = (items.len() == limit as usize).then(|| items.last().map(|d| d.message_id.to_string())).flatten();
+        Ok(Page { items, next })
+    }
+
+    pub(crate) async fn append_events(&self, events: Vec<NewEvent>) -> Result<(), Error> {
+        let mut tx = self.begin("starting an event append").await?;
+        insert_events(&mut tx, self.now(), &events).await?;
+        tx.commit().await.map_err(db("committing events"))?;
+        self.wakeups.events().notify_waiters();
+        Ok(())
+    }
+
+    pub(crate) async fn presence_online(&self, presence: &Presence) -> Result<(), Error> {
+        let now = self.now();
+        let mut tx = self.begin("starting a presence update").await?;
+        sqlx::query(
+            "INSERT INTO agent_presence (agent_id, service, roles, shard, host, version, status, started_at, last_heartbeat, capabilities) \
+             VALUES (?, ?, ?, ?, ?, ?, 'online', ?, ?, ?) \
+             ON CONFLICT (agent_id) DO UPDATE SET service = excluded.service, roles = excluded.roles, shard = excluded.shard, \
+             host = excluded.host, version = excluded.version, status = 'online', last_heartbeat = excluded.last_heartbeat, \
+             capabilities = excluded.capabilities",
+        )
+        .bind(&presence.agent_id)
+        .bind(&presence.service)
+        .bind(serde_json::to_string(&presence.roles).unwrap_or_else(|_| "[]".into()))
+        .bind(&presence.shard)
+        .bind(&presence.host)
+        .bind(&presence.version)
+        .bind(us(presence.started_at))
+        .bind(us(now))
+        .bind(presence.capabilities.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("registering presence"))?;
+        insert_events(&mut tx, now, &[presence_event(model::event::AGENT_ONLINE, presence, None)]).await?;
+        tx.commit().await.map_err(db("committing presence"))
+    }
+
+    pub(crate) async fn presence_heartbeat(&self, agent_id: &str) -> Result<bool, Error> {
+        let now = self.now();
+        let mut tx = self.begin("starting a heartbeat").await?;
+        let rows = sqlx::query("UPDATE agent_presence SET last_heartbeat = ? WHERE agent_id = ? AND status = 'online' RETURNING *")
+            .bind(us(now))
+            .bind(agent_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("recording a heartbeat"))?;
+        let presences = rows.iter().map(presence_from_row).collect::<Result<Vec<_>, _>>()?;
+        let events: Vec<NewEvent> = presences.iter().map(|p| presence_event(model::event::AGENT_HEARTBEAT, p, None)).collect();
+        insert_events(&mut tx, now, &events).await?;
+        tx.commit().await.map_err(db("committing a heartbeat"))?;
+        Ok(!presences.is_empty())
+    }
+
+    pub(crate) async fn presence_offline(&self, agent_id: &str, reason: &str) -> Result<(), Error> {
+        let now = self.now();
+        let mut tx = self.begin("starting a presence update").await?;
+        let rows = sqlx::query("UPDATE agent_presence SET status = 'offline', last_heartbeat = ? WHERE agent_id = ? AND status = 'online' RETURNING *")
+            .bind(us(now))
+            .bind(agent_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("marking an agent offline"))?;
+        let presences = rows.iter().map(presence_from_row).collect::<Result<Vec<_>, _>>()?;
+        let events: Vec<NewEvent> = presences.iter().map(|p| presence_event(model::event::AGENT_OFFLINE, p, Some(reason))).collect();
+        insert_events(&mut tx, now, &events).await?;
+        tx.commit().await.map_err(db("committing presence"))
+    }
+
+    pub(crate) async fn presence_mark_stale(&self, timeout: Duration) -> Result<Vec<String>, Error> {
+        let now = self.now();
+        let mut tx = self.begin("starting a stale sweep").await?;
+        let rows = sqlx::query("UPDATE agent_presence SET status = 'offline' WHERE status = 'online' AND last_heartbeat < ? RETURNING *")
+            .bind(us(now) - dur_us(timeout))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("marking stale agents offline"))?;
+        let presences = rows.iter().map(presence_from_row).collect::<Result<Vec<_>, _>>()?;
+        let events: Vec<NewEvent> = presences.iter().map(|p| presence_event(model::event::AGENT_OFFLINE, p, Some("stale"))).collect();
+        insert_events(&mut tx, now, &events).await?;
+        tx.commit().await.map_err(db("committing a stale sweep"))?;
+        Ok(presences.into_iter().map(|p| p.agent_id).collect())
+    }
+
+    pub(crate) async fn presence(&self) -> Result<Vec<Presence>, Error> {
+        let rows = sqlx::query("SELECT * FROM agent_presence ORDER BY last_heartbeat DESC LIMIT 1000")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db("listing agents"))?;
+        rows.iter().map(presence_from_row).collect()
+    }
+
+    pub(crate) async fn record_circuit(&self, state: &CircuitState) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO circuit_states (key, agent_id, state, open_until, updated_at) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (key, agent_id) DO UPDATE SET state = excluded.state, open_until = excluded.open_until, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(&state.key)
+        .bind(&state.agent_id)
+        .bind(&state.state)
+        .bind(state.open_until.map(us))
+        .bind(us(state.updated_at))
+        .execute(&self.writer)
+        .await
+        .map_err(db("recording a circuit state"))
+        .map(drop)
+    }
+
+    pub(crate) async fn circuits(&self) -> Result<Vec<CircuitState>, Error> {
+        let rows = sqlx::query("SELECT * FROM circuit_states ORDER BY key, agent_id")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db("listing circuit states"))?;
+        rows.iter()
+            .map(|row| -> Result<CircuitState, sqlx::Error> {
+                Ok(CircuitState {
+                    key: row.try_get("key")?,
+                    agent_id: row.try_get("agent_id")?,
+                    state: row.try_get("state")?,
+                    open_until: row.try_get::<Option<i64>, _>("open_until")?.map(at),
+                    updated_at: at(row.try_get("updated_at")?),
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(db("reading circuit states"))
+    }
+
+    pub(crate) async fn queue_stats(&self) -> Result<Vec<QueueStats>, Error> {
+        let now = us(self.now());
+        let rows = sqlx::query(
+            "SELECT service, role, \
+               sum(status = 'queued' AND run_at <= ?1) AS ready, \
+               sum(status = 'queued' AND run_at > ?1) AS delayed, \
+               sum(status = 'claimed') AS claimed, \
+               min(CASE WHEN status = 'queued' AND run_at <= ?1 THEN run_at END) AS oldest \
+             FROM agent_messages WHERE status IN ('queued', 'claimed') GROUP BY service, role ORDER BY service, role",
+        )
+        .bind(now)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db("computing queue statistics"))?;
+        rows.iter()
+            .map(|row| -> Result<QueueStats, sqlx::Error> {
+                let oldest: Option<i64> = row.try_get("oldest")?;
+                Ok(QueueStats {
+                    service: row.try_get("service")?,
+                    role: row.try_get("role")?,
+                    ready: row.try_get("ready")?,
+                    delayed: row.try_get("delayed")?,
+                    claimed: row.try_get("claimed")?,
+                    oldest_ready_age_ms: oldest.map(|o| ((now - o) / 1000).max(0)),
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(db("reading queue statistics"))
+    }
+
+    pub(crate) async fn prune(&self, older_than: Duration) -> Result<u64, Error> {
+        let cut = us(self.now()) - dur_us(older_than);
+        let mut tx = self.begin("starting a prune").await?;
+        let messages = sqlx::query(
+            "DELETE FROM agent_messages WHERE status IN ('done', 'failed') AND done_at < ? \
+             AND id NOT IN (SELECT message_id FROM agent_messages_dlq WHERE requeued_at IS NULL)",
+        )
+        .bind(cut)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("pruning finished messages"))?
+        .rows_affected();
+        let events = sqlx::query("DELETE FROM bus_events WHERE created_at < ?")
+            .bind(cut)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("pruning old events"))?
+            .rows_affected();
+        tx.commit().await.map_err(db("committing a prune"))?;
+        Ok(messages + events)
+    }
+
+    pub(crate) async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1").execute(&self.reader).await.map_err(db("pinging SQLite")).map(drop)
+    }
+
+    pub(crate) async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}
+
+/// Applies failures to claimed rows held by the given agents; returns outcomes and retried queues.
+async fn fail_rows(
+    tx: &mut Tx,
+    now: DateTime<Utc>,
+    failures: &[Failure],
+    agents: &[String],
+) -> Result<(Vec<Outcome>, HashSet<(String, String)>), Error> {
+    let mut outcomes = Vec::with_capacity(failures.len());
+    let mut events = Vec::with_capacity(failures.len() * 2);
+    let mut retried = HashSet::new();
+    for (failure, agent) in failures.iter().zip(agents) {
+        let error = truncate(&failure.error, 4000);
+        let (status, run_at, done_at) = match &failure.action {
+            FailAction::Retry { after } => ("queued", Some(us(now) + dur_us(*after)), None),
+            FailAction::DeadLetter { .. } => ("failed", None, Some(us(now))),
+        };
+        let row = sqlx::query(
+            "UPDATE agent_messages SET status = ?1, run_at = coalesce(?2, run_at), done_at = ?3, claimed_by = NULL, \
+             claimed_at = NULL, lease_until = NULL, last_error = ?4, last_error_at = ?5 \
+             WHERE id = ?6 AND status = 'claimed' AND claimed_by = ?7 RETURNING *",
+        )
+        .bind(status)
+        .bind(run_at)
+        .bind(done_at)
+        .bind(&error)
+        .bind(us(now))
+        .bind(failure.id.0)
+        .bind(agent)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db("recording a failed attempt"))?;
+        let Some(row) = row else {
+            outcomes.push(Outcome::LeaseLost);
+            continue;
+        };
+        let message = message_from_row(&row)?;
+        let kind = failure.kind.as_str();
+        events.push(message_event(
+            &message,
+            model::Phase::Failed,
+            Some(kind),
+            serde_json::json!({ "attempt": message.attempts, "kind": kind, "error": error, "agent_id": agent }),
+        ));
+        let next = serde_json::json!({ "attempt": message.attempts, "max_attempts": message.max_attempts, "run_at": message.run_at });
+        match &failure.action {
+            FailAction::Retry { .. } => {
+                events.push(message_event(&message, model::Phase::RetryScheduled, Some(kind), next));
+                retried.insert((message.service.clone(), message.role.clone()));
+                outcomes.push(Outcome::Retrying { run_at: message.run_at });
+            }
+            FailAction::DeadLetter { reason } => {
+                sqlx::query(
+                    "INSERT INTO agent_messages_dlq (message_id, dead_lettered_at, tenant, service, role, intent, reason, last_error, original) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                     ON CONFLICT (message_id) DO UPDATE SET dead_lettered_at = excluded.dead_lettered_at, reason = excluded.reason, \
+                     last_error = excluded.last_error, original = excluded.original, requeued_at = NULL",
+                )
+                .bind(message.id.0)
+                .bind(us(now))
+                .bind(&message.tenant)
+                .bind(&message.service)
+                .bind(&message.role)
+                .bind(message.intent.as_str())
+                .bind(reason)
+                .bind(&message.last_error)
+                .bind(serde_json::to_string(&message).unwrap_or_default())
+                .execute(&mut **tx)
+                .await
+                .map_err(db("writing a dead letter"))?;
+                events.push(message_event(&message, model::Phase::DeadLettered, Some(reason), next));
+                outcomes.push(Outcome::DeadLettered);
+            }
+        }
+    }
+    insert_events(tx, now, &events).await?;
+    Ok((outcomes, retried))
+}
+
+async fn insert_events(tx: &mut Tx, now: DateTime<Utc>, events: &[NewEvent]) -> Result<(), Error> {
+    // 10 columns a row: chunks of 1000 rows stay below SQLite's bind limit.
+    for chunk in events.chunks(1000) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO bus_events (id, created_at, event_type, message_id, trace_id, tenant, service, role, shard, reason, payload) ",
+        );
+        query.push_values(chunk, |mut row, event| {
+            row.push_bind(model::new_id())
+                .push_bind(us(now))
+                .push_bind(event.event_type.clone())
+                .push_bind(event.message_id.map(|id| id.0))
+                .push_bind(event.trace_id.clone())
+                .push_bind(event.tenant.clone())
+                .push_bind(event.service.clone())
+                .push_bind(event.role.clone())
+                .push_bind(event.shard.clone())
+                .push_bind(event.reason.clone())
+                .push_bind(event.payload.to_string());
+        });
+        query.build().execute(&mut **tx).await.map_err(db("appending events"))?;
+    }
+    Ok(())
+}
+
+fn id_array(ids: &[MessageId]) -> String {
+    Value::Array(ids.iter().map(|id| Value::String(id.0.simple().to_string())).collect()).to_string()
+}
+
+fn message_from_row(row: &SqliteRow) -> Result<Message, Error> {
+    let read = || -> Result<Message, sqlx::Error> {
+        let status: String = row.try_get("status")?;
+        let intent: String = row.try_get("intent")?;
+        let payload: String = row.try_get("payload")?;
+        let result: Option<String> = row.try_get("result")?;
+        let json = |text: &str| serde_json::from_str::<Value>(text).map_err(|e| sqlx::Error::Decode(Box::new(e)));
+        Ok(Message {
+            id: MessageId(row.try_get("id")?),
+            created_at: at(row.try_get("created_at")?),
+            tenant: row.try_get("tenant")?,
+            project_id: row.try_get("project_id")?,
+            service: row.try_get("service")?,
+            role: row.try_get("role")?,
+            shard: row.try_get("shard")?,
+            intent: Intent::new(intent.clone()).map_err(|e| sqlx::Error::Decode(format!("intent {intent:?}: {e}").into()))?,
+            payload: json(&payload)?,
+            trace_id: row.try_get("trace_id")?,
+            parent_id: row.try_get::<Option<Uuid>, _>("parent_id")?.map(MessageId),
+            idempotency_key: row.try_get("idempotency_key")?,
+            priority: row.try_get("priority")?,
+            status: MessageStatus::parse(&status).ok_or_else(|| sqlx::Error::Decode(format!("status {status:?}").into()))?,
+            attempts: row.try_get("attempts")?,
+            max_attempts: row.try_get("max_attempts")?,
+            run_at: at(row.try_get("run_at")?),
+            claimed_by: row.try_get("claimed_by")?,
+            claimed_at: row.try_get::<Option<i64>, _>("claimed_at")?.map(at),
+            lease_until: row.try_get::<Option<i64>, _>("lease_until")?.map(at),
+            done_at: row.try_get::<Option<i64>, _>("done_at")?.map(at),
+            last_error: row.try_get("last_error")?,
+            last_error_at: row.try_get::<Option<i64>, _>("last_error_at")?.map(at),
+            result: result.as_deref().map(json).transpose()?,
+            result_url: row.try_get("result_url")?,
+        })
+    };
+    read().map_err(|e| Error::Corrupt { what: "message", detail: e.to_string() })
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<Event, Error> {
+    let read = || -> Result<Event, sqlx::Error> {
+        let payload: String = row.try_get("payload")?;
+        Ok(Event {
+            seq: row.try_get("seq")?,
+            id: model::EventId(row.try_get("id")?),
+            created_at: at(row.try_get("created_at")?),
+            event_type: row.try_get("event_type")?,
+            message_id: row.try_get::<Option<Uuid>, _>("message_id")?.map(MessageId),
+            trace_id: row.try_get("trace_id")?,
+            tenant: row.try_get("tenant")?,
+            service: row.try_get("service")?,
+            role: row.try_get("role")?,
+            shard: row.try_get("shard")?,
+            reason: row.try_get("reason")?,
+            payload: serde_json::from_str(&payload).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        })
+    };
+    read().map_err(|e| Error::Corrupt { what: "event", detail: e.to_string() })
+}
+
+fn presence_from_row(row: &SqliteRow) -> Result<Presence, Error> {
+    let read = || -> Result<Presence, sqlx::Error> {
+        let status: String = row.try_get("status")?;
+        let roles: String = row.try_get("roles")?;
+        let capabilities: String = row.try_get("capabilities")?;
+        Ok(Presence {
+            agent_id: row.try_get("agent_id")?,
+            service: row.try_get("service")?,
+            roles: serde_json::from_str(&roles).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            shard: row.try_get("shard")?,
+            host: row.try_get("host")?,
+            version: row.try_get("version")?,
+            status: PresenceStatus::parse(&status).ok_or_else(|| sqlx::Error::Decode(format!("status {status:?}").into()))?,
+            started_at: at(row.try_get("started_at")?),
+            last_heartbeat: at(row.try_get("last_heartbeat")?),
+            capabilities: serde_json::from_str(&capabilities).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        })
+    };
+    read().map_err(|e| Error::Corrupt { what: "agent presence", detail: e.to_string() })
+}

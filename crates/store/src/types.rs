@@ -1,0 +1,265 @@
+//! The store's request and answer types.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use model::{ErrorKind, Message, MessageId, MessageStatus};
+
+/// The answer to an enqueue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Enqueued {
+    /// The stored message (the existing one for a duplicate idempotency key).
+    pub message: Message,
+    /// False when an existing message with the same idempotency key was returned.
+    pub created: bool,
+}
+
+/// What a worker asks for.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    /// Service to serve.
+    pub service: String,
+    /// Role to serve.
+    pub role: String,
+    /// Shards to serve; `""` is the unsharded queue. Empty means `[""]`.
+    pub shards: Vec<String>,
+    /// The claiming process.
+    pub agent_id: String,
+    /// Most messages to take.
+    pub limit: u32,
+    /// How long the claim holds without a heartbeat.
+    pub lease: Duration,
+}
+
+impl ClaimRequest {
+    /// A claim of up to `limit` messages of `service/role` on the unsharded queue.
+    pub fn new(service: &str, role: &str, agent_id: &str, limit: u32, lease: Duration) -> Self {
+        Self {
+            service: service.to_owned(),
+            role: role.to_owned(),
+            shards: vec![String::new()],
+            agent_id: agent_id.to_owned(),
+            limit,
+            lease,
+        }
+    }
+
+    /// Serves these shards (and the unsharded queue).
+    pub fn with_shards(mut self, shards: &[&str]) -> Self {
+        self.shards = std::iter::once(String::new()).chain(shards.iter().map(|s| (*s).to_owned())).collect();
+        self
+    }
+
+    pub(crate) fn shard_list(&self) -> Vec<String> {
+        if self.shards.is_empty() { vec![String::new()] } else { self.shards.clone() }
+    }
+}
+
+/// A successful finish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The message.
+    pub id: MessageId,
+    /// Bounded inline result.
+    pub result: Option<Value>,
+    /// Artifact link for a large result.
+    pub result_url: Option<String>,
+}
+
+impl Completion {
+    /// A completion with an inline result.
+    pub fn new(id: MessageId, result: Option<Value>) -> Self {
+        Self { id, result, result_url: None }
+    }
+}
+
+/// What happens to a message after a failed attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FailAction {
+    /// Back to the queue, claimable after this delay.
+    Retry {
+        /// Delay before the next attempt.
+        after: Duration,
+    },
+    /// To the dead-letter queue; the message ends `failed`.
+    DeadLetter {
+        /// Short reason (`max_attempts`, `not_retryable`, `deadline`).
+        reason: String,
+    },
+}
+
+impl FailAction {
+    /// The action for a retry decision.
+    pub fn from_decision(decision: model::retry::RetryDecision) -> Self {
+        match decision {
+            model::retry::RetryDecision::RetryAfter(after) => Self::Retry { after },
+            model::retry::RetryDecision::GiveUp(reason) => Self::DeadLetter { reason: reason.as_str().to_owned() },
+        }
+    }
+}
+
+/// A failed attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// The message.
+    pub id: MessageId,
+    /// How it failed.
+    pub kind: ErrorKind,
+    /// What the handler said (stored as `last_error`; keep secrets out).
+    pub error: String,
+    /// Retry or dead-letter.
+    pub action: FailAction,
+}
+
+/// What became of one completion or failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Recorded as done.
+    Done,
+    /// Back in the queue for another attempt at this time.
+    Retrying {
+        /// When it becomes claimable.
+        run_at: DateTime<Utc>,
+    },
+    /// Moved to the dead-letter queue.
+    DeadLettered,
+    /// The caller no longer held the lease: nothing was recorded.
+    LeaseLost,
+}
+
+/// Filters for messages and dead letters; `None` matches anything.
+#[derive(Debug, Clone, Default)]
+pub struct MessageFilter {
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Service.
+    pub service: Option<String>,
+    /// Role.
+    pub role: Option<String>,
+    /// Status.
+    pub status: Option<MessageStatus>,
+    /// Intent.
+    pub intent: Option<String>,
+    /// Trace.
+    pub trace_id: Option<String>,
+    /// Created at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Created before.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Filters for events; `None` matches anything.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Service.
+    pub service: Option<String>,
+    /// Role.
+    pub role: Option<String>,
+    /// Exact event type.
+    pub event_type: Option<String>,
+    /// Message concerned.
+    pub message_id: Option<MessageId>,
+    /// Trace.
+    pub trace_id: Option<String>,
+    /// At or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Before.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Largest page size.
+pub const MAX_PAGE: u32 = 1000;
+
+/// A page request: keyset pagination after a cursor returned by the previous page.
+#[derive(Debug, Clone, Default)]
+pub struct PageRequest {
+    /// The `next` cursor of the previous page.
+    pub after: Option<String>,
+    /// Items per page (1 to 1000; 0 means 100).
+    pub limit: u32,
+}
+
+impl PageRequest {
+    /// The first page of `limit` items.
+    pub fn first(limit: u32) -> Self {
+        Self { after: None, limit }
+    }
+
+    pub(crate) fn effective_limit(&self) -> u32 {
+        match self.limit {
+            0 => 100,
+            n => n.min(MAX_PAGE),
+        }
+    }
+}
+
+/// One page of results.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Cursor for the next page, when there may be more.
+    pub next: Option<String>,
+}
+
+/// One dead-letter entry.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetter {
+    /// The message.
+    pub message_id: MessageId,
+    /// When it was dead-lettered.
+    pub dead_lettered_at: DateTime<Utc>,
+    /// Tenant.
+    pub tenant: String,
+    /// Service.
+    pub service: String,
+    /// Role.
+    pub role: String,
+    /// Intent.
+    pub intent: String,
+    /// Why (`max_attempts`, `not_retryable`, `deadline`).
+    pub reason: String,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// The message row as it was dead-lettered.
+    pub original: Value,
+    /// When an operator requeued it, if they did.
+    pub requeued_at: Option<DateTime<Utc>>,
+}
+
+/// A breaker's state in one process.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CircuitState {
+    /// Breaker key (`mcp.call.browser.get_title.0`).
+    pub key: String,
+    /// The process.
+    pub agent_id: String,
+    /// `closed`, `open` or `half_open`.
+    pub state: String,
+    /// When probing may start, for an open breaker.
+    pub open_until: Option<DateTime<Utc>>,
+    /// When this was recorded.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Live queue figures for one service and role.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QueueStats {
+    /// Service.
+    pub service: String,
+    /// Role.
+    pub role: String,
+    /// Queued and due now.
+    pub ready: i64,
+    /// Queued for later (`run_at` in the future).
+    pub delayed: i64,
+    /// Claimed by a worker.
+    pub claimed: i64,
+    /// Age of the oldest ready message, in ms.
+    pub oldest_ready_age_ms: Option<i64>,
+}

@@ -1,0 +1,103 @@
+//! Test helpers: every test gets its own database with the real migrations (a temporary SQLite
+//! file, or a fresh PostgreSQL database dropped afterwards) and a clock it steps by hand.
+//!
+//! Invariant: nothing here is used outside tests; PostgreSQL is never skipped — when it cannot be
+//! reached the test fails and says how to start it.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use model::clock::ManualClock;
+use sqlx::Connection;
+use store::{Store, StoreOptions};
+
+/// The PostgreSQL server tests use: `COGO_TEST_DATABASE_URL`, or the local `test` database.
+pub fn postgres_admin_url() -> String {
+    std::env::var("COGO_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A fixed starting instant for manual clocks.
+pub fn epoch() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-24T12:00:00Z").map(|t| t.with_timezone(&Utc)).unwrap_or_default()
+}
+
+/// A store for one test, with its clock and whatever keeps its database alive.
+pub struct TestStore {
+    /// The store.
+    pub store: Store,
+    /// The clock the store uses.
+    pub clock: Arc<ManualClock>,
+    /// The URL of the store's database (to open a second store on it).
+    pub url: String,
+    _guard: Guard,
+}
+
+enum Guard {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres { admin_url: String, database: String },
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Guard::Postgres { admin_url, database } = self {
+            let (admin_url, database) = (admin_url.clone(), database.clone());
+            // Drop the database from a separate runtime: Drop cannot await.
+            let _ = std::thread::spawn(move || {
+                if let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    runtime.block_on(async move {
+                        if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                            let sql = format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)");
+                            let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await;
+                        }
+                    });
+                }
+            })
+            .join();
+        }
+    }
+}
+
+impl TestStore {
+    /// Opens another store on the same database (a second process, as far as the bus can tell).
+    pub async fn reopen(&self) -> Store {
+        let options = StoreOptions::default().with_clock(self.clock.clone());
+        Store::open(&self.url, options).await.expect("reopening the test database")
+    }
+}
+
+/// A fresh SQLite store in a temporary directory.
+pub async fn sqlite() -> TestStore {
+    let dir = tempfile::tempdir().expect("creating a temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("cogo.db").display());
+    let clock = Arc::new(ManualClock::new(epoch()));
+    let store = Store::open(&url, StoreOptions::default().with_clock(clock.clone())).await.expect("opening SQLite");
+    store.migrate().await.expect("migrating SQLite");
+    TestStore { store, clock, url, _guard: Guard::Sqlite(dir) }
+}
+
+/// A fresh PostgreSQL database with the real migrations.
+pub async fn postgres() -> TestStore {
+    let admin_url = postgres_admin_url();
+    let database = format!("cogo_t_{}", model::new_id().simple());
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap_or_else(|err| {
+        panic!(
+            "PostgreSQL is required for this test and is not reachable at {admin_url}: {err}. \
+             Start it (pg_ctlcluster --skip-systemctl-redirect 15 main start) or set COGO_TEST_DATABASE_URL."
+        )
+    });
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{database}\"")))
+        .execute(&mut admin)
+        .await
+        .expect("creating a test database");
+    let url = match admin_url.rfind('/') {
+        Some(slash) => format!("{}/{database}", &admin_url[..slash]),
+        None => panic!("COGO_TEST_DATABASE_URL must end with /DATABASE"),
+    };
+    let clock = Arc::new(ManualClock::new(epoch()));
+    let guard = Guard::Postgres { admin_url, database };
+    let store = Store::open(&url, StoreOptions::default().with_clock(clock.clone()).with_max_connections(20))
+        .await
+        .expect("opening PostgreSQL");
+    store.migrate().await.expect("migrating PostgreSQL");
+    TestStore { store, clock, url, _guard: guard }
+}
