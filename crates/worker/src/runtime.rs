@@ -1,0 +1,320 @@
+//! One queue's runtime: the claim loop, handler tasks, the lease heartbeat and the batched completer.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use model::{Message, MessageId};
+use store::{ClaimRequest, Completion, FailAction, Failure, Outcome, Store};
+
+use crate::{Handler, HandlerError, HandlerOutput, RetryResolver};
+
+/// Settings of one runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Service served.
+    pub service: String,
+    /// Role served.
+    pub role: String,
+    /// Shards served besides the unsharded queue.
+    pub shards: Vec<String>,
+    /// This process's agent id.
+    pub agent_id: String,
+    /// Handlers running at once.
+    pub concurrency: usize,
+    /// Most messages claimed in one statement.
+    pub batch: u32,
+    /// Lease length; heartbeats extend it every third of it.
+    pub lease: Duration,
+    /// Fallback poll when no wake-up comes.
+    pub poll_interval: Duration,
+    /// How long in-flight work may take to finish on shutdown before it is released.
+    pub shutdown_deadline: Duration,
+}
+
+impl RuntimeConfig {
+    /// Defaults for `service/role` run by `agent_id`.
+    pub fn new(service: &str, role: &str, agent_id: &str) -> Self {
+        Self {
+            service: service.to_owned(),
+            role: role.to_owned(),
+            shards: Vec::new(),
+            agent_id: agent_id.to_owned(),
+            concurrency: 16,
+            batch: 32,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(2),
+            shutdown_deadline: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Counters of one runtime.
+#[derive(Debug, Default)]
+pub struct RuntimeStats {
+    /// Messages claimed.
+    pub claimed: AtomicU64,
+    /// Messages completed.
+    pub succeeded: AtomicU64,
+    /// Attempts failed.
+    pub failed: AtomicU64,
+    /// Results refused because the lease was lost.
+    pub lease_lost: AtomicU64,
+    /// Claim statements issued.
+    pub claim_queries: AtomicU64,
+}
+
+enum Finished {
+    Done(MessageId, HandlerOutput),
+    Failed(Message, HandlerError),
+}
+
+/// A running queue consumer.
+pub struct Runtime {
+    store: Store,
+    config: RuntimeConfig,
+    handler: Arc<dyn Handler>,
+    retry: RetryResolver,
+    stats: Arc<RuntimeStats>,
+}
+
+impl Runtime {
+    /// A runtime; nothing runs until [`Runtime::run`].
+    pub fn new(store: Store, config: RuntimeConfig, handler: Arc<dyn Handler>, retry: RetryResolver) -> Self {
+        Self { store, config, handler, retry, stats: Arc::new(RuntimeStats::default()) }
+    }
+
+    /// The counters, shared.
+    pub fn stats(&self) -> Arc<RuntimeStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until `shutdown` turns true, then drains gracefully.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let config = self.config.clone();
+        let labels = [("service", config.service.clone()), ("role", config.role.clone())];
+        let in_flight: Arc<Mutex<HashSet<MessageId>>> = Arc::default();
+        let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        let (finished_tx, finished_rx) = mpsc::unbounded_channel::<Finished>();
+        let completer = tokio::spawn(completer(
+            self.store.clone(),
+            config.clone(),
+            finished_rx,
+            in_flight.clone(),
+            self.retry.clone(),
+            self.stats.clone(),
+        ));
+        let (heartbeat_stop, heartbeat_stop_rx) = watch::channel(false);
+        let heartbeat = tokio::spawn(heartbeat(self.store.clone(), config.clone(), in_flight.clone(), heartbeat_stop_rx));
+        let wake = self.store.wakeups().queue(&config.service, &config.role);
+        let shard_refs: Vec<&str> = config.shards.iter().map(String::as_str).collect();
+        let mut backoff = Duration::from_millis(50);
+        let mut handlers = tokio::task::JoinSet::new();
+        tracing::info!(service = %config.service, role = %config.role, agent_id = %config.agent_id, concurrency = config.concurrency, "worker runtime started");
+        while !*shutdown.borrow() {
+            while handlers.try_join_next().is_some() {}
+            // wait for a free handler slot
+            let available = permits.available_permits();
+            if available == 0 {
+                tokio::select! {
+                    permit = permits.clone().acquire_owned() => drop(permit),
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let limit = (available as u32).min(config.batch.max(1));
+            let request = ClaimRequest::new(&config.service, &config.role, &config.agent_id, limit, config.lease).with_shards(&shard_refs);
+            self.stats.claim_queries.fetch_add(1, Ordering::Relaxed);
+            let claimed = match self.store.claim(&request).await {
+                Ok(claimed) => {
+                    backoff = Duration::from_millis(50);
+                    claimed
+                }
+                Err(err) => {
+                    tracing::warn!(service = %config.service, role = %config.role, error = %err, transient = err.is_transient(), "claiming failed, backing off");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            if claimed.is_empty() {
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep(config.poll_interval) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            let count = claimed.len() as u64;
+            self.stats.claimed.fetch_add(count, Ordering::Relaxed);
+            metrics::counter!(model::metrics::BUS_CLAIMED_TOTAL, &labels).increment(count);
+            let now = self.store.clock().now();
+            for message in claimed {
+                let waited_ms = (now - message.run_at.max(message.created_at)).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+                metrics::histogram!(model::metrics::BUS_CLAIM_LATENCY_MS, &labels).record(waited_ms.max(0.0));
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    // cannot happen: we claimed no more than the free permits
+                    let _ = self.store.release(&config.agent_id, &[message.id]).await;
+                    continue;
+                };
+                lock(&in_flight).insert(message.id);
+                let handler = self.handler.clone();
+                let finished_tx = finished_tx.clone();
+                handlers.spawn(async move {
+                    let id = message.id;
+                    let copy = message.clone();
+                    let outcome = handler.handle(message).await;
+                    let _ = finished_tx.send(match outcome {
+                        Ok(output) => Finished::Done(id, output),
+                        Err(error) => Finished::Failed(copy, error),
+                    });
+                    drop(permit);
+                });
+            }
+        }
+        // graceful stop: wait for handlers up to the deadline, then release the rest
+        let all = config.concurrency.max(1) as u32;
+        let drained = tokio::time::timeout(config.shutdown_deadline, permits.acquire_many(all)).await.is_ok();
+        // handlers still running past the deadline are stopped; their messages are released below
+        handlers.abort_all();
+        while handlers.join_next().await.is_some() {}
+        drop(finished_tx);
+        let _ = completer.await;
+        let _ = heartbeat_stop.send(true);
+        let _ = heartbeat.await;
+        let leftover: Vec<MessageId> = lock(&in_flight).drain().collect();
+        if !leftover.is_empty() {
+            match self.store.release(&config.agent_id, &leftover).await {
+                Ok(released) => tracing::warn!(count = released.len(), "released unfinished messages at shutdown"),
+                Err(err) => tracing::error!(error = %err, "could not release messages at shutdown; their leases will expire"),
+            }
+        }
+        tracing::info!(service = %config.service, role = %config.role, drained, "worker runtime stopped");
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Records handler outcomes in batches: whatever finished while the previous batch was written goes
+/// in the next statement.
+async fn completer(
+    store: Store,
+    config: RuntimeConfig,
+    mut finished: mpsc::UnboundedReceiver<Finished>,
+    in_flight: Arc<Mutex<HashSet<MessageId>>>,
+    retry: RetryResolver,
+    stats: Arc<RuntimeStats>,
+) {
+    let labels = [("service", config.service.clone()), ("role", config.role.clone())];
+    let mut buffer = Vec::with_capacity(256);
+    while finished.recv_many(&mut buffer, 256).await > 0 {
+        let mut completions = Vec::new();
+        let mut failures = Vec::new();
+        let now = store.clock().now();
+        for item in buffer.drain(..) {
+            match item {
+                Finished::Done(id, output) => completions.push(Completion { id, result: output.result, result_url: output.result_url }),
+                Finished::Failed(message, error) => {
+                    let policy = retry(&message);
+                    let elapsed = (now - message.created_at).to_std().unwrap_or_default();
+                    let decision = model::retry::bus_decision(
+                        &policy,
+                        error.kind,
+                        message.attempts.max(0) as u32,
+                        message.max_attempts.max(1) as u32,
+                        elapsed,
+                        rand::random::<f64>(),
+                    );
+                    failures.push(Failure { id: message.id, kind: error.kind, error: error.message, action: FailAction::from_decision(decision) });
+                }
+            }
+        }
+        let ids: Vec<MessageId> = completions.iter().map(|c| c.id).chain(failures.iter().map(|f| f.id)).collect();
+        if !completions.is_empty() {
+            let count = completions.len();
+            match with_retries(|| store.complete(&config.agent_id, completions.clone())).await {
+                Ok(outcomes) => {
+                    let lost = outcomes.iter().filter(|o| **o == Outcome::LeaseLost).count() as u64;
+                    stats.succeeded.fetch_add(count as u64 - lost, Ordering::Relaxed);
+                    stats.lease_lost.fetch_add(lost, Ordering::Relaxed);
+                    metrics::counter!(model::metrics::BUS_SUCCEEDED_TOTAL, &labels).increment(count as u64 - lost);
+                    if lost > 0 {
+                        tracing::warn!(count = lost, "completions refused: leases were lost (the messages were or will be retried)");
+                    }
+                }
+                Err(err) => tracing::error!(count, error = %err, "could not record completions; their leases will expire and they will be retried"),
+            }
+        }
+        if !failures.is_empty() {
+            let count = failures.len() as u64;
+            let dead = failures.iter().filter(|f| matches!(f.action, FailAction::DeadLetter { .. })).count() as u64;
+            match with_retries(|| store.fail(&config.agent_id, failures.clone())).await {
+                Ok(_) => {
+                    stats.failed.fetch_add(count, Ordering::Relaxed);
+                    metrics::counter!(model::metrics::BUS_FAILED_TOTAL, &labels).increment(count);
+                    if dead > 0 {
+                        metrics::counter!(model::metrics::BUS_DEAD_LETTERED_TOTAL, &labels).increment(dead);
+                    }
+                }
+                Err(err) => tracing::error!(count, error = %err, "could not record failures; their leases will expire and they will be retried"),
+            }
+        }
+        let mut held = lock(&in_flight);
+        for id in ids {
+            held.remove(&id);
+        }
+    }
+}
+
+/// Retries a store call a few times on transient errors (a dropped connection must not lose a result).
+async fn with_retries<T, F, Fut>(mut call: F) -> Result<T, store::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, store::Error>>,
+{
+    let mut delay = Duration::from_millis(20);
+    for _ in 0..5 {
+        match call().await {
+            Err(err) if err.is_transient() || matches!(err, store::Error::Database { .. }) => {
+                tracing::warn!(error = %err, "store call failed, retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            other => return other,
+        }
+    }
+    call().await
+}
+
+/// Extends the leases of in-flight messages every third of the lease.
+async fn heartbeat(store: Store, config: RuntimeConfig, in_flight: Arc<Mutex<HashSet<MessageId>>>, mut stop: watch::Receiver<bool>) {
+    let every = (config.lease / 3).max(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let ids: Vec<MessageId> = lock(&in_flight).iter().copied().collect();
+        if ids.is_empty() {
+            continue;
+        }
+        match store.extend_leases(&config.agent_id, &ids, config.lease).await {
+            Ok(kept) if kept.len() < ids.len() => {
+                tracing::warn!(lost = ids.len() - kept.len(), "leases lost while handlers still run; their results will be refused");
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "extending leases failed"),
+        }
+    }
+}
