@@ -144,6 +144,13 @@ impl CircuitBreaker {
         Self { config, state: BreakerState::Closed, ring: vec![(0, false); capacity], head: 0, len: 0, failures: 0 }
     }
 
+    /// Applies a new configuration (a policy reload): the state stays, the window starts afresh.
+    pub fn reconfigure(&mut self, config: BreakerConfig) {
+        self.ring = vec![(0, false); config.window_size.max(1) as usize];
+        self.config = config;
+        self.clear();
+    }
+
     /// The configuration.
     pub fn config(&self) -> &BreakerConfig {
         &self.config

@@ -315,5 +315,35 @@ pub(crate) fn check_range<T: PartialOrd + fmt::Display + Copy>(
     }
 }
 
+/// Where one resolved field of a policy came from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FieldSource {
+    /// Field name.
+    pub field: String,
+    /// Its resolved value.
+    pub value: serde_json::Value,
+    /// The rule that set it (`default` or a key), or `built-in`.
+    pub from: String,
+}
+
+/// Explains a resolution chain field by field: the first rule in the chain that sets a field wins;
+/// fields no rule sets come from `builtin`.
+pub fn explain_chain<'a, R: serde::Serialize + 'a>(
+    chain: impl Iterator<Item = (&'a str, &'a R)>,
+    builtin: &serde_json::Value,
+) -> Vec<FieldSource> {
+    let rules: Vec<(&str, serde_json::Value)> =
+        chain.map(|(name, rule)| (name, serde_json::to_value(rule).unwrap_or_default())).collect();
+    let Some(fields) = builtin.as_object() else { return Vec::new() };
+    fields
+        .iter()
+        .map(|(field, fallback)| {
+            let found = rules.iter().find_map(|(name, rule)| rule.get(field).filter(|v| !v.is_null()).map(|v| (*name, v.clone())));
+            let (from, value) = found.unwrap_or(("built-in", fallback.clone()));
+            FieldSource { field: field.clone(), value, from: from.to_owned() }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests;

@@ -52,7 +52,7 @@ pub enum Jitter {
 }
 
 /// A resolved retry policy for one key.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included (1 = never retry).
     pub max_attempts: u32,

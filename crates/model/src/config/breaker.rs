@@ -54,6 +54,20 @@ pub struct BreakerRule {
 }
 
 impl BreakerRule {
+    /// The built-in defaults, written as a complete rule.
+    pub fn builtin() -> Self {
+        let c = BreakerConfig::default();
+        Self {
+            failure_rate_threshold: Some(c.failure_rate_threshold),
+            min_requests: Some(c.min_requests),
+            window_size: Some(c.window_size),
+            window_ms: Some(c.window_ms),
+            open_ms: Some(c.open_ms),
+            half_open_probes: Some(c.half_open_probes),
+            failure_kinds: Some(c.failure_kinds.iter().collect()),
+        }
+    }
+
     fn fill_from(&mut self, other: &BreakerRule) {
         fn take<T: Clone>(slot: &mut Option<T>, other: &Option<T>) {
             if slot.is_none() {
@@ -102,6 +116,12 @@ impl BreakerRules {
             merged.fill_from(rule);
         }
         merged.into_config()
+    }
+
+    /// Which rule supplies each field for `key`.
+    pub fn explain(&self, key: &str) -> Vec<super::FieldSource> {
+        let builtin = serde_json::to_value(BreakerRule::builtin()).unwrap_or_default();
+        super::explain_chain(self.0.chain(key), &builtin)
     }
 
     /// The rules that apply to `key`, most specific first.

@@ -60,6 +60,21 @@ pub struct RetryRule {
 }
 
 impl RetryRule {
+    /// The built-in defaults, written as a complete rule.
+    pub fn builtin() -> Self {
+        let p = RetryPolicy::default();
+        Self {
+            max_attempts: Some(p.max_attempts),
+            base_delay_ms: Some(p.base_delay.as_millis() as u64),
+            factor: Some(p.factor),
+            max_delay_ms: Some(p.max_delay.as_millis() as u64),
+            jitter: Some(p.jitter),
+            retry_on: Some(p.retry_on.iter().collect()),
+            deadline_ms: Some(p.deadline.map_or(0, |d| d.as_millis() as u64)),
+            timeout_ms: Some(p.timeout.as_millis() as u64),
+        }
+    }
+
     fn fill_from(&mut self, other: &RetryRule) {
         fn take<T: Clone>(slot: &mut Option<T>, other: &Option<T>) {
             if slot.is_none() {
@@ -114,6 +129,12 @@ impl RetryRules {
             merged.fill_from(rule);
         }
         merged.into_policy()
+    }
+
+    /// Which rule supplies each field for `key`.
+    pub fn explain(&self, key: &str) -> Vec<super::FieldSource> {
+        let builtin = serde_json::to_value(RetryRule::builtin()).unwrap_or_default();
+        super::explain_chain(self.0.chain(key), &builtin)
     }
 
     /// The rules that apply to `key`, most specific first.

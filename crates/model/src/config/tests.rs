@@ -156,3 +156,17 @@ fn schemas_describe_every_file() {
     let mcp = ConfigFile::Mcp.schema();
     assert!(mcp["properties"]["toolsets"]["description"].as_str().is_some_and(|d| d.contains("policy keys")));
 }
+
+#[test]
+fn explain_names_the_rule_behind_each_field() {
+    let file: RetryFile = parse("retry_policy.json", ConfigFile::Retry.seed()).expect("valid");
+    let explained = file.compile().explain("mcp.call.browser.browser_navigate");
+    let source = |field: &str| explained.iter().find(|f| f.field == field).map(|f| (f.from.clone(), f.value.clone()));
+    assert_eq!(source("max_attempts"), Some(("mcp.call.browser.browser_navigate".into(), serde_json::json!(4))));
+    assert_eq!(source("timeout_ms"), Some(("mcp.call.browser.*".into(), serde_json::json!(45000))));
+    assert_eq!(source("jitter"), Some(("default".into(), serde_json::json!("full"))));
+    let bare: RetryFile = parse("retry_policy.json", "{}").expect("valid");
+    assert!(bare.compile().explain("x").iter().all(|f| f.from == "built-in"));
+    let resolved = bare.compile().resolve("x");
+    assert_eq!(resolved, crate::retry::RetryPolicy::default());
+}
