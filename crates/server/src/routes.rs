@@ -1,0 +1,177 @@
+//! The route handlers: health, Prometheus, messages, events, traces, dead letters, agents, summary.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use model::{MessageId, MessageStatus};
+use store::{EventFilter, MessageFilter, PageRequest};
+
+use crate::{ApiError, AppState, ErrorCode};
+
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(prometheus))
+        .route("/api/messages", get(messages))
+        .route("/api/messages/{id}", get(message))
+        .route("/api/events", get(events))
+        .route("/api/traces/{trace_id}", get(trace))
+        .route("/api/dlq", get(dead_letters))
+        .route("/api/dlq/{id}/requeue", post(requeue))
+        .route("/api/agents", get(agents))
+        .route("/api/metrics/summary", get(summary))
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
+        .with_state(state)
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    state.store.ping().await.map_err(|err| {
+        tracing::warn!(error = %err, "readiness check failed");
+        ApiError::new(ErrorCode::Unavailable, "the database does not answer")
+    })?;
+    Ok(Json(json!({ "status": "ready", "backend": state.store.kind().name() })))
+}
+
+async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], (state.metrics)())
+}
+
+fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query.map(|Query(q)| q).map_err(|rejection| ApiError::new(ErrorCode::InvalidRequest, format!("bad query string: {}", rejection.body_text())))
+}
+
+fn parse_id(id: &str) -> Result<MessageId, ApiError> {
+    id.parse().map_err(|_| ApiError::new(ErrorCode::InvalidRequest, format!("{id:?} is not a message id (a UUID)")))
+}
+
+/// Query of message and dead-letter listings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageQuery {
+    tenant: Option<String>,
+    service: Option<String>,
+    role: Option<String>,
+    status: Option<String>,
+    intent: Option<String>,
+    trace_id: Option<String>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+impl MessageQuery {
+    fn split(self) -> Result<(MessageFilter, PageRequest), ApiError> {
+        let status = match self.status.as_deref() {
+            None => None,
+            Some(s) => Some(MessageStatus::parse(s).ok_or_else(|| {
+                ApiError::new(ErrorCode::InvalidRequest, format!("status {s:?} is not one of queued, claimed, done, failed"))
+            })?),
+        };
+        let filter = MessageFilter {
+            tenant: self.tenant,
+            service: self.service,
+            role: self.role,
+            status,
+            intent: self.intent,
+            trace_id: self.trace_id,
+            since: self.since,
+            until: self.until,
+        };
+        Ok((filter, PageRequest { after: self.after, limit: self.limit.unwrap_or(100) }))
+    }
+}
+
+async fn messages(State(state): State<AppState>, q: Result<Query<MessageQuery>, QueryRejection>) -> Result<impl IntoResponse, ApiError> {
+    let (filter, page) = query(q)?.split()?;
+    Ok(Json(state.store.messages(&filter, &page).await?))
+}
+
+async fn message(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(state.store.message(parse_id(&id)?).await?))
+}
+
+/// Query of event listings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventQuery {
+    tenant: Option<String>,
+    service: Option<String>,
+    role: Option<String>,
+    event_type: Option<String>,
+    message_id: Option<String>,
+    trace_id: Option<String>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn events(State(state): State<AppState>, q: Result<Query<EventQuery>, QueryRejection>) -> Result<impl IntoResponse, ApiError> {
+    let q = query(q)?;
+    let filter = EventFilter {
+        tenant: q.tenant,
+        service: q.service,
+        role: q.role,
+        event_type: q.event_type,
+        message_id: q.message_id.as_deref().map(parse_id).transpose()?,
+        trace_id: q.trace_id,
+        since: q.since,
+        until: q.until,
+    };
+    Ok(Json(state.store.events(&filter, &PageRequest { after: q.after, limit: q.limit.unwrap_or(100) }).await?))
+}
+
+async fn trace(State(state): State<AppState>, Path(trace_id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    if !model::trace::is_valid_trace_id(&trace_id) {
+        return Err(ApiError::new(ErrorCode::InvalidRequest, "a trace id is 32 lower-case hex digits"));
+    }
+    let filter = EventFilter { trace_id: Some(trace_id.clone()), ..EventFilter::default() };
+    let events = state.store.events(&filter, &PageRequest::first(1000)).await?;
+    let messages = state.store.messages(&MessageFilter { trace_id: Some(trace_id.clone()), ..MessageFilter::default() }, &PageRequest::first(1000)).await?;
+    Ok(Json(json!({ "trace_id": trace_id, "messages": messages.items, "events": events.items })))
+}
+
+async fn dead_letters(State(state): State<AppState>, q: Result<Query<MessageQuery>, QueryRejection>) -> Result<impl IntoResponse, ApiError> {
+    let (mut filter, page) = query(q)?.split()?;
+    filter.status = Some(filter.status.unwrap_or(MessageStatus::Failed));
+    Ok(Json(state.store.dead_letters(&filter, &page).await?))
+}
+
+async fn requeue(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let message = state.store.requeue(parse_id(&id)?).await?;
+    tracing::info!(message_id = %message.id, "requeued from the dead-letter queue by an operator");
+    Ok(Json(message))
+}
+
+async fn agents(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(json!({ "agents": state.store.presence().await? })))
+}
+
+async fn summary(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let (queues, circuits, agents) = tokio::try_join!(state.store.queue_stats(), state.store.circuits(), state.store.presence())?;
+    let online = agents.iter().filter(|a| a.status == model::presence::PresenceStatus::Online).count();
+    let ready: i64 = queues.iter().map(|q| q.ready).sum();
+    let delayed: i64 = queues.iter().map(|q| q.delayed).sum();
+    let claimed: i64 = queues.iter().map(|q| q.claimed).sum();
+    let oldest = queues.iter().filter_map(|q| q.oldest_ready_age_ms).max();
+    Ok(Json(json!({
+        "summary": {
+            "circuits": resilience::summarize(&circuits),
+            "bus": { "ready": ready, "delayed": delayed, "claimed": claimed, "oldestReadyAgeMs": oldest, "queues": queues },
+            "agents": { "online": online, "total": agents.len() },
+        }
+    })))
+}

@@ -1,0 +1,114 @@
+//! The router, called directly (no sockets).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use model::config::{parse, ConfigFile, RoutePolicies};
+
+async fn app() -> (axum::Router, test_support::TestStore) {
+    let t = test_support::sqlite().await;
+    let routes: RoutePolicies = parse("route_policies.json", ConfigFile::Routes.seed()).expect("seed routes");
+    let state = server::AppState {
+        store: t.store.clone(),
+        routes: Arc::new(routes),
+        admin_token: Some(Arc::from("admin-secret")),
+        api_tokens: Arc::new(vec!["reader-token".to_owned()]),
+        metrics: Arc::new(|| "# TYPE cogo_bus_claimed_total counter\n".to_owned()),
+        agent_id: Arc::from("agent-test"),
+    };
+    (server::router(state, server::Limits::default()), t)
+}
+
+async fn call(app: &axum::Router, method: &str, uri: &str, headers: &[(&str, &str)]) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let mut request = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = app.clone().oneshot(request.body(Body::empty()).expect("request")).await.expect("response");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.expect("body").to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, headers, body)
+}
+
+const TOKEN: (&str, &str) = ("authorization", "Bearer reader-token");
+const ADMIN: (&str, &str) = ("x-admin-token", "admin-secret");
+
+#[tokio::test]
+async fn health_is_public_and_carries_security_headers() {
+    let (app, _t) = app().await;
+    let (status, headers, body) = call(&app, "GET", "/healthz", &[]).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert!(headers["content-security-policy"].to_str().unwrap_or_default().contains("default-src 'self'"));
+    let (status, _, body) = call(&app, "GET", "/readyz", &[]).await;
+    assert_eq!((status, body["backend"].as_str()), (StatusCode::OK, Some("sqlite")));
+    let (status, headers, _) = call(&app, "GET", "/metrics", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"].to_str().unwrap_or_default().starts_with("text/plain"));
+}
+
+#[tokio::test]
+async fn deny_by_default_and_tokens() {
+    let (app, t) = app().await;
+    // not in the allowlist: 404 JSON
+    let (status, _, body) = call(&app, "GET", "/api/secret", &[TOKEN]).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    // token routes
+    let (status, _, body) = call(&app, "GET", "/api/messages", &[]).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
+    let (status, _, _) = call(&app, "GET", "/api/messages", &[("authorization", "Bearer wrong")]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, body) = call(&app, "GET", "/api/messages", &[TOKEN]).await;
+    assert_eq!((status, body["items"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)));
+    let (status, _, _) = call(&app, "GET", "/api/messages", &[ADMIN]).await;
+    assert_eq!(status, StatusCode::OK, "the admin token opens token routes");
+    // admin routes: a reader token is not enough
+    let id = t.store.enqueue(model::NewMessage::new("s", "r", model::Intent::new("noop").expect("i"), json!({}))).await.expect("enqueue").message.id;
+    let uri = format!("/api/dlq/{id}/requeue");
+    let (status, _, _) = call(&app, "POST", &uri, &[TOKEN]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, body) = call(&app, "POST", &uri, &[ADMIN]).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")), "{body}");
+    assert!(body["message"].as_str().unwrap_or_default().contains("not dead-lettered"));
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_400s() {
+    let (app, _t) = app().await;
+    for (uri, fragment) in [
+        ("/api/messages?status=lost", "status \"lost\" is not one of"),
+        ("/api/messages?colour=red", "unknown field `colour`"),
+        ("/api/messages?limit=-1", "bad query string"),
+        ("/api/messages/not-a-uuid", "is not a message id"),
+        ("/api/messages?after=zzz", "invalid page cursor"),
+        ("/api/traces/XYZ", "32 lower-case hex"),
+        ("/api/events?since=yesterday", "bad query string"),
+    ] {
+        let (status, _, body) = call(&app, "GET", uri, &[TOKEN]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert_eq!(body["code"], "invalid_request");
+        assert!(body["message"].as_str().unwrap_or_default().contains(fragment), "{uri}: {body}");
+    }
+    let (status, _, body) = call(&app, "GET", &format!("/api/messages/{}", model::MessageId::new()), &[TOKEN]).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+}
+
+#[tokio::test]
+async fn summary_reports_bus_circuits_and_agents() {
+    let (app, t) = app().await;
+    t.store.enqueue_batch((0..3).map(|n| model::NewMessage::new("mcp", "gateway", model::Intent::new("mcp_call").expect("i"), json!({"n": n}))).collect()).await.expect("enqueue");
+    let (status, _, body) = call(&app, "GET", "/api/metrics/summary", &[TOKEN]).await;
+    assert_eq!(status, StatusCode::OK);
+    let summary = &body["summary"];
+    assert_eq!(summary["bus"]["ready"], 3);
+    assert_eq!(summary["circuits"], json!({"openByKey": {}, "openCount": 0}));
+    assert_eq!(summary["agents"]["online"], 0);
+}
