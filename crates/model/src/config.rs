@@ -182,7 +182,12 @@ pub fn parse<T: DeserializeOwned + Validate>(label: &str, text: &str) -> Result<
         column,
     };
     if text.len() > MAX_CONFIG_BYTES {
-        return Err(vec![error(String::new(), format!("file is {} bytes; the limit is {MAX_CONFIG_BYTES}", text.len()), None, None)]);
+        return Err(vec![error(
+            String::new(),
+            format!("file is {} bytes; the limit is {MAX_CONFIG_BYTES}", text.len()),
+            None,
+            None,
+        )]);
     }
     // 1. syntax and duplicate keys (serde would silently keep the last duplicate)
     let mut duplicates = Vec::new();
@@ -281,7 +286,8 @@ impl<'de> Visitor<'de> for DuplicateScan<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut index = 0;
-        while seq.next_element_seed(DuplicateScan { path: self.path.index(index), found: &mut *self.found })?.is_some() {
+        while seq.next_element_seed(DuplicateScan { path: self.path.index(index), found: &mut *self.found })?.is_some()
+        {
             index += 1;
         }
         Ok(())
@@ -338,7 +344,9 @@ pub fn explain_chain<'a, R: serde::Serialize + 'a>(
     fields
         .iter()
         .map(|(field, fallback)| {
-            let found = rules.iter().find_map(|(name, rule)| rule.get(field).filter(|v| !v.is_null()).map(|v| (*name, v.clone())));
+            let found = rules
+                .iter()
+                .find_map(|(name, rule)| rule.get(field).filter(|v| !v.is_null()).map(|v| (*name, v.clone())));
             let (from, value) = found.unwrap_or(("built-in", fallback.clone()));
             FieldSource { field: field.clone(), value, from: from.to_owned() }
         })

@@ -17,5 +17,5 @@ pub mod presence;
 pub mod retry;
 pub mod trace;
 
-pub use ids::{new_id, EventId, MessageId};
+pub use ids::{EventId, MessageId, new_id};
 pub use message::{ErrorKind, Intent, Message, MessageStatus, NewMessage, Phase};

@@ -119,7 +119,12 @@ impl MessageStatus {
         use MessageStatus::*;
         matches!(
             (self, next),
-            (Queued, Claimed) | (Queued, Failed) | (Claimed, Done) | (Claimed, Queued) | (Claimed, Failed) | (Failed, Queued)
+            (Queued, Claimed)
+                | (Queued, Failed)
+                | (Claimed, Done)
+                | (Claimed, Queued)
+                | (Claimed, Failed)
+                | (Failed, Queued)
         )
     }
 
@@ -481,7 +486,12 @@ impl NewMessage {
         if !PRIORITY_RANGE.contains(&self.priority) {
             return Err(InvalidMessage {
                 field: "priority",
-                problem: format!("must be within {}..={}, got {}", PRIORITY_RANGE.start(), PRIORITY_RANGE.end(), self.priority),
+                problem: format!(
+                    "must be within {}..={}, got {}",
+                    PRIORITY_RANGE.start(),
+                    PRIORITY_RANGE.end(),
+                    self.priority
+                ),
             });
         }
         if !(1..=MAX_ATTEMPTS_LIMIT).contains(&self.max_attempts) {

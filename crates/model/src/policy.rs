@@ -131,12 +131,9 @@ mod tests {
     fn key_validation_names_the_problem() {
         assert!(validate_rule_key("mcp.call.browser.*").is_ok());
         assert!(validate_rule_key("mcp.call.browser.get_title.0").is_ok());
-        for (key, problem) in [
-            ("", "empty"),
-            ("mcp..x", "empty segment"),
-            ("mcp.*.x", "last segment"),
-            ("mcp.call/x", "contains '/'"),
-        ] {
+        for (key, problem) in
+            [("", "empty"), ("mcp..x", "empty segment"), ("mcp.*.x", "last segment"), ("mcp.call/x", "contains '/'")]
+        {
             let error = validate_rule_key(key).expect_err(key);
             assert!(error.contains(problem), "{key}: {error}");
         }

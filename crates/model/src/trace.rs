@@ -112,13 +112,7 @@ impl TraceContext {
 impl fmt::Display for TraceContext {
     /// The `traceparent` header value (version 00).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            encode_hex(&self.trace_id),
-            encode_hex(&self.parent_id),
-            self.flags
-        )
+        write!(f, "00-{}-{}-{:02x}", encode_hex(&self.trace_id), encode_hex(&self.parent_id), self.flags)
     }
 }
 

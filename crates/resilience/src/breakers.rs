@@ -155,7 +155,8 @@ impl Breakers {
     /// The state of every breaker.
     pub fn states(&self) -> Vec<(String, BreakerState)> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<(String, BreakerState)> = map.iter().map(|(key, entry)| (key.clone(), lock(&entry.breaker).state())).collect();
+        let mut out: Vec<(String, BreakerState)> =
+            map.iter().map(|(key, entry)| (key.clone(), lock(&entry.breaker).state())).collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
@@ -176,13 +177,18 @@ impl Breakers {
         let open = self.states().iter().filter(|(_, s)| matches!(s, BreakerState::Open { .. })).count();
         metrics::gauge!(model::metrics::CIRCUIT_OPEN_CURRENT).set(open as f64);
         if let Some(sender) = &self.transitions {
-            let _ = sender.send(TransitionRecord { key: key.to_owned(), transition, at: self.wall(now_ms), open_until });
+            let _ =
+                sender.send(TransitionRecord { key: key.to_owned(), transition, at: self.wall(now_ms), open_until });
         }
     }
 }
 
 /// Writes transitions to the store (event and state row together) until the sender side closes.
-pub async fn record_transitions(store: store::Store, agent_id: String, mut transitions: mpsc::UnboundedReceiver<TransitionRecord>) {
+pub async fn record_transitions(
+    store: store::Store,
+    agent_id: String,
+    mut transitions: mpsc::UnboundedReceiver<TransitionRecord>,
+) {
     while let Some(record) = transitions.recv().await {
         let state = match record.transition {
             Transition::Opened => "open",
@@ -232,7 +238,8 @@ pub struct CircuitSummary {
 pub fn summarize(states: &[store::CircuitState]) -> CircuitSummary {
     let mut open_by_key: BTreeMap<String, OpenCircuit> = BTreeMap::new();
     for state in states.iter().filter(|s| s.state == "open") {
-        let entry = open_by_key.entry(state.key.clone()).or_insert(OpenCircuit { agents: Vec::new(), open_until: None });
+        let entry =
+            open_by_key.entry(state.key.clone()).or_insert(OpenCircuit { agents: Vec::new(), open_until: None });
         entry.agents.push(state.agent_id.clone());
         entry.open_until = entry.open_until.max(state.open_until);
     }

@@ -11,6 +11,8 @@ mod breakers;
 mod policies;
 mod reload;
 
-pub use breakers::{BreakerOpen, Breakers, CircuitSummary, OpenCircuit, Permit, TransitionRecord, record_transitions, summarize};
+pub use breakers::{
+    BreakerOpen, Breakers, CircuitSummary, OpenCircuit, Permit, TransitionRecord, record_transitions, summarize,
+};
 pub use policies::Policies;
-pub use reload::{watch_policies, ReloadOutcome};
+pub use reload::{ReloadOutcome, watch_policies};

@@ -46,9 +46,11 @@ impl Policies {
 
     /// The seed defaults shipped with COGO.
     pub fn seed() -> Self {
-        use model::config::{parse, ConfigFile};
-        let retry = parse::<RetryFile>("retry_policy.json", ConfigFile::Retry.seed()).unwrap_or_else(|_| RetryFile { default: Default::default(), policies: Default::default() });
-        let breaker = parse::<BreakerFile>("circuit_breaker.json", ConfigFile::Breaker.seed()).unwrap_or_else(|_| BreakerFile { default: Default::default(), breakers: Default::default() });
+        use model::config::{ConfigFile, parse};
+        let retry = parse::<RetryFile>("retry_policy.json", ConfigFile::Retry.seed())
+            .unwrap_or_else(|_| RetryFile { default: Default::default(), policies: Default::default() });
+        let breaker = parse::<BreakerFile>("circuit_breaker.json", ConfigFile::Breaker.seed())
+            .unwrap_or_else(|_| BreakerFile { default: Default::default(), breakers: Default::default() });
         Self::new(&retry, &breaker)
     }
 
@@ -92,14 +94,22 @@ impl Policies {
     /// Replaces the retry rules (keeps the breaker rules).
     pub fn replace_retry(&self, retry: &RetryFile) {
         let mut current = write(&self.current);
-        *current = Arc::new(Compiled { retry: retry.compile(), breaker: current.breaker.clone(), retry_cache: RwLock::default() });
+        *current = Arc::new(Compiled {
+            retry: retry.compile(),
+            breaker: current.breaker.clone(),
+            retry_cache: RwLock::default(),
+        });
         self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 
     /// Replaces the breaker rules (keeps the retry rules).
     pub fn replace_breaker(&self, breaker: &BreakerFile) {
         let mut current = write(&self.current);
-        *current = Arc::new(Compiled { retry: current.retry.clone(), breaker: breaker.compile(), retry_cache: RwLock::default() });
+        *current = Arc::new(Compiled {
+            retry: current.retry.clone(),
+            breaker: breaker.compile(),
+            retry_cache: RwLock::default(),
+        });
         self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use model::config::{parse, BreakerFile, ConfigFile, RetryFile};
+use model::config::{BreakerFile, ConfigFile, RetryFile, parse};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
@@ -38,7 +38,8 @@ pub fn reload_file(policies: &Policies, dir: &Path, file: ConfigFile) -> ReloadO
         Err(errors) => ReloadOutcome::Rejected(file, errors.iter().map(ToString::to_string).collect()),
     };
     let label_outcome = if matches!(outcome, ReloadOutcome::Applied(_)) { "applied" } else { "rejected" };
-    metrics::counter!(model::metrics::CONFIG_RELOADS_TOTAL, "file" => file.file_name(), "outcome" => label_outcome).increment(1);
+    metrics::counter!(model::metrics::CONFIG_RELOADS_TOTAL, "file" => file.file_name(), "outcome" => label_outcome)
+        .increment(1);
     match &outcome {
         ReloadOutcome::Applied(_) => tracing::info!(file = file.file_name(), "policy file reloaded"),
         ReloadOutcome::Rejected(_, errors) => {
@@ -62,7 +63,9 @@ pub fn watch_policies(
             }
             for path in event.paths {
                 let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                if let Some(file) = ConfigFile::parse(name).filter(|f| matches!(f, ConfigFile::Retry | ConfigFile::Breaker)) {
+                if let Some(file) =
+                    ConfigFile::parse(name).filter(|f| matches!(f, ConfigFile::Retry | ConfigFile::Breaker))
+                {
                     let _ = raw_tx.send(file);
                 }
             }

@@ -1,6 +1,6 @@
 //! API errors: a stable table of codes to HTTP statuses; bodies are `{code, message}`.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -70,7 +70,8 @@ struct Body<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.code.status(), axum::Json(Body { code: self.code, message: &self.message })).into_response();
+        let mut response =
+            (self.code.status(), axum::Json(Body { code: self.code, message: &self.message })).into_response();
         if matches!(self.code, ErrorCode::RateLimited | ErrorCode::Unavailable) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

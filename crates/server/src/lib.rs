@@ -38,7 +38,10 @@ pub struct AppState {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("agent_id", &self.agent_id).field("admin_token", &self.admin_token.as_ref().map(|_| "***")).finish()
+        f.debug_struct("AppState")
+            .field("agent_id", &self.agent_id)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
+            .finish()
     }
 }
 
@@ -62,6 +65,9 @@ pub fn router(state: AppState, limits: Limits) -> Router {
     routes::router(state.clone())
         .layer(axum::middleware::from_fn_with_state(state, security::guard))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(limits.max_body_bytes))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, limits.request_timeout))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
         .layer(axum::middleware::from_fn(security::headers))
 }

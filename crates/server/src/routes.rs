@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use model::{MessageId, MessageStatus};
 use store::{EventFilter, MessageFilter, PageRequest};
@@ -49,7 +49,9 @@ async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    query.map(|Query(q)| q).map_err(|rejection| ApiError::new(ErrorCode::InvalidRequest, format!("bad query string: {}", rejection.body_text())))
+    query.map(|Query(q)| q).map_err(|rejection| {
+        ApiError::new(ErrorCode::InvalidRequest, format!("bad query string: {}", rejection.body_text()))
+    })
 }
 
 fn parse_id(id: &str) -> Result<MessageId, ApiError> {
@@ -77,7 +79,10 @@ impl MessageQuery {
         let status = match self.status.as_deref() {
             None => None,
             Some(s) => Some(MessageStatus::parse(s).ok_or_else(|| {
-                ApiError::new(ErrorCode::InvalidRequest, format!("status {s:?} is not one of queued, claimed, done, failed"))
+                ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("status {s:?} is not one of queued, claimed, done, failed"),
+                )
             })?),
         };
         let filter = MessageFilter {
@@ -94,7 +99,10 @@ impl MessageQuery {
     }
 }
 
-async fn messages(State(state): State<AppState>, q: Result<Query<MessageQuery>, QueryRejection>) -> Result<impl IntoResponse, ApiError> {
+async fn messages(
+    State(state): State<AppState>,
+    q: Result<Query<MessageQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
     let (filter, page) = query(q)?.split()?;
     Ok(Json(state.store.messages(&filter, &page).await?))
 }
@@ -119,7 +127,10 @@ struct EventQuery {
     limit: Option<u32>,
 }
 
-async fn events(State(state): State<AppState>, q: Result<Query<EventQuery>, QueryRejection>) -> Result<impl IntoResponse, ApiError> {
+async fn events(
+    State(state): State<AppState>,
+    q: Result<Query<EventQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
     let q = query(q)?;
     let filter = EventFilter {
         tenant: q.tenant,
@@ -140,11 +151,20 @@ async fn trace(State(state): State<AppState>, Path(trace_id): Path<String>) -> R
     }
     let filter = EventFilter { trace_id: Some(trace_id.clone()), ..EventFilter::default() };
     let events = state.store.events(&filter, &PageRequest::first(1000)).await?;
-    let messages = state.store.messages(&MessageFilter { trace_id: Some(trace_id.clone()), ..MessageFilter::default() }, &PageRequest::first(1000)).await?;
+    let messages = state
+        .store
+        .messages(
+            &MessageFilter { trace_id: Some(trace_id.clone()), ..MessageFilter::default() },
+            &PageRequest::first(1000),
+        )
+        .await?;
     Ok(Json(json!({ "trace_id": trace_id, "messages": messages.items, "events": events.items })))
 }
 
-async fn dead_letters(State(state): State<AppState>, q: Result<Query<MessageQuery>, QueryRejection>) -> Result<impl IntoResponse, ApiError> {
+async fn dead_letters(
+    State(state): State<AppState>,
+    q: Result<Query<MessageQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
     let (mut filter, page) = query(q)?.split()?;
     filter.status = Some(filter.status.unwrap_or(MessageStatus::Failed));
     Ok(Json(state.store.dead_letters(&filter, &page).await?))
@@ -161,7 +181,8 @@ async fn agents(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
 }
 
 async fn summary(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let (queues, circuits, agents) = tokio::try_join!(state.store.queue_stats(), state.store.circuits(), state.store.presence())?;
+    let (queues, circuits, agents) =
+        tokio::try_join!(state.store.queue_stats(), state.store.circuits(), state.store.presence())?;
     let online = agents.iter().filter(|a| a.status == model::presence::PresenceStatus::Online).count();
     let ready: i64 = queues.iter().map(|q| q.ready).sum();
     let delayed: i64 = queues.iter().map(|q| q.delayed).sum();

@@ -1,7 +1,7 @@
 //! Route policies, tokens and security headers.
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue};
+use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -34,7 +34,9 @@ pub(crate) async fn guard(State(state): State<AppState>, request: Request, next:
         (Some(expected), Some(given)) => constant_time_eq(expected.as_bytes(), given.as_bytes()),
         _ => false,
     };
-    let has_token = is_admin || bearer.is_some_and(|given| state.api_tokens.iter().any(|t| constant_time_eq(t.as_bytes(), given.as_bytes())));
+    let has_token = is_admin
+        || bearer
+            .is_some_and(|given| state.api_tokens.iter().any(|t| constant_time_eq(t.as_bytes(), given.as_bytes())));
     let allowed = match access {
         Access::Public => true,
         Access::Token => has_token,
@@ -42,11 +44,23 @@ pub(crate) async fn guard(State(state): State<AppState>, request: Request, next:
     };
     if !allowed {
         let supplied = admin.is_some() || bearer.is_some();
-        let what = if access == Access::Admin { "the admin token (x-admin-token)" } else { "a token (Authorization: Bearer …)" };
+        let what = if access == Access::Admin {
+            "the admin token (x-admin-token)"
+        } else {
+            "a token (Authorization: Bearer …)"
+        };
         if state.admin_token.is_none() && access == Access::Admin {
-            return ApiError::new(ErrorCode::Forbidden, "admin routes are disabled: start COGO with COGO_ADMIN_TOKEN set").into_response();
+            return ApiError::new(
+                ErrorCode::Forbidden,
+                "admin routes are disabled: start COGO with COGO_ADMIN_TOKEN set",
+            )
+            .into_response();
         }
-        let code = if supplied && access == Access::Admin && has_token { ErrorCode::Forbidden } else { ErrorCode::Unauthorized };
+        let code = if supplied && access == Access::Admin && has_token {
+            ErrorCode::Forbidden
+        } else {
+            ErrorCode::Unauthorized
+        };
         return ApiError::new(code, format!("{method} {path} needs {what}")).into_response();
     }
     next.run(request).await

@@ -21,7 +21,9 @@ pub enum Error {
         source: model::message::InvalidMessage,
     },
     /// A result too large to keep inline.
-    #[error("result of message {id} is {size} bytes of JSON, over the inline limit of {max}: store it as an artifact and pass result_url")]
+    #[error(
+        "result of message {id} is {size} bytes of JSON, over the inline limit of {max}: store it as an artifact and pass result_url"
+    )]
     ResultTooLarge {
         /// The message.
         id: MessageId,
@@ -91,11 +93,17 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Database { source, .. } => match source {
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
                 sqlx::Error::Database(db) => {
                     // Postgres: serialization failure, deadlock, too many connections, admin shutdown,
                     // cannot connect now; SQLite: busy, locked.
-                    matches!(db.code().as_deref(), Some("40001" | "40P01" | "53300" | "57P01" | "57P03" | "5" | "6" | "517"))
+                    matches!(
+                        db.code().as_deref(),
+                        Some("40001" | "40P01" | "53300" | "57P01" | "57P03" | "5" | "6" | "517")
+                    )
                 }
                 _ => false,
             },

@@ -169,7 +169,12 @@ impl Store {
     }
 
     /// Extends the leases `agent_id` holds on `ids`; returns the ids still held (the others were lost).
-    pub async fn extend_leases(&self, agent_id: &str, ids: &[MessageId], lease: Duration) -> Result<Vec<MessageId>, Error> {
+    pub async fn extend_leases(
+        &self,
+        agent_id: &str,
+        ids: &[MessageId],
+        lease: Duration,
+    ) -> Result<Vec<MessageId>, Error> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -213,7 +218,11 @@ impl Store {
 
     /// Takes back messages whose lease expired: each is retried (counted as a failed attempt of kind
     /// `lease_expired`) or dead-lettered, as `decide` says. Returns how many were taken back.
-    pub async fn reap_expired(&self, limit: u32, decide: &(dyn Fn(&Message) -> FailAction + Sync)) -> Result<u64, Error> {
+    pub async fn reap_expired(
+        &self,
+        limit: u32,
+        decide: &(dyn Fn(&Message) -> FailAction + Sync),
+    ) -> Result<u64, Error> {
         dispatch!(self, bus => bus.reap_expired(limit, decide).await)
     }
 
@@ -310,6 +319,39 @@ impl Store {
     pub async fn close(&self) {
         dispatch!(self, bus => bus.close().await)
     }
+}
+
+fn check_database_name(name: &str) -> Result<(), Error> {
+    if name.is_empty()
+        || name.len() > 63
+        || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(Error::BadUrl { url: format!("database name {name:?} (use 1 to 63 of a-z, 0-9, _)") });
+    }
+    Ok(())
+}
+
+async fn admin_statement(admin_url: &str, sql: String) -> Result<(), Error> {
+    use sqlx::Connection;
+    let mut connection =
+        sqlx::PgConnection::connect(admin_url).await.map_err(error::db("connecting to PostgreSQL as administrator"))?;
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut connection)
+        .await
+        .map_err(error::db("running an administrative statement"))?;
+    connection.close().await.map_err(error::db("closing an administrative connection"))
+}
+
+/// Creates database `name` on the PostgreSQL server of `admin_url` (benchmarks, tests, gates).
+pub async fn create_postgres_database(admin_url: &str, name: &str) -> Result<(), Error> {
+    check_database_name(name)?;
+    admin_statement(admin_url, format!("CREATE DATABASE \"{name}\"")).await
+}
+
+/// Drops database `name` on the PostgreSQL server of `admin_url`, closing its connections.
+pub async fn drop_postgres_database(admin_url: &str, name: &str) -> Result<(), Error> {
+    check_database_name(name)?;
+    admin_statement(admin_url, format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await
 }
 
 /// A database URL with its password hidden, for messages.

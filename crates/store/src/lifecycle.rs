@@ -3,9 +3,9 @@
 use serde_json::Value;
 use uuid::Uuid;
 
+use model::Message;
 use model::event::NewEvent;
 use model::presence::Presence;
-use model::Message;
 
 use crate::Error;
 
@@ -54,4 +54,3 @@ pub(crate) fn truncate(text: &str, max: usize) -> String {
     }
     format!("{}…", &text[..end])
 }
-

@@ -40,9 +40,8 @@ fn micros(duration: Duration) -> i64 {
 
 impl PgBus {
     pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Self, Error> {
-        let connect = PgConnectOptions::from_str(url)
-            .map_err(db("parsing the PostgreSQL URL"))?
-            .application_name("cogo");
+        let connect =
+            PgConnectOptions::from_str(url).map_err(db("parsing the PostgreSQL URL"))?.application_name("cogo");
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(2))
             .acquire_timeout(Duration::from_secs(10))
@@ -70,7 +69,13 @@ impl PgBus {
         let migrations = MIGRATIONS
             .iter()
             .map(|(version, name, sql)| {
-                Migration::new(*version, Cow::Borrowed(*name), MigrationType::Simple, AssertSqlSafe(*sql).into_sql_str(), false)
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*name),
+                    MigrationType::Simple,
+                    AssertSqlSafe(*sql).into_sql_str(),
+                    false,
+                )
             })
             .collect();
         Migrator::with_migrations(migrations)
@@ -86,7 +91,9 @@ impl PgBus {
             let day = today + chrono::Duration::days(offset);
             // A day whose rows already sit in the default partition cannot get its own; those rows
             // stay where they are (still correct, only pruned row by row).
-            if let Err(err) = sqlx::query("SELECT cogo_ensure_event_partitions($1, 1)").bind(day).execute(&self.pool).await {
+            if let Err(err) =
+                sqlx::query("SELECT cogo_ensure_event_partitions($1, 1)").bind(day).execute(&self.pool).await
+            {
                 tracing::warn!(day = %day, error = %err, "could not create the bus_events partition");
             }
         }
@@ -119,7 +126,9 @@ impl PgBus {
             shards.push(message.shard.clone());
             intents.push(message.intent.as_str().to_owned());
             payloads.push(message.payload.to_string());
-            traces.push(message.trace_id.clone().unwrap_or_else(|| model::trace::TraceContext::new_root().trace_id_hex()));
+            traces.push(
+                message.trace_id.clone().unwrap_or_else(|| model::trace::TraceContext::new_root().trace_id_hex()),
+            );
             parents.push(message.parent_id.map(|id| id.0));
             keys.push(message.idempotency_key.clone());
             priorities.push(message.priority);
@@ -168,7 +177,8 @@ SELECT ins.*, (SELECT count(*) FROM wake) AS woken FROM ins"#;
             .fetch_all(&self.pool)
             .await
             .map_err(db("enqueueing messages"))?;
-        let mut created: std::collections::HashMap<Uuid, Message> = std::collections::HashMap::with_capacity(rows.len());
+        let mut created: std::collections::HashMap<Uuid, Message> =
+            std::collections::HashMap::with_capacity(rows.len());
         for row in &rows {
             let message = message_from_row(row)?;
             created.insert(message.id.0, message);
@@ -183,7 +193,8 @@ SELECT ins.*, (SELECT count(*) FROM wake) AS woken FROM ins"#;
                 continue;
             }
             // Not inserted: its idempotency key exists (possibly from this very batch).
-            let key = message.idempotency_key.as_deref().ok_or(Error::Internal { what: "insert skipped without a key" })?;
+            let key =
+                message.idempotency_key.as_deref().ok_or(Error::Internal { what: "insert skipped without a key" })?;
             let row = sqlx::query("SELECT * FROM agent_messages WHERE tenant = $1 AND idempotency_key = $2")
                 .bind(&message.tenant)
                 .bind(key)
@@ -231,7 +242,12 @@ SELECT * FROM upd ORDER BY priority DESC, run_at, id"#;
         rows.iter().map(message_from_row).collect()
     }
 
-    pub(crate) async fn extend_leases(&self, agent_id: &str, ids: &[MessageId], lease: Duration) -> Result<Vec<MessageId>, Error> {
+    pub(crate) async fn extend_leases(
+        &self,
+        agent_id: &str,
+        ids: &[MessageId],
+        lease: Duration,
+    ) -> Result<Vec<MessageId>, Error> {
         let until = self.now() + chrono::Duration::microseconds(micros(lease));
         let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
         let rows = sqlx::query(
@@ -243,13 +259,16 @@ SELECT * FROM upd ORDER BY priority DESC, run_at, id"#;
         .fetch_all(&self.pool)
         .await
         .map_err(db("extending leases"))?;
-        rows.iter().map(|row| row.try_get::<Uuid, _>("id").map(MessageId).map_err(db("reading extended leases"))).collect()
+        rows.iter()
+            .map(|row| row.try_get::<Uuid, _>("id").map(MessageId).map_err(db("reading extended leases")))
+            .collect()
     }
 
     pub(crate) async fn complete(&self, agent_id: &str, completions: Vec<Completion>) -> Result<Vec<Outcome>, Error> {
         let now = self.now();
         let ids: Vec<Uuid> = completions.iter().map(|c| c.id.0).collect();
-        let results: Vec<Option<String>> = completions.iter().map(|c| c.result.as_ref().map(Value::to_string)).collect();
+        let results: Vec<Option<String>> =
+            completions.iter().map(|c| c.result.as_ref().map(Value::to_string)).collect();
         let urls: Vec<Option<String>> = completions.iter().map(|c| c.result_url.clone()).collect();
         let sql = r#"
 WITH input AS (
@@ -315,10 +334,16 @@ SELECT id, (SELECT count(*) FROM wake) AS woken FROM upd"#;
             .fetch_all(&self.pool)
             .await
             .map_err(db("releasing messages"))?;
-        rows.iter().map(|row| row.try_get::<Uuid, _>("id").map(MessageId).map_err(db("reading released messages"))).collect()
+        rows.iter()
+            .map(|row| row.try_get::<Uuid, _>("id").map(MessageId).map_err(db("reading released messages")))
+            .collect()
     }
 
-    pub(crate) async fn reap_expired(&self, limit: u32, decide: &(dyn Fn(&Message) -> FailAction + Sync)) -> Result<u64, Error> {
+    pub(crate) async fn reap_expired(
+        &self,
+        limit: u32,
+        decide: &(dyn Fn(&Message) -> FailAction + Sync),
+    ) -> Result<u64, Error> {
         let now = self.now();
         let mut tx = self.pool.begin().await.map_err(db("starting the lease reaper"))?;
         let rows = sqlx::query(
@@ -369,7 +394,11 @@ SELECT id, (SELECT count(*) FROM wake) AS woken FROM upd"#;
             .transpose()?
             .ok_or(Error::NotFound { id })?;
         let Some(entry) = entry else {
-            return Err(Error::Conflict { id, action: "requeue", status: format!("{} and not dead-lettered", current.status) });
+            return Err(Error::Conflict {
+                id,
+                action: "requeue",
+                status: format!("{} and not dead-lettered", current.status),
+            });
         };
         let requeued_at: Option<DateTime<Utc>> = entry.try_get("requeued_at").map_err(db("reading requeued_at"))?;
         if requeued_at.is_some() {
@@ -393,7 +422,8 @@ SELECT id, (SELECT count(*) FROM wake) AS woken FROM upd"#;
             .execute(&mut *tx)
             .await
             .map_err(db("marking the dead-letter entry requeued"))?;
-        insert_events(&mut tx, now, &[message_event(&message, model::Phase::Requeued, Some("operator"), Value::Null)]).await?;
+        insert_events(&mut tx, now, &[message_event(&message, model::Phase::Requeued, Some("operator"), Value::Null)])
+            .await?;
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(BUS_CHANNEL)
             .bind(format!("{}/{}", message.service, message.role))
@@ -425,7 +455,8 @@ SELECT id, (SELECT count(*) FROM wake) AS woken FROM upd"#;
         };
         let message = message_from_row(&row)?;
         let payload = serde_json::json!({ "reason": reason });
-        insert_events(&mut tx, now, &[message_event(&message, model::Phase::Failed, Some("cancelled"), payload)]).await?;
+        insert_events(&mut tx, now, &[message_event(&message, model::Phase::Failed, Some("cancelled"), payload)])
+            .await?;
         tx.commit().await.map_err(db("committing a cancel"))?;
         Ok(message)
     }
@@ -491,7 +522,11 @@ SELECT id, (SELECT count(*) FROM wake) AS woken FROM upd"#;
         Ok(Page { items, next })
     }
 
-    pub(crate) async fn dead_letters(&self, filter: &MessageFilter, page: &PageRequest) -> Result<Page<DeadLetter>, Error> {
+    pub(crate) async fn dead_letters(
+        &self,
+        filter: &MessageFilter,
+        page: &PageRequest,
+    ) -> Result<Page<DeadLetter>, Error> {
         let limit = page.effective_limit();
         let mut query = QueryBuilder::new("SELECT d.* FROM agent_messages_dlq d WHERE true");
         if let Some(v) = &filter.tenant {
@@ -618,7 +653,13 @@ SELECT agent_id FROM upd"#;
             .map_err(db("marking stale agents offline"))
     }
 
-    async fn mark_offline(&self, condition: &str, agent_id: &str, reason: &str, now: DateTime<Utc>) -> Result<u64, Error> {
+    async fn mark_offline(
+        &self,
+        condition: &str,
+        agent_id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, Error> {
         let sql = format!(
             r#"
 WITH upd AS (
@@ -655,11 +696,13 @@ SELECT count(*) FROM upd"#
                 Ok(Presence {
                     agent_id: row.try_get("agent_id").map_err(db("reading agent presence"))?,
                     service: row.try_get("service").map_err(db("reading agent presence"))?,
-                    roles: serde_json::from_value(roles).map_err(|e| Error::Corrupt { what: "agent roles", detail: e.to_string() })?,
+                    roles: serde_json::from_value(roles)
+                        .map_err(|e| Error::Corrupt { what: "agent roles", detail: e.to_string() })?,
                     shard: row.try_get("shard").map_err(db("reading agent presence"))?,
                     host: row.try_get("host").map_err(db("reading agent presence"))?,
                     version: row.try_get("version").map_err(db("reading agent presence"))?,
-                    status: PresenceStatus::parse(&status).ok_or(Error::Corrupt { what: "agent status", detail: status.clone() })?,
+                    status: PresenceStatus::parse(&status)
+                        .ok_or(Error::Corrupt { what: "agent status", detail: status.clone() })?,
                     started_at: row.try_get("started_at").map_err(db("reading agent presence"))?,
                     last_heartbeat: row.try_get("last_heartbeat").map_err(db("reading agent presence"))?,
                     capabilities: row.try_get("capabilities").map_err(read)?,
@@ -867,7 +910,11 @@ SELECT id, retry_us, run_at, (SELECT count(*) FROM wake) AS woken FROM upd"#;
     Ok(ids.iter().map(|id| applied.get(id).copied().unwrap_or(Outcome::LeaseLost)).collect())
 }
 
-async fn insert_events(tx: &mut sqlx::Transaction<'static, sqlx::Postgres>, now: DateTime<Utc>, events: &[NewEvent]) -> Result<(), Error> {
+async fn insert_events(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    now: DateTime<Utc>,
+    events: &[NewEvent],
+) -> Result<(), Error> {
     if events.is_empty() {
         return Ok(());
     }
@@ -929,13 +976,15 @@ fn message_from_row(row: &PgRow) -> Result<Message, Error> {
             service: row.try_get("service")?,
             role: row.try_get("role")?,
             shard: row.try_get("shard")?,
-            intent: Intent::new(intent.clone()).map_err(|e| sqlx::Error::Decode(format!("intent {intent:?}: {e}").into()))?,
+            intent: Intent::new(intent.clone())
+                .map_err(|e| sqlx::Error::Decode(format!("intent {intent:?}: {e}").into()))?,
             payload: row.try_get("payload")?,
             trace_id: row.try_get("trace_id")?,
             parent_id: row.try_get::<Option<Uuid>, _>("parent_id")?.map(MessageId),
             idempotency_key: row.try_get("idempotency_key")?,
             priority: row.try_get("priority")?,
-            status: MessageStatus::parse(&status).ok_or_else(|| sqlx::Error::Decode(format!("status {status:?}").into()))?,
+            status: MessageStatus::parse(&status)
+                .ok_or_else(|| sqlx::Error::Decode(format!("status {status:?}").into()))?,
             attempts: row.try_get("attempts")?,
             max_attempts: row.try_get("max_attempts")?,
             run_at: row.try_get("run_at")?,

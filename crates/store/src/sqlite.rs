@@ -10,8 +10,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite, SqlSafeStr};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, QueryBuilder, Row, SqlSafeStr, Sqlite};
 use uuid::Uuid;
 
 use model::event::{Event, NewEvent};
@@ -101,7 +103,13 @@ impl SqliteBus {
         let migrations = MIGRATIONS
             .iter()
             .map(|(version, name, sql)| {
-                Migration::new(*version, Cow::Borrowed(*name), MigrationType::Simple, AssertSqlSafe(*sql).into_sql_str(), false)
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*name),
+                    MigrationType::Simple,
+                    AssertSqlSafe(*sql).into_sql_str(),
+                    false,
+                )
             })
             .collect();
         Migrator::with_migrations(migrations)
@@ -131,7 +139,12 @@ impl SqliteBus {
                     .push_bind(message.shard.clone())
                     .push_bind(message.intent.as_str().to_owned())
                     .push_bind(message.payload.to_string())
-                    .push_bind(message.trace_id.clone().unwrap_or_else(|| model::trace::TraceContext::new_root().trace_id_hex()))
+                    .push_bind(
+                        message
+                            .trace_id
+                            .clone()
+                            .unwrap_or_else(|| model::trace::TraceContext::new_root().trace_id_hex()),
+                    )
                     .push_bind(message.parent_id.map(|id| id.0))
                     .push_bind(message.idempotency_key.clone())
                     .push_bind(message.priority)
@@ -140,7 +153,9 @@ impl SqliteBus {
                     .push_bind(message.max_attempts)
                     .push_bind(us(message.run_at.unwrap_or(now)));
             });
-            query.push(" ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING *");
+            query.push(
+                " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING *",
+            );
             let rows = query.build().fetch_all(&mut *tx).await.map_err(db("enqueueing messages"))?;
             for row in &rows {
                 let message = message_from_row(row)?;
@@ -156,7 +171,8 @@ impl SqliteBus {
                 out.push(Enqueued { message: stored, created: true });
                 continue;
             }
-            let key = message.idempotency_key.as_deref().ok_or(Error::Internal { what: "insert skipped without a key" })?;
+            let key =
+                message.idempotency_key.as_deref().ok_or(Error::Internal { what: "insert skipped without a key" })?;
             let row = sqlx::query("SELECT * FROM agent_messages WHERE tenant = ? AND idempotency_key = ?")
                 .bind(&message.tenant)
                 .bind(key)
@@ -167,7 +183,8 @@ impl SqliteBus {
         }
         insert_events(&mut tx, now, &events).await?;
         tx.commit().await.map_err(db("committing an enqueue"))?;
-        let queues: HashSet<(&str, &str)> = out.iter().map(|e| (e.message.service.as_str(), e.message.role.as_str())).collect();
+        let queues: HashSet<(&str, &str)> =
+            out.iter().map(|e| (e.message.service.as_str(), e.message.role.as_str())).collect();
         for (service, role) in queues {
             self.wakeups.notify_queue(service, role);
         }
@@ -212,7 +229,12 @@ impl SqliteBus {
         Ok(messages)
     }
 
-    pub(crate) async fn extend_leases(&self, agent_id: &str, ids: &[MessageId], lease: Duration) -> Result<Vec<MessageId>, Error> {
+    pub(crate) async fn extend_leases(
+        &self,
+        agent_id: &str,
+        ids: &[MessageId],
+        lease: Duration,
+    ) -> Result<Vec<MessageId>, Error> {
         let until = us(self.now()) + dur_us(lease);
         let mut tx = self.begin("starting a lease extension").await?;
         let rows = sqlx::query(
@@ -226,7 +248,9 @@ impl SqliteBus {
         .await
         .map_err(db("extending leases"))?;
         tx.commit().await.map_err(db("committing lease extensions"))?;
-        rows.iter().map(|row| row.try_get::<Uuid, _>("id").map(MessageId).map_err(db("reading extended leases"))).collect()
+        rows.iter()
+            .map(|row| row.try_get::<Uuid, _>("id").map(MessageId).map_err(db("reading extended leases")))
+            .collect()
     }
 
     pub(crate) async fn complete(&self, agent_id: &str, completions: Vec<Completion>) -> Result<Vec<Outcome>, Error> {
@@ -290,7 +314,10 @@ impl SqliteBus {
         insert_events(&mut tx, now, &events).await?;
         tx.commit().await.map_err(db("committing completions"))?;
         self.wakeups.events().notify_waiters();
-        Ok(completions.iter().map(|c| if done.contains(&c.id.0) { Outcome::Done } else { Outcome::LeaseLost }).collect())
+        Ok(completions
+            .iter()
+            .map(|c| if done.contains(&c.id.0) { Outcome::Done } else { Outcome::LeaseLost })
+            .collect())
     }
 
     pub(crate) async fn fail(&self, agent_id: &str, failures: Vec<Failure>) -> Result<Vec<Outcome>, Error> {
@@ -336,15 +363,21 @@ impl SqliteBus {
         Ok(messages.into_iter().map(|m| m.id).collect())
     }
 
-    pub(crate) async fn reap_expired(&self, limit: u32, decide: &(dyn Fn(&Message) -> FailAction + Sync)) -> Result<u64, Error> {
+    pub(crate) async fn reap_expired(
+        &self,
+        limit: u32,
+        decide: &(dyn Fn(&Message) -> FailAction + Sync),
+    ) -> Result<u64, Error> {
         let now = self.now();
         let mut tx = self.begin("starting the lease reaper").await?;
-        let rows = sqlx::query("SELECT * FROM agent_messages WHERE status = 'claimed' AND lease_until < ? ORDER BY lease_until LIMIT ?")
-            .bind(us(now))
-            .bind(i64::from(limit.max(1)))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db("finding expired leases"))?;
+        let rows = sqlx::query(
+            "SELECT * FROM agent_messages WHERE status = 'claimed' AND lease_until < ? ORDER BY lease_until LIMIT ?",
+        )
+        .bind(us(now))
+        .bind(i64::from(limit.max(1)))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("finding expired leases"))?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -380,13 +413,20 @@ impl SqliteBus {
             .map(|row| message_from_row(&row))
             .transpose()?
             .ok_or(Error::NotFound { id })?;
-        let entry: Option<Option<i64>> = sqlx::query_scalar("SELECT requeued_at FROM agent_messages_dlq WHERE message_id = ?")
-            .bind(id.0)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db("reading the dead-letter entry"))?;
+        let entry: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT requeued_at FROM agent_messages_dlq WHERE message_id = ?")
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("reading the dead-letter entry"))?;
         match entry {
-            None => return Err(Error::Conflict { id, action: "requeue", status: format!("{} and not dead-lettered", current.status) }),
+            None => {
+                return Err(Error::Conflict {
+                    id,
+                    action: "requeue",
+                    status: format!("{} and not dead-lettered", current.status),
+                });
+            }
             Some(Some(_)) => return Ok(current),
             Some(None) => {}
         }
@@ -407,7 +447,8 @@ impl SqliteBus {
             .execute(&mut *tx)
             .await
             .map_err(db("marking the dead-letter entry requeued"))?;
-        insert_events(&mut tx, now, &[message_event(&message, model::Phase::Requeued, Some("operator"), Value::Null)]).await?;
+        insert_events(&mut tx, now, &[message_event(&message, model::Phase::Requeued, Some("operator"), Value::Null)])
+            .await?;
         tx.commit().await.map_err(db("committing a requeue"))?;
         self.wakeups.notify_queue(&message.service, &message.role);
         Ok(message)
@@ -433,7 +474,8 @@ impl SqliteBus {
         };
         let message = message_from_row(&row)?;
         let payload = serde_json::json!({ "reason": reason });
-        insert_events(&mut tx, now, &[message_event(&message, model::Phase::Failed, Some("cancelled"), payload)]).await?;
+        insert_events(&mut tx, now, &[message_event(&message, model::Phase::Failed, Some("cancelled"), payload)])
+            .await?;
         tx.commit().await.map_err(db("committing a cancel"))?;
         Ok(message)
     }
@@ -522,7 +564,11 @@ impl SqliteBus {
         Ok(Page { items, next })
     }
 
-    pub(crate) async fn dead_letters(&self, filter: &MessageFilter, page: &PageRequest) -> Result<Page<DeadLetter>, Error> {
+    pub(crate) async fn dead_letters(
+        &self,
+        filter: &MessageFilter,
+        page: &PageRequest,
+    ) -> Result<Page<DeadLetter>, Error> {
         let limit = page.effective_limit();
         let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM agent_messages_dlq WHERE 1");
         if let Some(v) = &filter.tenant {
@@ -607,14 +653,17 @@ impl SqliteBus {
     pub(crate) async fn presence_heartbeat(&self, agent_id: &str) -> Result<bool, Error> {
         let now = self.now();
         let mut tx = self.begin("starting a heartbeat").await?;
-        let rows = sqlx::query("UPDATE agent_presence SET last_heartbeat = ? WHERE agent_id = ? AND status = 'online' RETURNING *")
-            .bind(us(now))
-            .bind(agent_id)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db("recording a heartbeat"))?;
+        let rows = sqlx::query(
+            "UPDATE agent_presence SET last_heartbeat = ? WHERE agent_id = ? AND status = 'online' RETURNING *",
+        )
+        .bind(us(now))
+        .bind(agent_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("recording a heartbeat"))?;
         let presences = rows.iter().map(presence_from_row).collect::<Result<Vec<_>, _>>()?;
-        let events: Vec<NewEvent> = presences.iter().map(|p| presence_event(model::event::AGENT_HEARTBEAT, p, None)).collect();
+        let events: Vec<NewEvent> =
+            presences.iter().map(|p| presence_event(model::event::AGENT_HEARTBEAT, p, None)).collect();
         insert_events(&mut tx, now, &events).await?;
         tx.commit().await.map_err(db("committing a heartbeat"))?;
         Ok(!presences.is_empty())
@@ -630,7 +679,8 @@ impl SqliteBus {
             .await
             .map_err(db("marking an agent offline"))?;
         let presences = rows.iter().map(presence_from_row).collect::<Result<Vec<_>, _>>()?;
-        let events: Vec<NewEvent> = presences.iter().map(|p| presence_event(model::event::AGENT_OFFLINE, p, Some(reason))).collect();
+        let events: Vec<NewEvent> =
+            presences.iter().map(|p| presence_event(model::event::AGENT_OFFLINE, p, Some(reason))).collect();
         insert_events(&mut tx, now, &events).await?;
         tx.commit().await.map_err(db("committing presence"))
     }
@@ -638,13 +688,16 @@ impl SqliteBus {
     pub(crate) async fn presence_mark_stale(&self, timeout: Duration) -> Result<Vec<String>, Error> {
         let now = self.now();
         let mut tx = self.begin("starting a stale sweep").await?;
-        let rows = sqlx::query("UPDATE agent_presence SET status = 'offline' WHERE status = 'online' AND last_heartbeat < ? RETURNING *")
-            .bind(us(now) - dur_us(timeout))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db("marking stale agents offline"))?;
+        let rows = sqlx::query(
+            "UPDATE agent_presence SET status = 'offline' WHERE status = 'online' AND last_heartbeat < ? RETURNING *",
+        )
+        .bind(us(now) - dur_us(timeout))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("marking stale agents offline"))?;
         let presences = rows.iter().map(presence_from_row).collect::<Result<Vec<_>, _>>()?;
-        let events: Vec<NewEvent> = presences.iter().map(|p| presence_event(model::event::AGENT_OFFLINE, p, Some("stale"))).collect();
+        let events: Vec<NewEvent> =
+            presences.iter().map(|p| presence_event(model::event::AGENT_OFFLINE, p, Some("stale"))).collect();
         insert_events(&mut tx, now, &events).await?;
         tx.commit().await.map_err(db("committing a stale sweep"))?;
         Ok(presences.into_iter().map(|p| p.agent_id).collect())
@@ -877,13 +930,15 @@ fn message_from_row(row: &SqliteRow) -> Result<Message, Error> {
             service: row.try_get("service")?,
             role: row.try_get("role")?,
             shard: row.try_get("shard")?,
-            intent: Intent::new(intent.clone()).map_err(|e| sqlx::Error::Decode(format!("intent {intent:?}: {e}").into()))?,
+            intent: Intent::new(intent.clone())
+                .map_err(|e| sqlx::Error::Decode(format!("intent {intent:?}: {e}").into()))?,
             payload: json(&payload)?,
             trace_id: row.try_get("trace_id")?,
             parent_id: row.try_get::<Option<Uuid>, _>("parent_id")?.map(MessageId),
             idempotency_key: row.try_get("idempotency_key")?,
             priority: row.try_get("priority")?,
-            status: MessageStatus::parse(&status).ok_or_else(|| sqlx::Error::Decode(format!("status {status:?}").into()))?,
+            status: MessageStatus::parse(&status)
+                .ok_or_else(|| sqlx::Error::Decode(format!("status {status:?}").into()))?,
             attempts: row.try_get("attempts")?,
             max_attempts: row.try_get("max_attempts")?,
             run_at: at(row.try_get("run_at")?),
@@ -933,7 +988,8 @@ fn presence_from_row(row: &SqliteRow) -> Result<Presence, Error> {
             shard: row.try_get("shard")?,
             host: row.try_get("host")?,
             version: row.try_get("version")?,
-            status: PresenceStatus::parse(&status).ok_or_else(|| sqlx::Error::Decode(format!("status {status:?}").into()))?,
+            status: PresenceStatus::parse(&status)
+                .ok_or_else(|| sqlx::Error::Decode(format!("status {status:?}").into()))?,
             started_at: at(row.try_get("started_at")?),
             last_heartbeat: at(row.try_get("last_heartbeat")?),
             capabilities: serde_json::from_str(&capabilities).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,

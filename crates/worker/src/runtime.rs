@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use model::{Message, MessageId};
 use store::{ClaimRequest, Completion, FailAction, Failure, Outcome, Store};
@@ -108,7 +108,8 @@ impl Runtime {
             self.stats.clone(),
         ));
         let (heartbeat_stop, heartbeat_stop_rx) = watch::channel(false);
-        let heartbeat = tokio::spawn(heartbeat(self.store.clone(), config.clone(), in_flight.clone(), heartbeat_stop_rx));
+        let heartbeat =
+            tokio::spawn(heartbeat(self.store.clone(), config.clone(), in_flight.clone(), heartbeat_stop_rx));
         let wake = self.store.wakeups().queue(&config.service, &config.role);
         let shard_refs: Vec<&str> = config.shards.iter().map(String::as_str).collect();
         let mut backoff = Duration::from_millis(50);
@@ -129,7 +130,8 @@ impl Runtime {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let limit = (available as u32).min(config.batch.max(1));
-            let request = ClaimRequest::new(&config.service, &config.role, &config.agent_id, limit, config.lease).with_shards(&shard_refs);
+            let request = ClaimRequest::new(&config.service, &config.role, &config.agent_id, limit, config.lease)
+                .with_shards(&shard_refs);
             self.stats.claim_queries.fetch_add(1, Ordering::Relaxed);
             let claimed = match self.store.claim(&request).await {
                 Ok(claimed) => {
@@ -159,7 +161,8 @@ impl Runtime {
             metrics::counter!(model::metrics::BUS_CLAIMED_TOTAL, &labels).increment(count);
             let now = self.store.clock().now();
             for message in claimed {
-                let waited_ms = (now - message.run_at.max(message.created_at)).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+                let waited_ms =
+                    (now - message.run_at.max(message.created_at)).num_microseconds().unwrap_or(0) as f64 / 1000.0;
                 metrics::histogram!(model::metrics::BUS_CLAIM_LATENCY_MS, &labels).record(waited_ms.max(0.0));
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
                     // cannot happen: we claimed no more than the free permits
@@ -195,7 +198,9 @@ impl Runtime {
         if !leftover.is_empty() {
             match self.store.release(&config.agent_id, &leftover).await {
                 Ok(released) => tracing::warn!(count = released.len(), "released unfinished messages at shutdown"),
-                Err(err) => tracing::error!(error = %err, "could not release messages at shutdown; their leases will expire"),
+                Err(err) => {
+                    tracing::error!(error = %err, "could not release messages at shutdown; their leases will expire")
+                }
             }
         }
         tracing::info!(service = %config.service, role = %config.role, drained, "worker runtime stopped");
@@ -224,7 +229,9 @@ async fn completer(
         let now = store.clock().now();
         for item in buffer.drain(..) {
             match item {
-                Finished::Done(id, output) => completions.push(Completion { id, result: output.result, result_url: output.result_url }),
+                Finished::Done(id, output) => {
+                    completions.push(Completion { id, result: output.result, result_url: output.result_url })
+                }
                 Finished::Failed(message, error) => {
                     let policy = retry(&message);
                     let elapsed = (now - message.created_at).to_std().unwrap_or_default();
@@ -236,7 +243,12 @@ async fn completer(
                         elapsed,
                         rand::random::<f64>(),
                     );
-                    failures.push(Failure { id: message.id, kind: error.kind, error: error.message, action: FailAction::from_decision(decision) });
+                    failures.push(Failure {
+                        id: message.id,
+                        kind: error.kind,
+                        error: error.message,
+                        action: FailAction::from_decision(decision),
+                    });
                 }
             }
         }
@@ -250,10 +262,15 @@ async fn completer(
                     stats.lease_lost.fetch_add(lost, Ordering::Relaxed);
                     metrics::counter!(model::metrics::BUS_SUCCEEDED_TOTAL, &labels).increment(count as u64 - lost);
                     if lost > 0 {
-                        tracing::warn!(count = lost, "completions refused: leases were lost (the messages were or will be retried)");
+                        tracing::warn!(
+                            count = lost,
+                            "completions refused: leases were lost (the messages were or will be retried)"
+                        );
                     }
                 }
-                Err(err) => tracing::error!(count, error = %err, "could not record completions; their leases will expire and they will be retried"),
+                Err(err) => {
+                    tracing::error!(count, error = %err, "could not record completions; their leases will expire and they will be retried")
+                }
             }
         }
         if !failures.is_empty() {
@@ -267,7 +284,9 @@ async fn completer(
                         metrics::counter!(model::metrics::BUS_DEAD_LETTERED_TOTAL, &labels).increment(dead);
                     }
                 }
-                Err(err) => tracing::error!(count, error = %err, "could not record failures; their leases will expire and they will be retried"),
+                Err(err) => {
+                    tracing::error!(count, error = %err, "could not record failures; their leases will expire and they will be retried")
+                }
             }
         }
         let mut held = lock(&in_flight);
@@ -298,7 +317,12 @@ where
 }
 
 /// Extends the leases of in-flight messages every third of the lease.
-async fn heartbeat(store: Store, config: RuntimeConfig, in_flight: Arc<Mutex<HashSet<MessageId>>>, mut stop: watch::Receiver<bool>) {
+async fn heartbeat(
+    store: Store,
+    config: RuntimeConfig,
+    in_flight: Arc<Mutex<HashSet<MessageId>>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let every = (config.lease / 3).max(Duration::from_millis(100));
     loop {
         tokio::select! {
@@ -311,7 +335,10 @@ async fn heartbeat(store: Store, config: RuntimeConfig, in_flight: Arc<Mutex<Has
         }
         match store.extend_leases(&config.agent_id, &ids, config.lease).await {
             Ok(kept) if kept.len() < ids.len() => {
-                tracing::warn!(lost = ids.len() - kept.len(), "leases lost while handlers still run; their results will be refused");
+                tracing::warn!(
+                    lost = ids.len() - kept.len(),
+                    "leases lost while handlers still run; their results will be refused"
+                );
             }
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "extending leases failed"),

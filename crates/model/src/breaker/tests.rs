@@ -63,7 +63,10 @@ fn a_failed_probe_opens_again() {
     for t in 0..4 {
         let _ = call(&mut b, t, Outcome::Failure(ErrorKind::Transport));
     }
-    assert_eq!(call(&mut b, 600, Outcome::Failure(ErrorKind::Timeout)).1, vec![Transition::HalfOpened, Transition::Opened]);
+    assert_eq!(
+        call(&mut b, 600, Outcome::Failure(ErrorKind::Timeout)).1,
+        vec![Transition::HalfOpened, Transition::Opened]
+    );
     assert_eq!(b.state(), BreakerState::Open { until_ms: 1_100 });
 }
 

@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{check_range, KeyPath, Validate};
+use super::{KeyPath, Validate, check_range};
 use crate::breaker::BreakerConfig;
 use crate::message::ErrorKind;
-use crate::policy::{validate_rule_key, RuleSet};
+use crate::policy::{RuleSet, validate_rule_key};
 use crate::retry::ErrorKinds;
 
 /// `configs/circuit_breaker.json`: when calls to a failing upstream are stopped.
@@ -159,7 +159,10 @@ impl Validate for BreakerRule {
         check_range(&path.key("half_open_probes"), problems, self.half_open_probes, 1, 100);
         if let (Some(min), Some(size)) = (self.min_requests, self.window_size) {
             if min > size {
-                path.key("min_requests").problem(problems, format!("{min} is larger than window_size {size}: the breaker could never open"));
+                path.key("min_requests").problem(
+                    problems,
+                    format!("{min} is larger than window_size {size}: the breaker could never open"),
+                );
             }
         }
         if self.failure_kinds.as_ref().is_some_and(Vec::is_empty) {

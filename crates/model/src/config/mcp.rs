@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{check_range, KeyPath, Validate};
+use super::{KeyPath, Validate, check_range};
 
 /// The text that replaces secret values in anything shown or written.
 pub const REDACTED: &str = "***";
@@ -153,8 +153,14 @@ impl Validate for McpConfig {
         let toolsets = path.key("toolsets");
         for (name, toolset) in &self.toolsets {
             let here = toolsets.key(name);
-            if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                here.problem(problems, format!("toolset name {name:?} is not allowed: use 1 to 64 letters, digits, '_' or '-'"));
+            if name.is_empty()
+                || name.len() > 64
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                here.problem(
+                    problems,
+                    format!("toolset name {name:?} is not allowed: use 1 to 64 letters, digits, '_' or '-'"),
+                );
             }
             toolset.validate(&here, problems);
         }
@@ -172,7 +178,10 @@ impl Validate for Toolset {
                     Err(err) => here.problem(problems, format!("{raw:?} is not a valid URL: {err}")),
                     Ok(url) if !matches!(url.scheme(), "ws" | "wss" | "http" | "https") => here.problem(
                         problems,
-                        format!("{raw:?} has scheme {:?}; use ws, wss (WebSocket), http or https (streamable HTTP)", url.scheme()),
+                        format!(
+                            "{raw:?} has scheme {:?}; use ws, wss (WebSocket), http or https (streamable HTTP)",
+                            url.scheme()
+                        ),
                     ),
                     Ok(url) if url.host_str().is_none_or(str::is_empty) => {
                         here.problem(problems, format!("{raw:?} has no host"))

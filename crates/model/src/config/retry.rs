@@ -9,9 +9,9 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{check_range, KeyPath, Validate};
+use super::{KeyPath, Validate, check_range};
 use crate::message::ErrorKind;
-use crate::policy::{validate_rule_key, RuleSet};
+use crate::policy::{RuleSet, validate_rule_key};
 use crate::retry::{ErrorKinds, Jitter, RetryPolicy};
 
 /// `configs/retry_policy.json`: how calls and bus messages are retried.

@@ -73,11 +73,7 @@ impl RoutePolicies {
             (rule.method == "*" || rule.method.eq_ignore_ascii_case(method)) && template_matches(&rule.path, path)
         })?;
         let is_read = method.eq_ignore_ascii_case("GET") || method.eq_ignore_ascii_case("HEAD");
-        if self.require_admin_for_non_get && !is_read {
-            Some(Access::Admin)
-        } else {
-            Some(rule.access)
-        }
+        if self.require_admin_for_non_get && !is_read { Some(Access::Admin) } else { Some(rule.access) }
     }
 }
 
@@ -106,7 +102,8 @@ impl Validate for RoutePolicies {
         for (index, rule) in self.routes.iter().enumerate() {
             let here = path.key("routes").index(index);
             if !METHODS.contains(&rule.method.as_str()) {
-                here.key("method").problem(problems, format!("{:?} is not a method: use one of {}", rule.method, METHODS.join(", ")));
+                here.key("method")
+                    .problem(problems, format!("{:?} is not a method: use one of {}", rule.method, METHODS.join(", ")));
             }
             if !rule.path.starts_with('/') {
                 here.key("path").problem(problems, format!("{:?} must start with '/'", rule.path));
@@ -119,13 +116,17 @@ impl Validate for RoutePolicies {
                         || *segment == ".."
                         || (segment.is_empty() && position + 1 != segments.len());
                     if bad {
-                        here.key("path").problem(problems, format!("{:?} has an invalid segment {segment:?}", rule.path));
+                        here.key("path")
+                            .problem(problems, format!("{:?} has an invalid segment {segment:?}", rule.path));
                         break;
                     }
                 }
             }
             if !seen.insert((rule.method.clone(), rule.path.clone())) {
-                here.problem(problems, format!("duplicate route {} {}: each method and path may appear once", rule.method, rule.path));
+                here.problem(
+                    problems,
+                    format!("duplicate route {} {}: each method and path may appear once", rule.method, rule.path),
+                );
             }
         }
     }

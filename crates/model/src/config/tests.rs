@@ -29,29 +29,109 @@ fn seed_defaults_match_the_brief() {
 fn broken_variants_name_file_path_and_problem() {
     let cases: &[(ConfigFile, &str, &str, &str)] = &[
         // (file, text, expected path, expected problem fragment)
-        (ConfigFile::Mcp, r#"{"toolsets": {"figma": {"url": "ws://localhost:3007", "urll": 1}}}"#, "toolsets.figma.urll", "unknown field `urll`"),
-        (ConfigFile::Mcp, r#"{"toolsets": {"figma": {"url": "ws://localhost:3007", "timeout_ms": "fast"}}}"#, "toolsets.figma.timeout_ms", "invalid type: string \"fast\""),
-        (ConfigFile::Mcp, r#"{"toolsets": {"figma": {"url": "ws//localhost:3007"}}}"#, "toolsets.figma.url", "is not a valid URL"),
-        (ConfigFile::Mcp, r#"{"toolsets": {"figma": {"url": "ftp://localhost:3007"}}}"#, "toolsets.figma.url", "scheme \"ftp\""),
-        (ConfigFile::Mcp, r#"{"toolsets": {"figma": {"url": "ws://a"}, "figma": {"url": "ws://b"}}}"#, "toolsets.figma", "duplicate key \"figma\""),
+        (
+            ConfigFile::Mcp,
+            r#"{"toolsets": {"figma": {"url": "ws://localhost:3007", "urll": 1}}}"#,
+            "toolsets.figma.urll",
+            "unknown field `urll`",
+        ),
+        (
+            ConfigFile::Mcp,
+            r#"{"toolsets": {"figma": {"url": "ws://localhost:3007", "timeout_ms": "fast"}}}"#,
+            "toolsets.figma.timeout_ms",
+            "invalid type: string \"fast\"",
+        ),
+        (
+            ConfigFile::Mcp,
+            r#"{"toolsets": {"figma": {"url": "ws//localhost:3007"}}}"#,
+            "toolsets.figma.url",
+            "is not a valid URL",
+        ),
+        (
+            ConfigFile::Mcp,
+            r#"{"toolsets": {"figma": {"url": "ftp://localhost:3007"}}}"#,
+            "toolsets.figma.url",
+            "scheme \"ftp\"",
+        ),
+        (
+            ConfigFile::Mcp,
+            r#"{"toolsets": {"figma": {"url": "ws://a"}, "figma": {"url": "ws://b"}}}"#,
+            "toolsets.figma",
+            "duplicate key \"figma\"",
+        ),
         (ConfigFile::Mcp, r#"{"toolsets": {"figma": {}}}"#, "toolsets.figma", "neither `url` nor `command`"),
-        (ConfigFile::Mcp, r#"{"toolsets": {"figma": {"url": "ws://a", "command": "x"}}}"#, "toolsets.figma", "both `url` and `command`"),
+        (
+            ConfigFile::Mcp,
+            r#"{"toolsets": {"figma": {"url": "ws://a", "command": "x"}}}"#,
+            "toolsets.figma",
+            "both `url` and `command`",
+        ),
         (ConfigFile::Mcp, r#"{"toolsets": {"fig ma": {"url": "ws://a"}}}"#, "toolsets[\"fig ma\"]", "toolset name"),
-        (ConfigFile::Mcp, r#"{"toolsets": {"figma": {"url": "ws://a", "timeout_ms": 0}}}"#, "toolsets.figma.timeout_ms", "0 is out of range"),
+        (
+            ConfigFile::Mcp,
+            r#"{"toolsets": {"figma": {"url": "ws://a", "timeout_ms": 0}}}"#,
+            "toolsets.figma.timeout_ms",
+            "0 is out of range",
+        ),
         (ConfigFile::Mcp, r#"{"toolsets": {"figma": {"url": "ws://a"}"#, "", "EOF while parsing"),
-        (ConfigFile::Retry, r#"{"policies": {"mcp.call.browser.*": {"max_attempts": 0}}}"#, "policies[\"mcp.call.browser.*\"].max_attempts", "0 is out of range"),
+        (
+            ConfigFile::Retry,
+            r#"{"policies": {"mcp.call.browser.*": {"max_attempts": 0}}}"#,
+            "policies[\"mcp.call.browser.*\"].max_attempts",
+            "0 is out of range",
+        ),
         (ConfigFile::Retry, r#"{"policies": {"mcp.call.*.x": {}}}"#, "policies[\"mcp.call.*.x\"]", "last segment"),
-        (ConfigFile::Retry, r#"{"default": {"retry_on": ["timeout", "gremlins"]}}"#, "default.retry_on[1]", "unknown variant `gremlins`"),
+        (
+            ConfigFile::Retry,
+            r#"{"default": {"retry_on": ["timeout", "gremlins"]}}"#,
+            "default.retry_on[1]",
+            "unknown variant `gremlins`",
+        ),
         (ConfigFile::Retry, r#"{"default": {"factor": 0.5}}"#, "default.factor", "0.5 is out of range"),
-        (ConfigFile::Retry, r#"{"default": {"base_delay_ms": 500, "max_delay_ms": 100}}"#, "default.max_delay_ms", "smaller than base_delay_ms"),
-        (ConfigFile::Breaker, r#"{"default": {"failure_rate_threshold": 1.5}}"#, "default.failure_rate_threshold", "1.5 is out of range"),
-        (ConfigFile::Breaker, r#"{"breakers": {"x": {"min_requests": 30, "window_size": 10}}}"#, "breakers.x.min_requests", "larger than window_size"),
+        (
+            ConfigFile::Retry,
+            r#"{"default": {"base_delay_ms": 500, "max_delay_ms": 100}}"#,
+            "default.max_delay_ms",
+            "smaller than base_delay_ms",
+        ),
+        (
+            ConfigFile::Breaker,
+            r#"{"default": {"failure_rate_threshold": 1.5}}"#,
+            "default.failure_rate_threshold",
+            "1.5 is out of range",
+        ),
+        (
+            ConfigFile::Breaker,
+            r#"{"breakers": {"x": {"min_requests": 30, "window_size": 10}}}"#,
+            "breakers.x.min_requests",
+            "larger than window_size",
+        ),
         (ConfigFile::Breaker, r#"{"default": {"open_ms": -5}}"#, "default.open_ms", "invalid value: integer `-5`"),
-        (ConfigFile::Routes, r#"{"routes": [{"method": "FETCH", "path": "/x", "access": "public"}]}"#, "routes[0].method", "\"FETCH\" is not a method"),
-        (ConfigFile::Routes, r#"{"routes": [{"method": "GET", "path": "x", "access": "public"}]}"#, "routes[0].path", "must start with '/'"),
-        (ConfigFile::Routes, r#"{"routes": [{"method": "GET", "path": "/x", "access": "everyone"}]}"#, "routes[0].access", "unknown variant `everyone`"),
+        (
+            ConfigFile::Routes,
+            r#"{"routes": [{"method": "FETCH", "path": "/x", "access": "public"}]}"#,
+            "routes[0].method",
+            "\"FETCH\" is not a method",
+        ),
+        (
+            ConfigFile::Routes,
+            r#"{"routes": [{"method": "GET", "path": "x", "access": "public"}]}"#,
+            "routes[0].path",
+            "must start with '/'",
+        ),
+        (
+            ConfigFile::Routes,
+            r#"{"routes": [{"method": "GET", "path": "/x", "access": "everyone"}]}"#,
+            "routes[0].access",
+            "unknown variant `everyone`",
+        ),
         (ConfigFile::Routes, r#"{"default": "allow", "routes": []}"#, "default", "unknown variant `allow`"),
-        (ConfigFile::Routes, r#"{"routes": [{"method": "GET", "path": "/x", "access": "public"}, {"method": "GET", "path": "/x", "access": "admin"}]}"#, "routes[1]", "duplicate route GET /x"),
+        (
+            ConfigFile::Routes,
+            r#"{"routes": [{"method": "GET", "path": "/x", "access": "public"}, {"method": "GET", "path": "/x", "access": "admin"}]}"#,
+            "routes[1]",
+            "duplicate route GET /x",
+        ),
         (ConfigFile::Routes, r#"{}"#, "", "missing field `routes`"),
     ];
     for (file, text, path, problem) in cases {
@@ -79,7 +159,10 @@ fn validation_reports_every_problem_not_only_the_first() {
         r#"{"default": {"max_attempts": 0, "timeout_ms": 0}, "policies": {"a..b": {"factor": 50}}}"#,
     );
     let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
-    assert_eq!(paths, ["default.max_attempts", "default.timeout_ms", "policies[\"a..b\"]", "policies[\"a..b\"].factor"]);
+    assert_eq!(
+        paths,
+        ["default.max_attempts", "default.timeout_ms", "policies[\"a..b\"]", "policies[\"a..b\"].factor"]
+    );
 }
 
 #[test]

@@ -35,7 +35,8 @@ fn intents_are_validated() {
     for bad in ["", "MCP", "1abc", "mcp-call", "mcp call", &"a".repeat(65)] {
         assert!(Intent::new(bad).is_err(), "{bad:?}");
     }
-    let parsed: Result<NewMessage, _> = serde_json::from_value(json!({"service": "mcp", "role": "gateway", "intent": "Bad!"}));
+    let parsed: Result<NewMessage, _> =
+        serde_json::from_value(json!({"service": "mcp", "role": "gateway", "intent": "Bad!"}));
     assert!(parsed.expect_err("bad intent").to_string().contains("lower-case"));
 }
 

@@ -34,7 +34,10 @@ fn full_and_equal_jitter_spread_within_their_bounds() {
 #[test]
 fn decisions_follow_kind_attempts_and_deadline() {
     let p = policy(Jitter::None);
-    assert_eq!(p.decide(ErrorKind::Timeout, 1, Duration::ZERO, 0.3), RetryDecision::RetryAfter(Duration::from_millis(100)));
+    assert_eq!(
+        p.decide(ErrorKind::Timeout, 1, Duration::ZERO, 0.3),
+        RetryDecision::RetryAfter(Duration::from_millis(100))
+    );
     assert_eq!(
         p.decide(ErrorKind::ToolError, 1, Duration::ZERO, 0.3),
         RetryDecision::GiveUp(GiveUpReason::NotRetryable(ErrorKind::ToolError))

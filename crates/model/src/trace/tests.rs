@@ -29,8 +29,8 @@ fn rejects_bad_headers_with_a_reason() {
 
 #[test]
 fn accepts_future_versions_with_extra_fields() {
-    let ctx = TraceContext::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-future")
-        .expect("future version");
+    let ctx =
+        TraceContext::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-future").expect("future version");
     assert_eq!(ctx.flags, 0);
 }
 

@@ -2,13 +2,13 @@
 #![allow(unsafe_code)] // the counting allocator below
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use model::ErrorKind;
 use model::breaker::Outcome;
 use model::config::ConfigFile;
-use model::ErrorKind;
 use resilience::{Breakers, Policies, ReloadOutcome};
 
 struct Counting;
@@ -87,7 +87,10 @@ async fn open_in_one_process_shows_in_the_other(t: test_support::TestStore) {
     let json = serde_json::to_value(&summary).expect("json");
     assert!(json["openByKey"][key]["openUntil"].is_string(), "{json}");
     let events = other
-        .events(&store::EventFilter { event_type: Some("circuit_opened".into()), ..Default::default() }, &store::PageRequest::first(10))
+        .events(
+            &store::EventFilter { event_type: Some("circuit_opened".into()), ..Default::default() },
+            &store::PageRequest::first(10),
+        )
         .await
         .expect("events");
     assert_eq!((events.items.len(), events.items[0].reason.as_deref()), (1, Some(key)));
@@ -113,11 +116,14 @@ async fn policy_files_reload_and_bad_edits_are_rejected() {
     let policies = Arc::new(Policies::seed());
     let breakers = Breakers::new(policies.clone(), None);
     assert_eq!(policies.retry("mcp.call.browser.browser_navigate").max_attempts, 4);
-    let (_watcher, mut outcomes) = resilience::watch_policies(policies.clone(), dir.path().to_path_buf()).expect("watch");
+    let (_watcher, mut outcomes) =
+        resilience::watch_policies(policies.clone(), dir.path().to_path_buf()).expect("watch");
     // a bad edit is rejected and the last good policy stays
     std::fs::write(dir.path().join("retry_policy.json"), r#"{"default": {"max_attempts": 0}}"#).expect("write");
     match next(&mut outcomes).await {
-        ReloadOutcome::Rejected(ConfigFile::Retry, errors) => assert!(errors[0].contains("default.max_attempts: 0 is out of range"), "{errors:?}"),
+        ReloadOutcome::Rejected(ConfigFile::Retry, errors) => {
+            assert!(errors[0].contains("default.max_attempts: 0 is out of range"), "{errors:?}")
+        }
         other => panic!("expected a rejection, got {other:?}"),
     }
     assert_eq!(policies.retry("mcp.call.browser.browser_navigate").max_attempts, 4);
@@ -125,7 +131,9 @@ async fn policy_files_reload_and_bad_edits_are_rejected() {
     let edited = ConfigFile::Retry.seed().replace("\"max_attempts\": 4", "\"max_attempts\": 7");
     std::fs::write(dir.path().join("retry_policy.json"), edited).expect("write");
     loop {
-        if next(&mut outcomes).await == ReloadOutcome::Applied(ConfigFile::Retry) && policies.retry("mcp.call.browser.browser_navigate").max_attempts == 7 {
+        if next(&mut outcomes).await == ReloadOutcome::Applied(ConfigFile::Retry)
+            && policies.retry("mcp.call.browser.browser_navigate").max_attempts == 7
+        {
             break;
         }
     }
@@ -135,7 +143,9 @@ async fn policy_files_reload_and_bad_edits_are_rejected() {
     let edited = ConfigFile::Breaker.seed().replace("\"open_ms\": 10000", "\"open_ms\": 12345");
     std::fs::write(dir.path().join("circuit_breaker.json"), edited).expect("write");
     loop {
-        if next(&mut outcomes).await == ReloadOutcome::Applied(ConfigFile::Breaker) && policies.breaker(key).open_ms == 12345 {
+        if next(&mut outcomes).await == ReloadOutcome::Applied(ConfigFile::Breaker)
+            && policies.breaker(key).open_ms == 12345
+        {
             break;
         }
     }

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use model::config::{parse, ConfigFile, RoutePolicies};
+use model::config::{ConfigFile, RoutePolicies, parse};
 
 async fn app() -> (axum::Router, test_support::TestStore) {
     let t = test_support::sqlite().await;
@@ -24,7 +24,12 @@ async fn app() -> (axum::Router, test_support::TestStore) {
     (server::router(state, server::Limits::default()), t)
 }
 
-async fn call(app: &axum::Router, method: &str, uri: &str, headers: &[(&str, &str)]) -> (StatusCode, axum::http::HeaderMap, Value) {
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, axum::http::HeaderMap, Value) {
     let mut request = Request::builder().method(method).uri(uri);
     for (name, value) in headers {
         request = request.header(*name, *value);
@@ -33,7 +38,8 @@ async fn call(app: &axum::Router, method: &str, uri: &str, headers: &[(&str, &st
     let status = response.status();
     let headers = response.headers().clone();
     let bytes = response.into_body().collect().await.expect("body").to_bytes();
-    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    let body =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (status, headers, body)
 }
 
@@ -71,7 +77,13 @@ async fn deny_by_default_and_tokens() {
     let (status, _, _) = call(&app, "GET", "/api/messages", &[ADMIN]).await;
     assert_eq!(status, StatusCode::OK, "the admin token opens token routes");
     // admin routes: a reader token is not enough
-    let id = t.store.enqueue(model::NewMessage::new("s", "r", model::Intent::new("noop").expect("i"), json!({}))).await.expect("enqueue").message.id;
+    let id = t
+        .store
+        .enqueue(model::NewMessage::new("s", "r", model::Intent::new("noop").expect("i"), json!({})))
+        .await
+        .expect("enqueue")
+        .message
+        .id;
     let uri = format!("/api/dlq/{id}/requeue");
     let (status, _, _) = call(&app, "POST", &uri, &[TOKEN]).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
@@ -104,7 +116,21 @@ async fn bad_input_gets_clear_400s() {
 #[tokio::test]
 async fn summary_reports_bus_circuits_and_agents() {
     let (app, t) = app().await;
-    t.store.enqueue_batch((0..3).map(|n| model::NewMessage::new("mcp", "gateway", model::Intent::new("mcp_call").expect("i"), json!({"n": n}))).collect()).await.expect("enqueue");
+    t.store
+        .enqueue_batch(
+            (0..3)
+                .map(|n| {
+                    model::NewMessage::new(
+                        "mcp",
+                        "gateway",
+                        model::Intent::new("mcp_call").expect("i"),
+                        json!({"n": n}),
+                    )
+                })
+                .collect(),
+        )
+        .await
+        .expect("enqueue");
     let (status, _, body) = call(&app, "GET", "/api/metrics/summary", &[TOKEN]).await;
     assert_eq!(status, StatusCode::OK);
     let summary = &body["summary"];

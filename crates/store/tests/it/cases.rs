@@ -2,7 +2,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use model::retry::{bus_decision, RetryPolicy};
+use model::retry::{RetryPolicy, bus_decision};
 use model::{ErrorKind, Intent, MessageStatus, NewMessage};
 use serde_json::json;
 use store::{
@@ -13,7 +13,12 @@ use test_support::TestStore;
 const LEASE: Duration = Duration::from_secs(30);
 
 fn job(n: usize) -> NewMessage {
-    NewMessage::new("mcp", "gateway", Intent::new("mcp_call").expect("intent"), json!({"toolset": "everything", "tool": "echo", "params": {"n": n}}))
+    NewMessage::new(
+        "mcp",
+        "gateway",
+        Intent::new("mcp_call").expect("intent"),
+        json!({"toolset": "everything", "tool": "echo", "params": {"n": n}}),
+    )
 }
 
 fn claim(agent: &str, limit: u32) -> ClaimRequest {
@@ -34,7 +39,10 @@ pub async fn lifecycle_emits_events_in_order(t: TestStore) {
     assert_eq!(enqueued.message.status, MessageStatus::Queued);
     let claimed = s.claim(&claim("w1", 10)).await.expect("claim");
     assert_eq!(claimed.len(), 1);
-    assert_eq!((claimed[0].status, claimed[0].attempts, claimed[0].claimed_by.as_deref()), (MessageStatus::Claimed, 1, Some("w1")));
+    assert_eq!(
+        (claimed[0].status, claimed[0].attempts, claimed[0].claimed_by.as_deref()),
+        (MessageStatus::Claimed, 1, Some("w1"))
+    );
     assert_eq!(claimed[0].lease_until, Some(test_support::epoch() + chrono::Duration::seconds(30)));
     let outcomes = s.complete("w1", vec![Completion::new(id, Some(json!({"echo": "hi"})))]).await.expect("complete");
     assert_eq!(outcomes, vec![Outcome::Done]);
@@ -70,7 +78,11 @@ pub async fn duplicate_enqueue_returns_the_existing_message(t: TestStore) {
     let all = s.messages(&MessageFilter::default(), &PageRequest::first(100)).await.expect("list");
     assert_eq!(all.items.len(), 4);
     let scheduled = EventFilter { event_type: Some("mcp_call_scheduled".into()), ..EventFilter::default() };
-    assert_eq!(s.events(&scheduled, &PageRequest::first(100)).await.expect("events").items.len(), 4, "one event per created message");
+    assert_eq!(
+        s.events(&scheduled, &PageRequest::first(100)).await.expect("events").items.len(),
+        4,
+        "one event per created message"
+    );
 }
 
 pub async fn concurrent_duplicate_enqueue_creates_one_row(t: TestStore) {
@@ -138,7 +150,14 @@ pub async fn sixteen_concurrent_claimers_never_share_a_message(t: TestStore) {
 
 fn decide_with(policy: RetryPolicy) -> impl Fn(&model::Message) -> FailAction + Sync {
     move |m| {
-        FailAction::from_decision(bus_decision(&policy, ErrorKind::LeaseExpired, m.attempts as u32, m.max_attempts as u32, Duration::ZERO, 0.5))
+        FailAction::from_decision(bus_decision(
+            &policy,
+            ErrorKind::LeaseExpired,
+            m.attempts as u32,
+            m.max_attempts as u32,
+            Duration::ZERO,
+            0.5,
+        ))
     }
 }
 
@@ -146,7 +165,11 @@ pub async fn expired_leases_are_reclaimed_and_counted(t: TestStore) {
     let s = &t.store;
     let id = s.enqueue(job(1).with_max_attempts(2)).await.expect("enqueue").message.id;
     assert_eq!(s.claim(&claim("dead-worker", 1)).await.expect("claim").len(), 1);
-    let policy = RetryPolicy { base_delay: Duration::from_secs(1), jitter: model::retry::Jitter::None, ..RetryPolicy::default() };
+    let policy = RetryPolicy {
+        base_delay: Duration::from_secs(1),
+        jitter: model::retry::Jitter::None,
+        ..RetryPolicy::default()
+    };
     // not yet expired
     assert_eq!(s.reap_expired(100, &decide_with(policy.clone())).await.expect("reap"), 0);
     t.clock.advance(chrono::Duration::seconds(31));
@@ -155,7 +178,10 @@ pub async fn expired_leases_are_reclaimed_and_counted(t: TestStore) {
     assert_eq!((back.status, back.attempts, back.claimed_by.clone()), (MessageStatus::Queued, 1, None));
     assert!(back.last_error.as_deref().is_some_and(|e| e.contains("dead-worker")));
     // the late worker's completion is refused
-    assert_eq!(s.complete("dead-worker", vec![Completion::new(id, None)]).await.expect("late"), vec![Outcome::LeaseLost]);
+    assert_eq!(
+        s.complete("dead-worker", vec![Completion::new(id, None)]).await.expect("late"),
+        vec![Outcome::LeaseLost]
+    );
     // second expiry exhausts max_attempts = 2
     t.clock.advance(chrono::Duration::seconds(2));
     assert_eq!(s.claim(&claim("w2", 1)).await.expect("claim").len(), 1);
@@ -180,7 +206,12 @@ pub async fn retry_waits_for_its_backoff(t: TestStore) {
     let s = &t.store;
     let id = s.enqueue(job(1)).await.expect("enqueue").message.id;
     s.claim(&claim("w", 1)).await.expect("claim");
-    let failure = Failure { id, kind: ErrorKind::Timeout, error: "tool timed out after 30000 ms".into(), action: FailAction::Retry { after: Duration::from_secs(2) } };
+    let failure = Failure {
+        id,
+        kind: ErrorKind::Timeout,
+        error: "tool timed out after 30000 ms".into(),
+        action: FailAction::Retry { after: Duration::from_secs(2) },
+    };
     let outcome = s.fail("w", vec![failure]).await.expect("fail");
     assert_eq!(outcome, vec![Outcome::Retrying { run_at: test_support::epoch() + chrono::Duration::seconds(2) }]);
     assert!(s.claim(&claim("w", 1)).await.expect("claim").is_empty(), "not before run_at");
@@ -190,7 +221,10 @@ pub async fn retry_waits_for_its_backoff(t: TestStore) {
     let again = s.claim(&claim("w", 1)).await.expect("claim");
     assert_eq!((again.len(), again[0].attempts), (1, 2));
     assert_eq!(again[0].last_error.as_deref(), Some("tool timed out after 30000 ms"));
-    let events = s.events(&EventFilter { message_id: Some(id), ..EventFilter::default() }, &PageRequest::first(10)).await.expect("events");
+    let events = s
+        .events(&EventFilter { message_id: Some(id), ..EventFilter::default() }, &PageRequest::first(10))
+        .await
+        .expect("events");
     let retry = events.items.iter().find(|e| e.event_type == "mcp_call_retry_scheduled").expect("retry event");
     assert_eq!(retry.reason.as_deref(), Some("timeout"));
     assert_eq!(retry.trace_id.as_deref(), Some(again[0].trace_id.as_str()));
@@ -199,12 +233,18 @@ pub async fn retry_waits_for_its_backoff(t: TestStore) {
 pub async fn dead_letters_after_max_attempts_and_requeues_once(t: TestStore) {
     let s = &t.store;
     let id = s.enqueue(job(1).with_max_attempts(2)).await.expect("enqueue").message.id;
-    let policy = RetryPolicy { jitter: model::retry::Jitter::None, base_delay: Duration::ZERO, ..RetryPolicy::default() };
+    let policy =
+        RetryPolicy { jitter: model::retry::Jitter::None, base_delay: Duration::ZERO, ..RetryPolicy::default() };
     for attempt in 1..=2 {
         let claimed = s.claim(&claim("w", 1)).await.expect("claim");
         assert_eq!(claimed[0].attempts, attempt);
         let decision = bus_decision(&policy, ErrorKind::Transport, attempt as u32, 2, Duration::ZERO, 0.0);
-        let failure = Failure { id, kind: ErrorKind::Transport, error: format!("connection reset (attempt {attempt})"), action: FailAction::from_decision(decision) };
+        let failure = Failure {
+            id,
+            kind: ErrorKind::Transport,
+            error: format!("connection reset (attempt {attempt})"),
+            action: FailAction::from_decision(decision),
+        };
         let outcome = s.fail("w", vec![failure]).await.expect("fail");
         assert_eq!(outcome[0] == Outcome::DeadLettered, attempt == 2);
     }
@@ -213,7 +253,10 @@ pub async fn dead_letters_after_max_attempts_and_requeues_once(t: TestStore) {
     let open = MessageFilter { status: Some(MessageStatus::Failed), ..MessageFilter::default() };
     let dlq = s.dead_letters(&open, &PageRequest::first(10)).await.expect("dlq");
     assert_eq!(dlq.items.len(), 1);
-    assert_eq!((dlq.items[0].reason.as_str(), dlq.items[0].last_error.as_deref()), ("max_attempts", Some("connection reset (attempt 2)")));
+    assert_eq!(
+        (dlq.items[0].reason.as_str(), dlq.items[0].last_error.as_deref()),
+        ("max_attempts", Some("connection reset (attempt 2)"))
+    );
     assert_eq!(dlq.items[0].original["id"], json!(id.to_string()));
     // requeue: fresh attempt series, idempotent
     let requeued = s.requeue(id).await.expect("requeue");
@@ -253,7 +296,10 @@ pub async fn bad_input_is_rejected_with_clear_errors(t: TestStore) {
     let err = s.enqueue_batch(vec![job(1), huge]).await.expect_err("oversize");
     let chain = format!("{err}: {}", std::error::Error::source(&err).map(|e| e.to_string()).unwrap_or_default());
     assert!(chain.contains("message 1 of the batch") && chain.contains("payload is 2097154 bytes"), "{chain}");
-    assert!(s.messages(&MessageFilter::default(), &PageRequest::first(10)).await.expect("list").items.is_empty(), "all or nothing");
+    assert!(
+        s.messages(&MessageFilter::default(), &PageRequest::first(10)).await.expect("list").items.is_empty(),
+        "all or nothing"
+    );
     let err = s.enqueue(job(1).with_tenant("a b")).await.expect_err("bad tenant");
     assert!(std::error::Error::source(&err).map(|e| e.to_string()).unwrap_or_default().contains("tenant contains ' '"));
     let id = s.enqueue(job(1)).await.expect("ok").message.id;
@@ -267,7 +313,9 @@ pub async fn bad_input_is_rejected_with_clear_errors(t: TestStore) {
     assert!(matches!(s.events(&EventFilter::default(), &bad).await, Err(Error::BadCursor { .. })));
     assert!(matches!(s.message(model::MessageId::new()).await, Err(Error::NotFound { .. })));
     // the JSON form of a new message refuses unknown fields and bad intents
-    let parsed = serde_json::from_value::<NewMessage>(json!({"service": "mcp", "role": "gateway", "intent": "mcp_call", "prio": 1}));
+    let parsed = serde_json::from_value::<NewMessage>(
+        json!({"service": "mcp", "role": "gateway", "intent": "mcp_call", "prio": 1}),
+    );
     assert!(parsed.is_err());
 }
 
@@ -280,7 +328,10 @@ pub async fn listing_filters_and_pages(t: TestStore) {
     let mut page = PageRequest::first(10);
     let mut pages = 0;
     loop {
-        let got = s.messages(&MessageFilter { tenant: Some("default".into()), ..MessageFilter::default() }, &page).await.expect("page");
+        let got = s
+            .messages(&MessageFilter { tenant: Some("default".into()), ..MessageFilter::default() }, &page)
+            .await
+            .expect("page");
         pages += 1;
         for m in &got.items {
             assert_eq!(m.tenant, "default");
@@ -292,17 +343,41 @@ pub async fn listing_filters_and_pages(t: TestStore) {
         }
     }
     assert_eq!((seen.len(), pages), (25, 3));
-    let acme = s.messages(&MessageFilter { tenant: Some("acme".into()), status: Some(MessageStatus::Queued), ..MessageFilter::default() }, &PageRequest::first(100)).await.expect("acme");
+    let acme = s
+        .messages(
+            &MessageFilter {
+                tenant: Some("acme".into()),
+                status: Some(MessageStatus::Queued),
+                ..MessageFilter::default()
+            },
+            &PageRequest::first(100),
+        )
+        .await
+        .expect("acme");
     assert_eq!(acme.items.len(), 5);
-    let none = s.messages(&MessageFilter { intent: Some("research".into()), ..MessageFilter::default() }, &PageRequest::first(100)).await.expect("none");
+    let none = s
+        .messages(
+            &MessageFilter { intent: Some("research".into()), ..MessageFilter::default() },
+            &PageRequest::first(100),
+        )
+        .await
+        .expect("none");
     assert!(none.items.is_empty());
-    let later = MessageFilter { since: Some(test_support::epoch() + chrono::Duration::seconds(1)), ..MessageFilter::default() };
+    let later =
+        MessageFilter { since: Some(test_support::epoch() + chrono::Duration::seconds(1)), ..MessageFilter::default() };
     assert!(s.messages(&later, &PageRequest::first(100)).await.expect("since").items.is_empty());
 }
 
 pub async fn priority_orders_claims_and_shards_route(t: TestStore) {
     let s = &t.store;
-    s.enqueue_batch(vec![job(1).with_priority(0), job(2).with_priority(10), job(3).with_priority(-5), job(4).with_priority(10)]).await.expect("enqueue");
+    s.enqueue_batch(vec![
+        job(1).with_priority(0),
+        job(2).with_priority(10),
+        job(3).with_priority(-5),
+        job(4).with_priority(10),
+    ])
+    .await
+    .expect("enqueue");
     let claimed = s.claim(&claim("w", 10)).await.expect("claim");
     let order: Vec<i64> = claimed.iter().map(|m| m.payload["params"]["n"].as_i64().unwrap_or(-1)).collect();
     assert_eq!(order, [2, 4, 1, 3]);
@@ -338,8 +413,18 @@ pub async fn presence_online_heartbeat_offline_and_stale(t: TestStore) {
     let all = s.presence().await.expect("list");
     assert_eq!(all.len(), 2);
     assert!(all.iter().all(|p| p.status == model::presence::PresenceStatus::Offline));
-    assert_eq!(all.iter().find(|p| p.agent_id == "a1").map(|p| p.roles.clone()), Some(vec!["gateway".to_owned(), "research".to_owned()]));
-    let types: Vec<String> = s.events(&EventFilter::default(), &PageRequest::first(100)).await.expect("events").items.into_iter().map(|e| e.event_type).collect();
+    assert_eq!(
+        all.iter().find(|p| p.agent_id == "a1").map(|p| p.roles.clone()),
+        Some(vec!["gateway".to_owned(), "research".to_owned()])
+    );
+    let types: Vec<String> = s
+        .events(&EventFilter::default(), &PageRequest::first(100))
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect();
     assert_eq!(types, ["agent_online", "agent_online", "agent_heartbeat", "agent_offline", "agent_offline"]);
     assert!(!s.presence_heartbeat("a1").await.expect("offline heartbeat"), "an offline agent must re-register");
 }
@@ -355,7 +440,10 @@ pub async fn release_returns_work_without_counting_an_attempt(t: TestStore) {
     assert_eq!(s.extend_leases("w", &[id], LEASE).await.expect("not mine"), vec![]);
     t.clock.advance(chrono::Duration::seconds(20));
     assert_eq!(s.extend_leases("w2", &[id], LEASE).await.expect("mine"), vec![id]);
-    assert_eq!(s.message(id).await.expect("m").lease_until, Some(test_support::epoch() + chrono::Duration::seconds(50)));
+    assert_eq!(
+        s.message(id).await.expect("m").lease_until,
+        Some(test_support::epoch() + chrono::Duration::seconds(50))
+    );
 }
 
 pub async fn circuits_and_queue_stats_are_visible_to_another_store(t: TestStore) {
@@ -378,13 +466,17 @@ pub async fn circuits_and_queue_stats_are_visible_to_another_store(t: TestStore)
     t.clock.advance(chrono::Duration::seconds(5));
     let stats = other.queue_stats().await.expect("stats");
     assert_eq!(stats.len(), 1);
-    assert_eq!((stats[0].ready, stats[0].delayed, stats[0].claimed, stats[0].oldest_ready_age_ms), (2, 1, 1, Some(5000)));
+    assert_eq!(
+        (stats[0].ready, stats[0].delayed, stats[0].claimed, stats[0].oldest_ready_age_ms),
+        (2, 1, 1, Some(5000))
+    );
     other.close().await;
 }
 
 pub async fn prune_removes_only_old_finished_work(t: TestStore) {
     let s = &t.store;
-    let ids: Vec<_> = s.enqueue_batch((0..3).map(job).collect()).await.expect("enqueue").into_iter().map(|e| e.message.id).collect();
+    let ids: Vec<_> =
+        s.enqueue_batch((0..3).map(job).collect()).await.expect("enqueue").into_iter().map(|e| e.message.id).collect();
     s.claim(&claim("w", 1)).await.expect("claim");
     s.complete("w", vec![Completion::new(ids[0], None)]).await.expect("complete");
     t.clock.advance(chrono::Duration::days(3));
@@ -435,9 +527,12 @@ pub async fn connection_killed_mid_run_loses_nothing(t: TestStore) {
         tokio::spawn(async move {
             let database = url.rsplit('/').next().unwrap_or_default().to_owned();
             let mut kills = 0;
-            let admin = Store::open(&test_support::postgres_admin_url(), store::StoreOptions::default()).await.expect("admin");
+            let admin =
+                Store::open(&test_support::postgres_admin_url(), store::StoreOptions::default()).await.expect("admin");
             drop(admin);
-            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&test_support::postgres_admin_url()).await.expect("admin conn");
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&test_support::postgres_admin_url())
+                .await
+                .expect("admin conn");
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && kills < 6 {
                 tokio::time::sleep(Duration::from_millis(40)).await;
                 let n: i64 = sqlx::query_scalar(
@@ -489,18 +584,41 @@ pub async fn connection_killed_mid_run_loses_nothing(t: TestStore) {
     let _kills = killer.await.expect("join");
     // anything whose claim or completion was cut off is reclaimed after its lease
     t.clock.advance(chrono::Duration::seconds(31));
-    let policy = RetryPolicy { base_delay: Duration::ZERO, jitter: model::retry::Jitter::None, max_attempts: 100, ..RetryPolicy::default() };
-    let decide = move |m: &model::Message| FailAction::from_decision(bus_decision(&policy, ErrorKind::LeaseExpired, m.attempts as u32, 100, Duration::ZERO, 0.0));
+    let policy = RetryPolicy {
+        base_delay: Duration::ZERO,
+        jitter: model::retry::Jitter::None,
+        max_attempts: 100,
+        ..RetryPolicy::default()
+    };
+    let decide = move |m: &model::Message| {
+        FailAction::from_decision(bus_decision(
+            &policy,
+            ErrorKind::LeaseExpired,
+            m.attempts as u32,
+            100,
+            Duration::ZERO,
+            0.0,
+        ))
+    };
     killer_store.reap_expired(1000, &decide).await.expect("reap");
     loop {
         let claimed = killer_store.claim(&claim("sweeper", 100)).await.expect("claim");
         if claimed.is_empty() {
             break;
         }
-        let outcomes = killer_store.complete("sweeper", claimed.iter().map(|m| Completion::new(m.id, None)).collect()).await.expect("complete");
+        let outcomes = killer_store
+            .complete("sweeper", claimed.iter().map(|m| Completion::new(m.id, None)).collect())
+            .await
+            .expect("complete");
         completed += outcomes.iter().filter(|o| **o == Outcome::Done).count();
     }
-    let done = killer_store.messages(&MessageFilter { status: Some(MessageStatus::Done), ..MessageFilter::default() }, &PageRequest::first(1000)).await.expect("done");
+    let done = killer_store
+        .messages(
+            &MessageFilter { status: Some(MessageStatus::Done), ..MessageFilter::default() },
+            &PageRequest::first(1000),
+        )
+        .await
+        .expect("done");
     assert_eq!(done.items.len(), total, "lost messages");
     assert_eq!(completed, total, "a completion was counted twice or lost");
     let succeeded = EventFilter { event_type: Some("mcp_call_succeeded".into()), ..EventFilter::default() };

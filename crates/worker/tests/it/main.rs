@@ -1,7 +1,7 @@
 //! The worker runtime against real stores (SQLite and PostgreSQL).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -37,7 +37,12 @@ async fn wait_until(store: &Store, status: MessageStatus, n: usize) {
 }
 
 fn config(concurrency: usize) -> RuntimeConfig {
-    RuntimeConfig { concurrency, batch: 8, poll_interval: Duration::from_millis(200), ..RuntimeConfig::new("test", "work", "agent-1") }
+    RuntimeConfig {
+        concurrency,
+        batch: 8,
+        poll_interval: Duration::from_millis(200),
+        ..RuntimeConfig::new("test", "work", "agent-1")
+    }
 }
 
 async fn drains_all_messages(t: TestStore) {
@@ -113,7 +118,12 @@ both!(drains_all_messages, failing_handler_retries_then_dead_letters, shutdown_r
 
 #[test]
 fn policy_keys_name_the_tool() {
-    let mut message = NewMessage::new("mcp", "gateway", Intent::new("mcp_call").expect("intent"), json!({"toolset": "browser", "tool": "browser_navigate"}));
+    let mut message = NewMessage::new(
+        "mcp",
+        "gateway",
+        Intent::new("mcp_call").expect("intent"),
+        json!({"toolset": "browser", "tool": "browser_navigate"}),
+    );
     let stored = |m: &NewMessage| Message {
         id: model::MessageId::new(),
         created_at: test_support::epoch(),

@@ -1,0 +1,288 @@
+//! The command line. Every process setting is a flag with a `COGO_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// COGO: an enterprise agent platform in one binary.
+///
+/// `cogo up` runs everything embedded on one machine (SQLite in the data dir). For the distributed
+/// mode run `cogo serve` and any number of `cogo worker` processes against one PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "cogo", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Directory of the policy files (mcp.json, retry_policy.json, circuit_breaker.json,
+    /// route_policies.json). Missing files fall back to the shipped seed defaults.
+    #[arg(long, global = true, env = "COGO_CONFIG_DIR", default_value = "configs")]
+    pub config_dir: PathBuf,
+    /// Directory for the embedded database and artifacts.
+    #[arg(long, global = true, env = "COGO_DATA_DIR", default_value = ".cogo")]
+    pub data_dir: PathBuf,
+    /// Database: postgres://USER@HOST/DB for the distributed mode; default sqlite://DATA_DIR/cogo.db.
+    #[arg(long, global = true, env = "COGO_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Log format.
+    #[arg(long, global = true, env = "COGO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// Directory of local model files (embeddings, LLM); default DATA_DIR/models.
+    #[arg(long, global = true, env = "COGO_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Log filter (tracing syntax, e.g. `info,store=debug`); RUST_LOG is used when unset.
+    #[arg(long, global = true, env = "COGO_LOG")]
+    pub log: Option<String>,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run everything embedded: SQLite, the HTTP API and every worker role, in one process.
+    Up(ServeArgs),
+    /// Run the HTTP API and maintenance (distributed mode: workers run separately).
+    Serve(ServeArgs),
+    /// Run worker roles against the database.
+    Worker(WorkerArgs),
+    /// Check policy files, print their JSON Schemas or the configuration reference.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Show which retry and breaker rules apply to a key.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Report what is present and what is missing, with the fix.
+    Doctor(DoctorArgs),
+    /// Apply database migrations.
+    Migrate,
+    /// Put a message on the bus.
+    Enqueue(EnqueueArgs),
+    /// List messages.
+    Messages(MessagesArgs),
+    /// The dead-letter queue.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Events.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// List processes (presence).
+    Agents,
+    /// Benchmarks that print JSON figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// Options of `up` and `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    #[arg(long, env = "COGO_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Admin token for mutating routes (x-admin-token). Unset: admin routes are refused.
+    #[arg(long, env = "COGO_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Comma-separated API tokens for read routes.
+    #[arg(long, env = "COGO_API_TOKENS", hide_env_values = true, value_delimiter = ',')]
+    pub api_tokens: Vec<String>,
+    /// Handlers running at once per role (up only).
+    #[arg(long, env = "COGO_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: usize,
+}
+
+/// Options of `worker`.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Roles to run, comma-separated (available: noop).
+    #[arg(long, env = "COGO_ROLES", value_delimiter = ',', required = true)]
+    pub roles: Vec<String>,
+    /// Shards to serve besides the unsharded queue.
+    #[arg(long, env = "COGO_SHARDS", value_delimiter = ',')]
+    pub shards: Vec<String>,
+    /// Handlers running at once per role.
+    #[arg(long, env = "COGO_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: usize,
+    /// Serve /metrics, /healthz and /readyz on this address.
+    #[arg(long, env = "COGO_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the policy files of DIR (default: --config-dir); exit 2 when any is invalid.
+    Check {
+        /// Directory to check.
+        dir: Option<PathBuf>,
+    },
+    /// Print the JSON Schema of one file (mcp, retry_policy, circuit_breaker, route_policies) or all.
+    Schema {
+        /// File name; all files when omitted.
+        file: Option<String>,
+    },
+    /// Print the reference of every COGO_* variable and config key (Markdown).
+    Reference,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Explain which rules apply to KEY (e.g. mcp.call.browser.browser_navigate) and why.
+    Explain {
+        /// Policy or breaker key.
+        key: String,
+    },
+}
+
+/// Options of `doctor`.
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `enqueue`.
+#[derive(Debug, Clone, Args)]
+pub struct EnqueueArgs {
+    /// Service (e.g. mcp).
+    #[arg(long)]
+    pub service: String,
+    /// Role (e.g. gateway).
+    #[arg(long)]
+    pub role: String,
+    /// Intent (e.g. mcp_call).
+    #[arg(long)]
+    pub intent: String,
+    /// Payload JSON.
+    #[arg(long, default_value = "{}")]
+    pub payload: String,
+    /// Tenant.
+    #[arg(long, env = "COGO_TENANT", default_value = "default")]
+    pub tenant: String,
+    /// Shard.
+    #[arg(long, default_value = "")]
+    pub shard: String,
+    /// Idempotency key (a duplicate returns the existing message).
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Priority (higher first, -1000..=1000).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// Attempts before dead-lettering.
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: i32,
+}
+
+/// Options of `messages`.
+#[derive(Debug, Clone, Args)]
+pub struct MessagesArgs {
+    /// Only this status (queued, claimed, done, failed).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only this tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Only this service.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Only this trace.
+    #[arg(long)]
+    pub trace: Option<String>,
+    /// How many (newest first).
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    /// Print JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead-lettered messages not yet requeued.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Requeue a dead-lettered message (idempotent).
+    Requeue {
+        /// Message id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Print events as they happen (Ctrl-C to stop).
+    Tail {
+        /// Only this trace.
+        #[arg(long)]
+        trace: Option<String>,
+        /// Start from the oldest event instead of new ones only.
+        #[arg(long)]
+        from_start: bool,
+        /// Exit after printing what exists (do not follow).
+        #[arg(long)]
+        no_follow: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Bus throughput and latency: bulk enqueue, drain with C workers, enqueue→claim latency.
+    Bus(BenchBusArgs),
+    /// Cost of a breaker check plus a policy lookup on the hot path.
+    Resilience(BenchJson),
+}
+
+/// Options of `bench bus`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchBusArgs {
+    /// Backend to measure.
+    #[arg(long, value_enum, default_value_t = BenchBackend::Sqlite)]
+    pub backend: BenchBackend,
+    /// Jobs to enqueue and drain.
+    #[arg(long, default_value_t = 20_000)]
+    pub jobs: usize,
+    /// Concurrent handlers.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Claim batch size.
+    #[arg(long, default_value_t = 50)]
+    pub batch: u32,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Bus benchmark backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchBackend {
+    /// A temporary SQLite file.
+    Sqlite,
+    /// A temporary database on the PostgreSQL server of --database-url (default: local `test`).
+    Postgres,
+}
+
+/// `--json` only.
+#[derive(Debug, Clone, Args)]
+pub struct BenchJson {
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,201 @@
+//! `cogo bench bus` and `cogo bench resilience`: figures printed as JSON, measured on real stores.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::future::BoxFuture;
+use serde_json::json;
+
+use crate::args::{BenchBackend, BenchBusArgs, BenchCommand, BenchJson, Global};
+
+pub async fn run(global: &Global, command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Bus(args) => bus(global, args).await,
+        BenchCommand::Resilience(args) => resilience(args),
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    (sorted[index.min(sorted.len() - 1)] * 1000.0).round() / 1000.0
+}
+
+struct Scratch {
+    url: String,
+    cleanup: Option<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn scratch_database(global: &Global, backend: BenchBackend) -> anyhow::Result<Scratch> {
+    let tag = model::new_id().simple().to_string()[20..].to_owned();
+    match backend {
+        BenchBackend::Sqlite => {
+            let dir =
+                tempfile::Builder::new().prefix("cogo-bench-").tempdir().context("creating a scratch directory")?;
+            Ok(Scratch {
+                url: format!("sqlite://{}", dir.path().join("bench.db").display()),
+                cleanup: None,
+                _dir: Some(dir),
+            })
+        }
+        BenchBackend::Postgres => {
+            let admin =
+                global.database_url.clone().unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+            let database = format!("cogo_bench_{tag}");
+            store::create_postgres_database(&admin, &database)
+                .await
+                .context("creating a scratch database (needs CREATEDB)")?;
+            let base =
+                admin.rsplit_once('/').map(|(b, _)| b.to_owned()).context("--database-url must end with /DATABASE")?;
+            Ok(Scratch { url: format!("{base}/{database}"), cleanup: Some((admin, database)), _dir: None })
+        }
+    }
+}
+
+async fn bus(global: &Global, args: BenchBusArgs) -> anyhow::Result<()> {
+    let _metrics = crate::node::metrics_render()?;
+    let scratch = scratch_database(global, args.backend).await?;
+    let result = bus_on(&scratch.url, &args).await;
+    if let Some((admin, database)) = &scratch.cleanup {
+        if let Err(err) = store::drop_postgres_database(admin, database).await {
+            tracing::warn!(error = %err, database, "could not drop the scratch database");
+        }
+    }
+    let report = result?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    } else {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    }
+    Ok(())
+}
+
+async fn bus_on(url: &str, args: &BenchBusArgs) -> anyhow::Result<serde_json::Value> {
+    let options = store::StoreOptions::default().with_max_connections((args.concurrency as u32 / 2).clamp(4, 16));
+    let store = store::Store::open(url, options).await?;
+    store.migrate().await?;
+    let jobs = args.jobs.max(1);
+    let job = |n: usize| {
+        model::NewMessage::new(
+            "bench",
+            "noop",
+            model::Intent::new("noop").unwrap_or_else(|_| unreachable!("static intent")),
+            json!({ "n": n }),
+        )
+    };
+    // 1. bulk enqueue
+    eprintln!("bench: enqueueing {jobs} jobs in batches of 1000");
+    let started = Instant::now();
+    for chunk in (0..jobs).collect::<Vec<_>>().chunks(1000) {
+        store.enqueue_batch(chunk.iter().map(|n| job(*n)).collect()).await?;
+    }
+    let enqueue_per_s = jobs as f64 / started.elapsed().as_secs_f64();
+    // 2. drain with the real worker runtime
+    eprintln!("bench: draining with {} handlers, batch {}", args.concurrency, args.batch);
+    let seen: Arc<Mutex<HashMap<model::MessageId, u32>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let handler = {
+        let seen = seen.clone();
+        let latencies = latencies.clone();
+        move |message: model::Message| -> BoxFuture<Result<worker::HandlerOutput, worker::HandlerError>> {
+            let waited = (chrono::Utc::now() - message.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+            *seen.lock().unwrap_or_else(|p| p.into_inner()).entry(message.id).or_default() += 1;
+            latencies.lock().unwrap_or_else(|p| p.into_inner()).push(waited);
+            Box::pin(async { Ok(worker::HandlerOutput::default()) })
+        }
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut config = worker::RuntimeConfig::new("bench", "noop", "bench-agent");
+    config.concurrency = args.concurrency.max(1);
+    config.batch = args.batch.max(1);
+    config.poll_interval = Duration::from_millis(500);
+    let retry: worker::RetryResolver = Arc::new(|_m: &model::Message| model::retry::RetryPolicy::default());
+    let runtime = worker::Runtime::new(store.clone(), config, Arc::new(handler), retry);
+    let stats = runtime.stats();
+    let started = Instant::now();
+    let task = tokio::spawn(runtime.run(stopped));
+    while stats.succeeded.load(std::sync::atomic::Ordering::Relaxed) < jobs as u64 {
+        if started.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!("drain did not finish within 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let drain_per_s = jobs as f64 / started.elapsed().as_secs_f64();
+    let claim_queries = stats.claim_queries.load(std::sync::atomic::Ordering::Relaxed);
+    // 3. single enqueue, one at a time, while workers wait
+    latencies.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    let singles = 1000.min(jobs);
+    eprintln!("bench: {singles} single enqueues, measuring enqueue→claim with idle workers");
+    let mut enqueue_times = Vec::with_capacity(singles);
+    for n in 0..singles {
+        let t = Instant::now();
+        store.enqueue(job(jobs + n)).await?;
+        enqueue_times.push(t.elapsed().as_secs_f64() * 1000.0);
+        // spacing so each job is claimed by a waiting worker, not in a batch
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let single_elapsed: f64 = enqueue_times.iter().sum::<f64>() / 1000.0;
+    while stats.succeeded.load(std::sync::atomic::Ordering::Relaxed) < (jobs + singles) as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.send(true).ok();
+    task.await.ok();
+    let mut latency = latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    latency.sort_by(|a, b| a.total_cmp(b));
+    enqueue_times.sort_by(|a, b| a.total_cmp(b));
+    let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+    let duplicates: u32 = seen.values().map(|c| c - 1).sum();
+    let lost = (jobs + singles).saturating_sub(seen.len());
+    store.close().await;
+    Ok(json!({
+        "backend": if url.starts_with("sqlite") { "sqlite" } else { "postgres" },
+        "jobs": jobs,
+        "concurrency": args.concurrency,
+        "batch": args.batch,
+        "enqueue_per_s": enqueue_per_s.round(),
+        "drain_per_s": drain_per_s.round(),
+        "single_enqueue_per_s": (singles as f64 / single_elapsed).round(),
+        "single_enqueue_p50_ms": percentile(&enqueue_times, 0.5),
+        "latency_ms": { "p50": percentile(&latency, 0.5), "p95": percentile(&latency, 0.95), "p99": percentile(&latency, 0.99) },
+        "claim_queries": claim_queries,
+        "lost": lost,
+        "duplicates": duplicates,
+        "events_recorded": true,
+    }))
+}
+
+fn resilience(args: BenchJson) -> anyhow::Result<()> {
+    let policies = Arc::new(resilience::Policies::seed());
+    let breakers = resilience::Breakers::new(policies.clone(), None);
+    let key = "mcp.call.browser.browser_navigate.0";
+    let policy_key = "mcp.call.browser.browser_navigate";
+    let iterations: u64 = 2_000_000;
+    // warm: create the breaker and fill the policy cache
+    for i in 0..1000 {
+        let permit = breakers.acquire_at(key, i).map_err(|e| anyhow::anyhow!("{e}"))?;
+        breakers.record_at(key, permit, model::breaker::Outcome::Success, i);
+        std::hint::black_box(policies.retry(policy_key));
+    }
+    let started = Instant::now();
+    for i in 0..iterations {
+        let permit = breakers.acquire_at(key, i).map_err(|e| anyhow::anyhow!("{e}"))?;
+        breakers.record_at(key, permit, model::breaker::Outcome::Success, i);
+        std::hint::black_box(policies.retry(policy_key));
+    }
+    let ns = started.elapsed().as_nanos() as f64 / iterations as f64;
+    let report = json!({ "ns_per_check": (ns * 10.0).round() / 10.0, "iterations": iterations, "includes": "breaker acquire + record + retry policy lookup" });
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{report}")?;
+    } else {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! Bus commands: migrate, enqueue, messages, dlq, events tail, agents.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Context;
+use model::{Intent, MessageStatus, NewMessage};
+use store::{EventFilter, MessageFilter, PageRequest};
+
+use crate::ExitWith;
+use crate::args::{DlqCommand, EnqueueArgs, EventsCommand, Global, MessagesArgs};
+use crate::settings::{database_url, open_store};
+
+fn usage(text: String) -> anyhow::Error {
+    ExitWith(2, format!("error: {text}")).into()
+}
+
+pub async fn migrate(global: &Global) -> anyhow::Result<()> {
+    let store = open_store(global).await?;
+    writeln!(
+        std::io::stdout(),
+        "migrations applied to {} ({})",
+        store::redact_url(&database_url(global)),
+        store.kind().name()
+    )?;
+    store.close().await;
+    Ok(())
+}
+
+pub async fn enqueue(global: &Global, args: EnqueueArgs) -> anyhow::Result<()> {
+    let intent = Intent::new(args.intent.clone()).map_err(|e| usage(format!("--intent {:?} {e}", args.intent)))?;
+    let payload: serde_json::Value =
+        serde_json::from_str(&args.payload).map_err(|e| usage(format!("--payload is not valid JSON: {e}")))?;
+    let mut message = NewMessage::new(args.service, args.role, intent, payload)
+        .with_tenant(args.tenant)
+        .with_shard(args.shard)
+        .with_priority(args.priority)
+        .with_max_attempts(args.max_attempts);
+    message.idempotency_key = args.idempotency_key;
+    if let Err(err) = message.validate(model::message::DEFAULT_MAX_PAYLOAD_BYTES) {
+        return Err(usage(err.to_string()));
+    }
+    let store = open_store(global).await?;
+    let enqueued = store.enqueue(message).await.context("enqueueing")?;
+    let verb = if enqueued.created { "enqueued" } else { "already enqueued (same idempotency key)" };
+    writeln!(std::io::stdout(), "{verb} {} trace {}", enqueued.message.id, enqueued.message.trace_id)?;
+    store.close().await;
+    Ok(())
+}
+
+pub async fn messages(global: &Global, args: MessagesArgs) -> anyhow::Result<()> {
+    let status = match args.status.as_deref() {
+        None => None,
+        Some(s) => Some(
+            MessageStatus::parse(s)
+                .ok_or_else(|| usage(format!("--status {s:?} is not one of queued, claimed, done, failed")))?,
+        ),
+    };
+    let filter = MessageFilter {
+        status,
+        tenant: args.tenant,
+        service: args.service,
+        trace_id: args.trace,
+        ..MessageFilter::default()
+    };
+    let store = open_store(global).await?;
+    let page = store.messages(&filter, &PageRequest::first(args.limit)).await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for message in &page.items {
+            writeln!(out, "{}", serde_json::to_string(message)?)?;
+        }
+    } else {
+        writeln!(
+            out,
+            "{:<36}  {:<8}  {:<20}  {:<10}  {:>8}  {:<24}",
+            "id", "status", "service/role", "intent", "attempts", "created"
+        )?;
+        for m in &page.items {
+            writeln!(
+                out,
+                "{:<36}  {:<8}  {:<20}  {:<10}  {:>4}/{:<3}  {:<24}",
+                m.id,
+                m.status.as_str(),
+                format!("{}/{}", m.service, m.role),
+                m.intent.as_str(),
+                m.attempts,
+                m.max_attempts,
+                m.created_at.format("%Y-%m-%d %H:%M:%S%.3f")
+            )?;
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+pub async fn dlq(global: &Global, command: DlqCommand) -> anyhow::Result<()> {
+    let store = open_store(global).await?;
+    let mut out = std::io::stdout().lock();
+    match command {
+        DlqCommand::List { limit, json } => {
+            let filter = MessageFilter { status: Some(MessageStatus::Failed), ..MessageFilter::default() };
+            let page = store.dead_letters(&filter, &PageRequest::first(limit)).await?;
+            for entry in &page.items {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(entry)?)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{}  {}/{}  {}  {}  {}",
+                        entry.message_id,
+                        entry.service,
+                        entry.role,
+                        entry.reason,
+                        entry.dead_lettered_at.format("%Y-%m-%d %H:%M:%S"),
+                        entry.last_error.as_deref().unwrap_or("")
+                    )?;
+                }
+            }
+            if page.items.is_empty() && !json {
+                writeln!(out, "the dead-letter queue is empty")?;
+            }
+        }
+        DlqCommand::Requeue { id } => {
+            let id = id.parse().map_err(|_| usage(format!("{id:?} is not a message id (a UUID)")))?;
+            let message = store.requeue(id).await?;
+            writeln!(out, "requeued {} (attempts reset, status {})", message.id, message.status)?;
+        }
+    }
+    drop(out);
+    store.close().await;
+    Ok(())
+}
+
+pub async fn events(global: &Global, command: EventsCommand) -> anyhow::Result<()> {
+    let EventsCommand::Tail { trace, from_start, no_follow } = command;
+    if let Some(trace) = &trace {
+        if !model::trace::is_valid_trace_id(trace) {
+            return Err(usage(format!("--trace {trace:?} is not a trace id (32 lower-case hex digits)")));
+        }
+    }
+    let store = open_store(global).await?;
+    let filter = EventFilter { trace_id: trace, ..EventFilter::default() };
+    let mut cursor = if from_start {
+        None
+    } else {
+        // start after the newest existing event
+        let mut after = None;
+        loop {
+            let page =
+                store.events(&EventFilter::default(), &PageRequest { after: after.clone(), limit: 1000 }).await?;
+            if page.items.is_empty() {
+                break after;
+            }
+            after = page.next;
+        }
+    };
+    let wake = store.wakeups().events();
+    loop {
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let page = store.events(&filter, &PageRequest { after: cursor.clone(), limit: 500 }).await?;
+        {
+            let mut out = std::io::stdout().lock();
+            for event in &page.items {
+                writeln!(out, "{}", serde_json::to_string(event)?)?;
+            }
+            out.flush()?;
+        }
+        let got = page.items.len();
+        cursor = page.next;
+        if got == 500 {
+            continue;
+        }
+        if no_follow {
+            break;
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+pub async fn agents(global: &Global) -> anyhow::Result<()> {
+    let store = open_store(global).await?;
+    let mut out = std::io::stdout().lock();
+    let agents = store.presence().await?;
+    writeln!(out, "{:<40}  {:<8}  {:<20}  {:<16}  {:<20}", "agent", "status", "roles", "host", "last heartbeat")?;
+    for a in agents {
+        writeln!(
+            out,
+            "{:<40}  {:<8}  {:<20}  {:<16}  {:<20}",
+            a.agent_id,
+            a.status.as_str(),
+            a.roles.join(","),
+            a.host,
+            a.last_heartbeat.format("%Y-%m-%d %H:%M:%S")
+        )?;
+    }
+    drop(out);
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,313 @@
+//! `cogo up`, `cogo serve` and `cogo worker`: one process's parts wired together, and a graceful stop.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::ExitWith;
+use crate::args::{Global, ServeArgs, WorkerArgs};
+use crate::settings::{database_url, load_configs_or_exit, open_store};
+
+/// A role this binary can run: its queue and its handler.
+struct Role {
+    name: &'static str,
+    service: &'static str,
+    role: &'static str,
+    handler: fn() -> Arc<dyn worker::Handler>,
+}
+
+/// Every role available in this build.
+const ROLES: &[Role] =
+    &[Role { name: "noop", service: "bus", role: "noop", handler: || Arc::new(worker::NoopHandler) }];
+
+/// Installs the Prometheus recorder once per process and returns its renderer.
+pub fn metrics_render() -> anyhow::Result<server::MetricsRender> {
+    static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
+    if HANDLE.get().is_none() {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("_ms".into()),
+                &model::metrics::LATENCY_BUCKETS_MS,
+            )
+            .context("configuring histogram buckets")?
+            .install_recorder()
+            .context("installing the Prometheus recorder")?;
+        let _ = HANDLE.set(handle);
+    }
+    let handle = HANDLE.get().cloned().context("the Prometheus recorder is missing")?;
+    Ok(Arc::new(move || handle.render()))
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+struct Node {
+    store: store::Store,
+    policies: Arc<resilience::Policies>,
+    agent_id: String,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    _watcher: Option<notify_guard::Guard>,
+}
+
+mod notify_guard {
+    /// Keeps the policy file watcher alive.
+    pub struct Guard(#[allow(dead_code)] pub Box<dyn std::any::Any + Send>);
+}
+
+async fn start_node(
+    global: &Global,
+    service: &str,
+    roles: &[&Role],
+    concurrency: usize,
+    shards: &[String],
+) -> anyhow::Result<Node> {
+    let configs = load_configs_or_exit(&global.config_dir)?;
+    let store = open_store(global).await?;
+    let policies = Arc::new(resilience::Policies::new(&configs.retry, &configs.breaker));
+    let watcher = if global.config_dir.is_dir() {
+        match resilience::watch_policies(policies.clone(), global.config_dir.clone()) {
+            Ok((watcher, _outcomes)) => Some(notify_guard::Guard(Box::new(watcher))),
+            Err(err) => {
+                tracing::warn!(error = %err, "policy files will not reload on change");
+                None
+            }
+        }
+    } else {
+        tracing::info!(dir = %global.config_dir.display(), "config directory not found: the seed defaults apply");
+        None
+    };
+    let agent_id = format!("{}-{}", host_name(), &model::new_id().simple().to_string()[20..]);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let retry: worker::RetryResolver = {
+        let policies = policies.clone();
+        Arc::new(move |message: &model::Message| policies.retry(&worker::policy_key(message)))
+    };
+    let presence = model::presence::Presence {
+        agent_id: agent_id.clone(),
+        service: service.to_owned(),
+        roles: roles.iter().map(|r| r.name.to_owned()).collect(),
+        shard: shards.join(","),
+        host: host_name(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        status: model::presence::PresenceStatus::Online,
+        started_at: chrono::Utc::now(),
+        last_heartbeat: chrono::Utc::now(),
+        capabilities: serde_json::json!({ "roles": roles.iter().map(|r| r.name).collect::<Vec<_>>(), "backend": store.kind().name() }),
+    };
+    let mut tasks = Vec::new();
+    let maintenance =
+        worker::Maintenance::new(store.clone(), worker::MaintenanceConfig::default(), presence, retry.clone());
+    tasks.push(tokio::spawn(maintenance.run(shutdown_rx.clone())));
+    for role in roles {
+        let mut config = worker::RuntimeConfig::new(role.service, role.role, &agent_id);
+        config.concurrency = concurrency.max(1);
+        config.shards = shards.to_vec();
+        let runtime = worker::Runtime::new(store.clone(), config, (role.handler)(), retry.clone());
+        tasks.push(tokio::spawn(runtime.run(shutdown_rx.clone())));
+    }
+    Ok(Node { store, policies, agent_id, shutdown, tasks, _watcher: watcher })
+}
+
+async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen).await.map_err(|err| {
+        let hint = if err.kind() == std::io::ErrorKind::AddrInUse {
+            format!("port {} is already in use: stop the other process (`ss -ltnp 'sport = :{}'` shows it) or pass --listen 127.0.0.1:0 for a free port", listen.port(), listen.port())
+        } else {
+            format!("{err}")
+        };
+        anyhow::Error::new(ExitWith(1, format!("error: cannot listen on {listen}: {hint}")))
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn stop(node: Node) {
+    tracing::info!("stopping: no new work is claimed; in-flight work finishes or is released");
+    let _ = node.shutdown.send(true);
+    for task in node.tasks {
+        let _ = task.await;
+    }
+    node.store.close().await;
+    tracing::info!("stopped");
+}
+
+async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mode: &str) -> anyhow::Result<()> {
+    let metrics = metrics_render()?;
+    let configs = load_configs_or_exit(&global.config_dir)?;
+    let listener = bind(args.listen).await?;
+    let address = listener.local_addr().context("reading the bound address")?;
+    let node = start_node(global, "cogo", &roles, args.concurrency, &[]).await?;
+    let state = server::AppState {
+        store: node.store.clone(),
+        routes: Arc::new(configs.routes),
+        admin_token: args.admin_token.filter(|t| !t.is_empty()).map(Arc::from),
+        api_tokens: Arc::new(args.api_tokens.into_iter().filter(|t| !t.is_empty()).collect()),
+        metrics,
+        agent_id: Arc::from(node.agent_id.as_str()),
+    };
+    let token_note = if state.admin_token.is_some() {
+        "admin token set"
+    } else {
+        "no admin token: mutating routes are refused (set COGO_ADMIN_TOKEN)"
+    };
+    let app = server::router(state, server::Limits::default());
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "COGO {} is up ({mode}, {} store: {})",
+            env!("CARGO_PKG_VERSION"),
+            node.store.kind().name(),
+            store::redact_url(&database_url(global))
+        )?;
+        writeln!(out, "  API        http://{address}/api/metrics/summary")?;
+        writeln!(out, "  health     http://{address}/healthz  http://{address}/readyz")?;
+        writeln!(out, "  metrics    http://{address}/metrics")?;
+        writeln!(
+            out,
+            "  agent      {}  roles: {}",
+            node.agent_id,
+            if roles.is_empty() {
+                "none (workers run separately)".to_owned()
+            } else {
+                roles.iter().map(|r| r.name).collect::<Vec<_>>().join(",")
+            }
+        )?;
+        writeln!(out, "  security   {token_note}")?;
+        writeln!(out, "  policies   {} (reloaded on change)", global.config_dir.display())?;
+        writeln!(out, "Press Ctrl-C to stop.")?;
+        out.flush()?;
+    }
+    let _policies = node.policies.clone();
+    axum::serve(listener, app).with_graceful_shutdown(wait_for_signal()).await.context("serving HTTP")?;
+    stop(node).await;
+    Ok(())
+}
+
+/// The embedded admin token: `--admin-token`, else the one kept in the data dir (created on first
+/// use, readable only by its owner), so a laptop install is protected without extra steps.
+fn embedded_admin_token(
+    global: &Global,
+    given: Option<String>,
+) -> anyhow::Result<(String, Option<std::path::PathBuf>)> {
+    if let Some(token) = given.filter(|t| !t.is_empty()) {
+        return Ok((token, None));
+    }
+    let path = global.data_dir.join("admin-token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        let token = token.trim().to_owned();
+        if token.len() >= 32 {
+            return Ok((token, Some(path)));
+        }
+    }
+    std::fs::create_dir_all(&global.data_dir).with_context(|| format!("creating {}", global.data_dir.display()))?;
+    let token: String = rand::random::<[u8; 24]>().iter().map(|b| format!("{b:02x}")).collect();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&path).with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{token}")?;
+    Ok((token, Some(path)))
+}
+
+pub async fn up(global: &Global, mut args: ServeArgs) -> anyhow::Result<()> {
+    let (token, path) = embedded_admin_token(global, args.admin_token.take())?;
+    args.admin_token = Some(token);
+    if let Some(path) = path {
+        writeln!(
+            std::io::stdout(),
+            "Admin token: in {} (send it as x-admin-token or Authorization: Bearer)",
+            path.display()
+        )?;
+    }
+    run_with_server(global, args, ROLES.iter().collect(), "embedded").await
+}
+
+pub async fn serve(global: &Global, args: ServeArgs) -> anyhow::Result<()> {
+    run_with_server(global, args, Vec::new(), "server").await
+}
+
+pub async fn worker(global: &Global, args: WorkerArgs) -> anyhow::Result<()> {
+    let mut roles = Vec::new();
+    for name in &args.roles {
+        let role = ROLES.iter().find(|r| r.name == name.as_str()).ok_or_else(|| {
+            let known: Vec<&str> = ROLES.iter().map(|r| r.name).collect();
+            ExitWith(2, format!("error: unknown role {name:?}; this build runs: {}", known.join(", ")))
+        })?;
+        roles.push(role);
+    }
+    let metrics = metrics_render()?;
+    let node = start_node(global, "worker", &roles, args.concurrency, &args.shards).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "COGO worker {} running roles {} on {}",
+        node.agent_id,
+        args.roles.join(","),
+        store::redact_url(&database_url(global))
+    )?;
+    drop(out);
+    if let Some(addr) = args.metrics_addr {
+        let listener = bind(addr).await?;
+        let store = node.store.clone();
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let metrics = metrics.clone();
+                    async move { metrics() }
+                }),
+            )
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/readyz",
+                axum::routing::get(move || {
+                    let store = store.clone();
+                    async move {
+                        match store.ping().await {
+                            Ok(()) => (axum::http::StatusCode::OK, "ready"),
+                            Err(_) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "database unavailable"),
+                        }
+                    }
+                }),
+            );
+        tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, app).await {
+                tracing::error!(error = %err, "metrics endpoint failed");
+            }
+        });
+    }
+    wait_for_signal().await;
+    stop(node).await;
+    Ok(())
+}
