@@ -62,10 +62,10 @@ async fn bus(global: &Global, args: BenchBusArgs) -> anyhow::Result<()> {
     let _metrics = crate::node::metrics_render()?;
     let scratch = scratch_database(global, args.backend).await?;
     let result = bus_on(&scratch.url, &args).await;
-    if let Some((admin, database)) = &scratch.cleanup {
-        if let Err(err) = store::drop_postgres_database(admin, database).await {
-            tracing::warn!(error = %err, database, "could not drop the scratch database");
-        }
+    if let Some((admin, database)) = &scratch.cleanup
+        && let Err(err) = store::drop_postgres_database(admin, database).await
+    {
+        tracing::warn!(error = %err, database, "could not drop the scratch database");
     }
     let report = result?;
     let mut out = std::io::stdout().lock();
@@ -150,9 +150,11 @@ async fn bus_on(url: &str, args: &BenchBusArgs) -> anyhow::Result<serde_json::Va
     let mut latency = latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
     latency.sort_by(|a, b| a.total_cmp(b));
     enqueue_times.sort_by(|a, b| a.total_cmp(b));
-    let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
-    let duplicates: u32 = seen.values().map(|c| c - 1).sum();
-    let lost = (jobs + singles).saturating_sub(seen.len());
+    let (duplicates, lost) = {
+        let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+        let duplicates: u32 = seen.values().map(|c| c - 1).sum();
+        (duplicates, (jobs + singles).saturating_sub(seen.len()))
+    };
     store.close().await;
     Ok(json!({
         "backend": if url.starts_with("sqlite") { "sqlite" } else { "postgres" },

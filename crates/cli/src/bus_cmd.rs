@@ -134,10 +134,10 @@ pub async fn dlq(global: &Global, command: DlqCommand) -> anyhow::Result<()> {
 
 pub async fn events(global: &Global, command: EventsCommand) -> anyhow::Result<()> {
     let EventsCommand::Tail { trace, from_start, no_follow } = command;
-    if let Some(trace) = &trace {
-        if !model::trace::is_valid_trace_id(trace) {
-            return Err(usage(format!("--trace {trace:?} is not a trace id (32 lower-case hex digits)")));
-        }
+    if let Some(trace) = &trace
+        && !model::trace::is_valid_trace_id(trace)
+    {
+        return Err(usage(format!("--trace {trace:?} is not a trace id (32 lower-case hex digits)")));
     }
     let store = open_store(global).await?;
     let filter = EventFilter { trace_id: trace, ..EventFilter::default() };

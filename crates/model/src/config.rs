@@ -314,10 +314,10 @@ pub(crate) fn check_range<T: PartialOrd + fmt::Display + Copy>(
     min: T,
     max: T,
 ) {
-    if let Some(value) = value {
-        if value < min || value > max {
-            path.problem(problems, format!("{value} is out of range: must be between {min} and {max}"));
-        }
+    if let Some(value) = value
+        && (value < min || value > max)
+    {
+        path.problem(problems, format!("{value} is out of range: must be between {min} and {max}"));
     }
 }
 

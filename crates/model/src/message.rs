@@ -467,21 +467,21 @@ impl NewMessage {
         if let Some(project) = &self.project_id {
             name("project_id", project, false)?;
         }
-        if let Some(trace) = &self.trace_id {
-            if !crate::trace::is_valid_trace_id(trace) {
-                return Err(InvalidMessage {
-                    field: "trace_id",
-                    problem: "must be 32 lower-case hex digits, not all zero".into(),
-                });
-            }
+        if let Some(trace) = &self.trace_id
+            && !crate::trace::is_valid_trace_id(trace)
+        {
+            return Err(InvalidMessage {
+                field: "trace_id",
+                problem: "must be 32 lower-case hex digits, not all zero".into(),
+            });
         }
-        if let Some(key) = &self.idempotency_key {
-            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
-                return Err(InvalidMessage {
-                    field: "idempotency_key",
-                    problem: format!("must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes, got {}", key.len()),
-                });
-            }
+        if let Some(key) = &self.idempotency_key
+            && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN)
+        {
+            return Err(InvalidMessage {
+                field: "idempotency_key",
+                problem: format!("must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes, got {}", key.len()),
+            });
         }
         if !PRIORITY_RANGE.contains(&self.priority) {
             return Err(InvalidMessage {

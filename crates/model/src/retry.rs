@@ -152,10 +152,10 @@ impl RetryPolicy {
             return RetryDecision::GiveUp(GiveUpReason::AttemptsExhausted { attempts });
         }
         let delay = self.delay(attempts, random);
-        if let Some(deadline) = self.deadline {
-            if elapsed + delay > deadline {
-                return RetryDecision::GiveUp(GiveUpReason::DeadlineExceeded);
-            }
+        if let Some(deadline) = self.deadline
+            && elapsed + delay > deadline
+        {
+            return RetryDecision::GiveUp(GiveUpReason::DeadlineExceeded);
         }
         RetryDecision::RetryAfter(delay)
     }
@@ -174,6 +174,6 @@ pub fn bus_decision(
     elapsed: Duration,
     random: f64,
 ) -> RetryDecision {
-    let bounded = RetryPolicy { max_attempts, ..policy.clone() };
+    let bounded = RetryPolicy { max_attempts, ..*policy };
     bounded.decide(kind, attempts, elapsed, random)
 }

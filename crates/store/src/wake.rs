@@ -9,10 +9,12 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+type QueueMap = HashMap<(String, String), Arc<Notify>>;
+
 /// The wake-up hub of one store.
 #[derive(Debug, Clone, Default)]
 pub struct Wakeups {
-    queues: Arc<Mutex<HashMap<(String, String), Arc<Notify>>>>,
+    queues: Arc<Mutex<QueueMap>>,
     events: Arc<Notify>,
 }
 

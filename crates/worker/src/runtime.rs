@@ -69,7 +69,7 @@ pub struct RuntimeStats {
 
 enum Finished {
     Done(MessageId, HandlerOutput),
-    Failed(Message, HandlerError),
+    Failed(Box<Message>, HandlerError),
 }
 
 /// A running queue consumer.
@@ -178,7 +178,7 @@ impl Runtime {
                     let outcome = handler.handle(message).await;
                     let _ = finished_tx.send(match outcome {
                         Ok(output) => Finished::Done(id, output),
-                        Err(error) => Finished::Failed(copy, error),
+                        Err(error) => Finished::Failed(Box::new(copy), error),
                     });
                     drop(permit);
                 });

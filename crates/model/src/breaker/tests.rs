@@ -105,9 +105,8 @@ proptest! {
             match action {
                 0 | 1 => {
                     let (permit, _) = b.try_acquire(now);
-                    if let BreakerState::Open { until_ms } = before {
-                        if now < until_ms { prop_assert!(permit.is_err()); }
-                    }
+                    if let BreakerState::Open { until_ms } = before
+                        && now < until_ms { prop_assert!(permit.is_err()); }
                     if let Ok(permit) = permit { outstanding.push(permit); }
                 }
                 2 => if let Some(p) = outstanding.pop() { b.record(now, p, Outcome::Success); },

@@ -146,24 +146,22 @@ impl Validate for BreakerFile {
 
 impl Validate for BreakerRule {
     fn validate(&self, path: &KeyPath, problems: &mut Vec<(String, String)>) {
-        if let Some(rate) = self.failure_rate_threshold {
-            if !(rate > 0.0 && rate <= 1.0) {
-                path.key("failure_rate_threshold")
-                    .problem(problems, format!("{rate} is out of range: must be greater than 0 and at most 1"));
-            }
+        if let Some(rate) = self.failure_rate_threshold
+            && !(rate > 0.0 && rate <= 1.0)
+        {
+            path.key("failure_rate_threshold")
+                .problem(problems, format!("{rate} is out of range: must be greater than 0 and at most 1"));
         }
         check_range(&path.key("min_requests"), problems, self.min_requests, 1, 10_000);
         check_range(&path.key("window_size"), problems, self.window_size, 1, 10_000);
         check_range(&path.key("window_ms"), problems, self.window_ms, 1, 86_400_000);
         check_range(&path.key("open_ms"), problems, self.open_ms, 1, 86_400_000);
         check_range(&path.key("half_open_probes"), problems, self.half_open_probes, 1, 100);
-        if let (Some(min), Some(size)) = (self.min_requests, self.window_size) {
-            if min > size {
-                path.key("min_requests").problem(
-                    problems,
-                    format!("{min} is larger than window_size {size}: the breaker could never open"),
-                );
-            }
+        if let (Some(min), Some(size)) = (self.min_requests, self.window_size)
+            && min > size
+        {
+            path.key("min_requests")
+                .problem(problems, format!("{min} is larger than window_size {size}: the breaker could never open"));
         }
         if self.failure_kinds.as_ref().is_some_and(Vec::is_empty) {
             path.key("failure_kinds").problem(problems, "is empty: the breaker could never open");

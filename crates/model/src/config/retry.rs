@@ -164,15 +164,15 @@ impl Validate for RetryRule {
         check_range(&path.key("max_delay_ms"), problems, self.max_delay_ms, 1, 86_400_000);
         check_range(&path.key("deadline_ms"), problems, self.deadline_ms, 0, 86_400_000);
         check_range(&path.key("timeout_ms"), problems, self.timeout_ms, 1, 3_600_000);
-        if let Some(factor) = self.factor {
-            if !(1.0..=10.0).contains(&factor) {
-                path.key("factor").problem(problems, format!("{factor} is out of range: must be between 1 and 10"));
-            }
+        if let Some(factor) = self.factor
+            && !(1.0..=10.0).contains(&factor)
+        {
+            path.key("factor").problem(problems, format!("{factor} is out of range: must be between 1 and 10"));
         }
-        if let (Some(base), Some(max)) = (self.base_delay_ms, self.max_delay_ms) {
-            if base > max {
-                path.key("max_delay_ms").problem(problems, format!("{max} is smaller than base_delay_ms {base}"));
-            }
+        if let (Some(base), Some(max)) = (self.base_delay_ms, self.max_delay_ms)
+            && base > max
+        {
+            path.key("max_delay_ms").problem(problems, format!("{max} is smaller than base_delay_ms {base}"));
         }
     }
 }

@@ -171,9 +171,9 @@ pub async fn expired_leases_are_reclaimed_and_counted(t: TestStore) {
         ..RetryPolicy::default()
     };
     // not yet expired
-    assert_eq!(s.reap_expired(100, &decide_with(policy.clone())).await.expect("reap"), 0);
+    assert_eq!(s.reap_expired(100, &decide_with(policy)).await.expect("reap"), 0);
     t.clock.advance(chrono::Duration::seconds(31));
-    assert_eq!(s.reap_expired(100, &decide_with(policy.clone())).await.expect("reap"), 1);
+    assert_eq!(s.reap_expired(100, &decide_with(policy)).await.expect("reap"), 1);
     let back = s.message(id).await.expect("message");
     assert_eq!((back.status, back.attempts, back.claimed_by.clone()), (MessageStatus::Queued, 1, None));
     assert!(back.last_error.as_deref().is_some_and(|e| e.contains("dead-worker")));
