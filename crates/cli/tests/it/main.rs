@@ -237,3 +237,39 @@ fn enqueue_list_and_requeue_through_the_cli() {
     assert_eq!(requeue.status.code(), Some(1));
     assert!(text(&requeue).contains("not found"), "{}", text(&requeue));
 }
+
+/// The dependency graph is architecture: forbidden edges fail the build.
+#[test]
+fn crate_boundaries_hold() {
+    let output = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(repo())
+        .output()
+        .expect("cargo metadata");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).expect("metadata JSON");
+    let deps = |name: &str| -> Vec<String> {
+        let package = metadata["packages"].as_array().and_then(|p| p.iter().find(|p| p["name"] == name)).expect(name);
+        package["dependencies"]
+            .as_array()
+            .expect("dependencies")
+            .iter()
+            .filter(|d| d["kind"].is_null())
+            .map(|d| d["name"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let forbidden: &[(&str, &[&str])] = &[
+        ("model", &["tokio", "sqlx", "axum", "rmcp", "clap", "anyhow", "store", "worker", "server", "resilience"]),
+        ("store", &["axum", "rmcp", "clap", "anyhow", "worker", "server", "resilience"]),
+        ("worker", &["axum", "sqlx", "clap", "anyhow", "server"]),
+        ("resilience", &["axum", "sqlx", "clap", "anyhow", "server", "worker"]),
+        ("server", &["sqlx", "clap", "anyhow", "worker"]),
+        ("test-support", &["axum", "clap", "anyhow"]),
+    ];
+    for (krate, banned) in forbidden {
+        let actual = deps(krate);
+        for b in *banned {
+            assert!(!actual.iter().any(|d| d == b), "{krate} must not depend on {b}");
+        }
+    }
+}
