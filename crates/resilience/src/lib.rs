@@ -8,11 +8,13 @@
 //! - every transition yields exactly one `circuit_*` event and one `circuit_states` update.
 
 mod breakers;
+mod execute;
 mod policies;
 mod reload;
 
 pub use breakers::{
     BreakerOpen, Breakers, CircuitSummary, OpenCircuit, Permit, TransitionRecord, record_transitions, summarize,
 };
+pub use execute::{AttemptError, CallError, TimeoutError, execute};
 pub use policies::Policies;
 pub use reload::{ReloadOutcome, watch_policies};

@@ -154,3 +154,99 @@ async fn policy_files_reload_and_bad_edits_are_rejected() {
 async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<ReloadOutcome>) -> ReloadOutcome {
     tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("reload within 10 s").expect("outcome")
 }
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+enum CallFailure {
+    #[error("connection refused")]
+    Refused,
+    #[error("tool said no")]
+    Tool,
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl resilience::TimeoutError for CallFailure {
+    fn timeout(after: Duration) -> Self {
+        CallFailure::Timeout(after)
+    }
+}
+
+fn retry_file(text: &str) -> Arc<Policies> {
+    let retry = model::config::parse::<model::config::RetryFile>("retry_policy.json", text).expect("retry");
+    let breaker = model::config::parse::<model::config::BreakerFile>(
+        "circuit_breaker.json",
+        r#"{"default": {"min_requests": 50, "window_size": 50}}"#,
+    )
+    .expect("breaker");
+    Arc::new(Policies::new(&retry, &breaker))
+}
+
+/// Time is paused: the backoff sleeps advance tokio's clock instantly, nothing really waits.
+#[tokio::test(start_paused = true)]
+async fn execute_retries_transient_failures_with_backoff() {
+    let policies = retry_file(
+        r#"{"default": {"max_attempts": 4, "base_delay_ms": 100, "factor": 2, "jitter": "none", "timeout_ms": 1000}}"#,
+    );
+    let breakers = Breakers::new(policies.clone(), None);
+    let started = tokio::time::Instant::now();
+    let result = resilience::execute(&policies, &breakers, "mcp.call.x.y", "mcp.call.x.y.0", |n| async move {
+        if n < 3 {
+            Err(resilience::AttemptError { kind: ErrorKind::Transport, error: CallFailure::Refused })
+        } else {
+            Ok(n)
+        }
+    })
+    .await;
+    assert_eq!(result.expect("third attempt succeeds"), 3);
+    assert_eq!(started.elapsed(), Duration::from_millis(300), "100 ms then 200 ms of backoff");
+}
+
+#[tokio::test(start_paused = true)]
+async fn execute_gives_up_on_non_retryable_kinds_and_times_out_slow_attempts() {
+    let policies =
+        retry_file(r#"{"default": {"max_attempts": 3, "base_delay_ms": 10, "jitter": "none", "timeout_ms": 500}}"#);
+    let breakers = Breakers::new(policies.clone(), None);
+    let err = resilience::execute(&policies, &breakers, "k.a", "k.a.0", |_| async {
+        Err::<(), _>(resilience::AttemptError { kind: ErrorKind::ToolError, error: CallFailure::Tool })
+    })
+    .await
+    .expect_err("tool errors are not retried by default");
+    assert_eq!(err.to_string(), "k.a: gave up after 1 attempt(s) (not_retryable): tool_error");
+    let err = resilience::execute(&policies, &breakers, "k.b", "k.b.0", |_| async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok::<(), resilience::AttemptError<CallFailure>>(())
+    })
+    .await
+    .expect_err("slow attempts time out");
+    match err {
+        resilience::CallError::Failed { attempts, kind, source, .. } => {
+            assert_eq!(
+                (attempts, kind, source),
+                (3, ErrorKind::Timeout, CallFailure::Timeout(Duration::from_millis(500)))
+            );
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn execute_fails_fast_when_the_breaker_is_open() {
+    let policies = Arc::new(Policies::seed());
+    let breakers = Breakers::new(policies.clone(), None);
+    let key = "mcp.call.figma.get_file";
+    for _ in 0..3 {
+        let _ = resilience::execute(&policies, &breakers, key, "mcp.call.figma.get_file.0", |_| async {
+            Err::<(), _>(resilience::AttemptError { kind: ErrorKind::ToolError, error: CallFailure::Tool })
+        })
+        .await;
+    }
+    let calls = AtomicUsize::new(0);
+    let err = resilience::execute(&policies, &breakers, key, "mcp.call.figma.get_file.0", |_| {
+        calls.fetch_add(1, Ordering::Relaxed);
+        async { Ok::<(), resilience::AttemptError<CallFailure>>(()) }
+    })
+    .await
+    .expect_err("open");
+    assert!(matches!(err, resilience::CallError::Open(_)), "{err}");
+    assert_eq!(calls.load(Ordering::Relaxed), 0, "no call reaches an open breaker");
+}
