@@ -31,6 +31,8 @@ pub struct RuntimeConfig {
     pub lease: Duration,
     /// Fallback poll when no wake-up comes.
     pub poll_interval: Duration,
+    /// Claim loops running side by side (a claim overlaps the previous batch's completion).
+    pub claimers: usize,
     /// How long in-flight work may take to finish on shutdown before it is released.
     pub shutdown_deadline: Duration,
 }
@@ -47,6 +49,7 @@ impl RuntimeConfig {
             batch: 32,
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(2),
+            claimers: 2,
             shutdown_deadline: Duration::from_secs(20),
         }
     }
@@ -93,9 +96,8 @@ impl Runtime {
     }
 
     /// Runs until `shutdown` turns true, then drains gracefully.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let config = self.config.clone();
-        let labels = [("service", config.service.clone()), ("role", config.role.clone())];
         let in_flight: Arc<Mutex<HashSet<MessageId>>> = Arc::default();
         let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
         let (finished_tx, finished_rx) = mpsc::unbounded_channel::<Finished>();
@@ -110,30 +112,83 @@ impl Runtime {
         let (heartbeat_stop, heartbeat_stop_rx) = watch::channel(false);
         let heartbeat =
             tokio::spawn(heartbeat(self.store.clone(), config.clone(), in_flight.clone(), heartbeat_stop_rx));
-        let wake = self.store.wakeups().queue(&config.service, &config.role);
-        let shard_refs: Vec<&str> = config.shards.iter().map(String::as_str).collect();
-        let mut backoff = Duration::from_millis(50);
-        let mut handlers = tokio::task::JoinSet::new();
-        tracing::info!(service = %config.service, role = %config.role, agent_id = %config.agent_id, concurrency = config.concurrency, "worker runtime started");
-        while !*shutdown.borrow() {
-            while handlers.try_join_next().is_some() {}
-            // wait for a free handler slot
-            let available = permits.available_permits();
-            if available == 0 {
-                tokio::select! {
-                    permit = permits.clone().acquire_owned() => drop(permit),
-                    _ = shutdown.changed() => {}
-                }
-                continue;
+        tracing::info!(service = %config.service, role = %config.role, agent_id = %config.agent_id, concurrency = config.concurrency, claimers = config.claimers, "worker runtime started");
+        let context = Arc::new(LoopContext {
+            store: self.store.clone(),
+            config: config.clone(),
+            handler: self.handler.clone(),
+            stats: self.stats.clone(),
+            in_flight: in_flight.clone(),
+            permits: permits.clone(),
+            finished: finished_tx,
+        });
+        let loops: Vec<_> =
+            (0..config.claimers.max(1)).map(|_| tokio::spawn(claim_loop(context.clone(), shutdown.clone()))).collect();
+        let mut handler_sets = Vec::new();
+        for claim_loop in loops {
+            if let Ok(set) = claim_loop.await {
+                handler_sets.push(set);
             }
+        }
+        // graceful stop: wait for handlers up to the deadline, then release the rest
+        let all = config.concurrency.max(1) as u32;
+        let drained = tokio::time::timeout(config.shutdown_deadline, permits.acquire_many(all)).await.is_ok();
+        // handlers still running past the deadline are stopped; their messages are released below
+        for set in &mut handler_sets {
+            set.abort_all();
+            while set.join_next().await.is_some() {}
+        }
+        drop(context);
+        let _ = completer.await;
+        let _ = heartbeat_stop.send(true);
+        let _ = heartbeat.await;
+        let leftover: Vec<MessageId> = lock(&in_flight).drain().collect();
+        if !leftover.is_empty() {
+            match self.store.release(&config.agent_id, &leftover).await {
+                Ok(released) => tracing::warn!(count = released.len(), "released unfinished messages at shutdown"),
+                Err(err) => {
+                    tracing::error!(error = %err, "could not release messages at shutdown; their leases will expire")
+                }
+            }
+        }
+        tracing::info!(service = %config.service, role = %config.role, drained, "worker runtime stopped");
+    }
+}
+
+/// What the claim loops of one runtime share.
+struct LoopContext {
+    store: Store,
+    config: RuntimeConfig,
+    handler: Arc<dyn Handler>,
+    stats: Arc<RuntimeStats>,
+    in_flight: Arc<Mutex<HashSet<MessageId>>>,
+    permits: Arc<Semaphore>,
+    finished: mpsc::UnboundedSender<Finished>,
+}
+
+/// One claim loop: claims a batch when its buffer is empty and hands messages to free handler
+/// slots. Returns its handler tasks when shutdown begins.
+async fn claim_loop(context: Arc<LoopContext>, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinSet<()> {
+    let config = &context.config;
+    let labels = [("service", config.service.clone()), ("role", config.role.clone())];
+    let wake = context.store.wakeups().queue(&config.service, &config.role);
+    let shard_refs: Vec<&str> = config.shards.iter().map(String::as_str).collect();
+    let mut backoff = Duration::from_millis(50);
+    let mut handlers = tokio::task::JoinSet::new();
+    // Claimed messages wait here for a free handler slot: claiming a whole batch at once keeps
+    // claims few even when handlers are fewer than the batch (their leases are heartbeated).
+    let mut buffer: std::collections::VecDeque<Message> = std::collections::VecDeque::new();
+    while !*shutdown.borrow() {
+        while handlers.try_join_next().is_some() {}
+        if buffer.is_empty() {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let limit = (available as u32).min(config.batch.max(1));
-            let request = ClaimRequest::new(&config.service, &config.role, &config.agent_id, limit, config.lease)
-                .with_shards(&shard_refs);
-            self.stats.claim_queries.fetch_add(1, Ordering::Relaxed);
-            let claimed = match self.store.claim(&request).await {
+            let request =
+                ClaimRequest::new(&config.service, &config.role, &config.agent_id, config.batch.max(1), config.lease)
+                    .with_shards(&shard_refs);
+            context.stats.claim_queries.fetch_add(1, Ordering::Relaxed);
+            let claimed = match context.store.claim(&request).await {
                 Ok(claimed) => {
                     backoff = Duration::from_millis(50);
                     claimed
@@ -157,54 +212,50 @@ impl Runtime {
                 continue;
             }
             let count = claimed.len() as u64;
-            self.stats.claimed.fetch_add(count, Ordering::Relaxed);
+            context.stats.claimed.fetch_add(count, Ordering::Relaxed);
             metrics::counter!(model::metrics::BUS_CLAIMED_TOTAL, &labels).increment(count);
-            let now = self.store.clock().now();
+            let now = context.store.clock().now();
+            let histogram = metrics::histogram!(model::metrics::BUS_CLAIM_LATENCY_MS, &labels);
+            let mut held = lock(&context.in_flight);
             for message in claimed {
                 let waited_ms =
                     (now - message.run_at.max(message.created_at)).num_microseconds().unwrap_or(0) as f64 / 1000.0;
-                metrics::histogram!(model::metrics::BUS_CLAIM_LATENCY_MS, &labels).record(waited_ms.max(0.0));
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    // cannot happen: we claimed no more than the free permits
-                    let _ = self.store.release(&config.agent_id, &[message.id]).await;
-                    continue;
-                };
-                lock(&in_flight).insert(message.id);
-                let handler = self.handler.clone();
-                let finished_tx = finished_tx.clone();
-                handlers.spawn(async move {
-                    let id = message.id;
-                    let copy = message.clone();
-                    let outcome = handler.handle(message).await;
-                    let _ = finished_tx.send(match outcome {
-                        Ok(output) => Finished::Done(id, output),
-                        Err(error) => Finished::Failed(Box::new(copy), error),
-                    });
-                    drop(permit);
-                });
+                histogram.record(waited_ms.max(0.0));
+                held.insert(message.id);
+                buffer.push_back(message);
             }
         }
-        // graceful stop: wait for handlers up to the deadline, then release the rest
-        let all = config.concurrency.max(1) as u32;
-        let drained = tokio::time::timeout(config.shutdown_deadline, permits.acquire_many(all)).await.is_ok();
-        // handlers still running past the deadline are stopped; their messages are released below
-        handlers.abort_all();
-        while handlers.join_next().await.is_some() {}
-        drop(finished_tx);
-        let _ = completer.await;
-        let _ = heartbeat_stop.send(true);
-        let _ = heartbeat.await;
-        let leftover: Vec<MessageId> = lock(&in_flight).drain().collect();
-        if !leftover.is_empty() {
-            match self.store.release(&config.agent_id, &leftover).await {
-                Ok(released) => tracing::warn!(count = released.len(), "released unfinished messages at shutdown"),
-                Err(err) => {
-                    tracing::error!(error = %err, "could not release messages at shutdown; their leases will expire")
+        // hand buffered messages to free handler slots, waiting for one when all are busy
+        let permit = match context.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                tokio::select! {
+                    permit = context.permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    _ = shutdown.changed() => continue,
                 }
             }
-        }
-        tracing::info!(service = %config.service, role = %config.role, drained, "worker runtime stopped");
+        };
+        let Some(message) = buffer.pop_front() else {
+            drop(permit);
+            continue;
+        };
+        let handler = context.handler.clone();
+        let finished = context.finished.clone();
+        handlers.spawn(async move {
+            let id = message.id;
+            let copy = message.clone();
+            let outcome = handler.handle(message).await;
+            let _ = finished.send(match outcome {
+                Ok(output) => Finished::Done(id, output),
+                Err(error) => Finished::Failed(Box::new(copy), error),
+            });
+            drop(permit);
+        });
     }
+    handlers
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -222,6 +273,7 @@ async fn completer(
     stats: Arc<RuntimeStats>,
 ) {
     let labels = [("service", config.service.clone()), ("role", config.role.clone())];
+    let writers = Arc::new(Semaphore::new(CONCURRENT_WRITES));
     let mut buffer = Vec::with_capacity(256);
     while finished.recv_many(&mut buffer, 256).await > 0 {
         let mut completions = Vec::new();
@@ -253,45 +305,67 @@ async fn completer(
             }
         }
         let ids: Vec<MessageId> = completions.iter().map(|c| c.id).chain(failures.iter().map(|f| f.id)).collect();
-        if !completions.is_empty() {
-            let count = completions.len();
-            match with_retries(|| store.complete(&config.agent_id, completions.clone())).await {
-                Ok(outcomes) => {
-                    let lost = outcomes.iter().filter(|o| **o == Outcome::LeaseLost).count() as u64;
-                    stats.succeeded.fetch_add(count as u64 - lost, Ordering::Relaxed);
-                    stats.lease_lost.fetch_add(lost, Ordering::Relaxed);
-                    metrics::counter!(model::metrics::BUS_SUCCEEDED_TOTAL, &labels).increment(count as u64 - lost);
-                    if lost > 0 {
-                        tracing::warn!(
-                            count = lost,
-                            "completions refused: leases were lost (the messages were or will be retried)"
-                        );
-                    }
-                }
-                Err(err) => {
-                    tracing::error!(count, error = %err, "could not record completions; their leases will expire and they will be retried")
+        // a few writes in flight at once: the next batch forms while this one is written
+        let Ok(permit) = writers.clone().acquire_owned().await else { break };
+        let (store, agent_id, labels, stats, in_flight) =
+            (store.clone(), config.agent_id.clone(), labels.clone(), stats.clone(), in_flight.clone());
+        tokio::spawn(async move {
+            record_outcomes(&store, &agent_id, &labels, &stats, completions, failures).await;
+            let mut held = lock(&in_flight);
+            for id in ids {
+                held.remove(&id);
+            }
+            drop(permit);
+        });
+    }
+    let _ = writers.acquire_many(CONCURRENT_WRITES as u32).await;
+}
+
+/// Store writes of outcomes running at once per runtime.
+const CONCURRENT_WRITES: usize = 4;
+
+async fn record_outcomes(
+    store: &Store,
+    agent_id: &str,
+    labels: &[(&'static str, String); 2],
+    stats: &RuntimeStats,
+    completions: Vec<Completion>,
+    failures: Vec<Failure>,
+) {
+    if !completions.is_empty() {
+        let count = completions.len();
+        match with_retries(|| store.complete(agent_id, completions.clone())).await {
+            Ok(outcomes) => {
+                let lost = outcomes.iter().filter(|o| **o == Outcome::LeaseLost).count() as u64;
+                stats.succeeded.fetch_add(count as u64 - lost, Ordering::Relaxed);
+                stats.lease_lost.fetch_add(lost, Ordering::Relaxed);
+                metrics::counter!(model::metrics::BUS_SUCCEEDED_TOTAL, labels).increment(count as u64 - lost);
+                if lost > 0 {
+                    tracing::warn!(
+                        count = lost,
+                        "completions refused: leases were lost (the messages were or will be retried)"
+                    );
                 }
             }
-        }
-        if !failures.is_empty() {
-            let count = failures.len() as u64;
-            let dead = failures.iter().filter(|f| matches!(f.action, FailAction::DeadLetter { .. })).count() as u64;
-            match with_retries(|| store.fail(&config.agent_id, failures.clone())).await {
-                Ok(_) => {
-                    stats.failed.fetch_add(count, Ordering::Relaxed);
-                    metrics::counter!(model::metrics::BUS_FAILED_TOTAL, &labels).increment(count);
-                    if dead > 0 {
-                        metrics::counter!(model::metrics::BUS_DEAD_LETTERED_TOTAL, &labels).increment(dead);
-                    }
-                }
-                Err(err) => {
-                    tracing::error!(count, error = %err, "could not record failures; their leases will expire and they will be retried")
-                }
+            Err(err) => {
+                tracing::error!(count, error = %err, "could not record completions; their leases will expire and they will be retried")
             }
         }
-        let mut held = lock(&in_flight);
-        for id in ids {
-            held.remove(&id);
+    }
+    if !failures.is_empty() {
+        let count = failures.len() as u64;
+        let dead = failures.iter().filter(|f| matches!(f.action, FailAction::DeadLetter { .. })).count() as u64;
+        match with_retries(|| store.fail(agent_id, failures.clone())).await {
+            Ok(_) => {
+                stats.failed.fetch_add(count, Ordering::Relaxed);
+                metrics::counter!(model::metrics::BUS_FAILED_TOTAL, labels).increment(count);
+                if dead > 0 {
+                    metrics::counter!(model::metrics::BUS_DEAD_LETTERED_TOTAL, labels).increment(dead);
+                }
+            }
+            Err(err) => {
+                tracing::error!(count, error = %err, "could not record failures; their leases will expire and they will be retried")
+            }
         }
     }
 }
