@@ -99,7 +99,8 @@ async fn shutdown_releases_unfinished_work(t: TestStore) {
     let cfg = RuntimeConfig { shutdown_deadline: Duration::from_millis(200), ..config(2) };
     let task = tokio::spawn(Runtime::new(t.store.clone(), cfg, Arc::new(handler), instant_retry()).run(stopped));
     t.store.enqueue_batch((0..3).map(job).collect()).await.expect("enqueue");
-    wait_until(&t.store, MessageStatus::Claimed, 2).await;
+    // the whole batch is claimed: two run, one waits in the buffer for a free slot
+    wait_until(&t.store, MessageStatus::Claimed, 3).await;
     stop.send(true).expect("stop");
     tokio::time::timeout(Duration::from_secs(10), task).await.expect("stops within the deadline").expect("join");
     assert_eq!(count(&t.store, MessageStatus::Queued).await, 3, "released work is queued again");
