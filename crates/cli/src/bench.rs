@@ -18,6 +18,29 @@ pub async fn run(global: &Global, command: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
+/// CPU time (µs) used so far by local processes whose name starts with `prefix`, from /proc; `None`
+/// where /proc is unavailable. Used to report database CPU per job when the server is local.
+fn cpu_micros(prefix: &str) -> Option<u64> {
+    let ticks_per_s = 100u64; // USER_HZ on Linux
+    let mut total = 0u64;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let stat = match std::fs::read_to_string(entry.path().join("stat")) {
+            Ok(stat) => stat,
+            Err(_) => continue,
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        if !stat[open + 1..close].starts_with(prefix) {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        // fields after the name: state is 0, utime is 11, stime is 12
+        let utime: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let stime: u64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+        total += (utime + stime) * 1_000_000 / ticks_per_s;
+    }
+    Some(total)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -119,6 +142,8 @@ async fn bus_on(url: &str, args: &BenchBusArgs) -> anyhow::Result<serde_json::Va
     let retry: worker::RetryResolver = Arc::new(|_m: &model::Message| model::retry::RetryPolicy::default());
     let runtime = worker::Runtime::new(store.clone(), config, Arc::new(handler), retry);
     let stats = runtime.stats();
+    let database_cpu_before = if url.starts_with("postgres") { cpu_micros("postgres") } else { None };
+    let own_cpu_before = cpu_micros("cogo");
     let started = Instant::now();
     let task = tokio::spawn(runtime.run(stopped));
     while stats.succeeded.load(std::sync::atomic::Ordering::Relaxed) < jobs as u64 {
@@ -128,6 +153,13 @@ async fn bus_on(url: &str, args: &BenchBusArgs) -> anyhow::Result<serde_json::Va
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let drain_per_s = jobs as f64 / started.elapsed().as_secs_f64();
+    let per_job = |before: Option<u64>, after: Option<u64>| match (before, after) {
+        (Some(b), Some(a)) if a >= b => Some(((a - b) as f64 / jobs as f64 * 10.0).round() / 10.0),
+        _ => None,
+    };
+    let database_cpu_us_per_job =
+        per_job(database_cpu_before, if url.starts_with("postgres") { cpu_micros("postgres") } else { None });
+    let cogo_cpu_us_per_job = per_job(own_cpu_before, cpu_micros("cogo"));
     let claim_queries = stats.claim_queries.load(std::sync::atomic::Ordering::Relaxed);
     // 3. single enqueue, one at a time, while workers wait
     latencies.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -167,6 +199,7 @@ async fn bus_on(url: &str, args: &BenchBusArgs) -> anyhow::Result<serde_json::Va
         "single_enqueue_p50_ms": percentile(&enqueue_times, 0.5),
         "latency_ms": { "p50": percentile(&latency, 0.5), "p95": percentile(&latency, 0.95), "p99": percentile(&latency, 0.99) },
         "claim_queries": claim_queries,
+        "drain_cpu_us_per_job": { "postgres": database_cpu_us_per_job, "cogo": cogo_cpu_us_per_job },
         "lost": lost,
         "duplicates": duplicates,
         "events_recorded": true,
