@@ -55,7 +55,7 @@ CREATE INDEX agent_messages_dlq_open ON agent_messages_dlq (dead_lettered_at) WH
 -- `seq` orders events by insertion.
 CREATE TABLE bus_events (
     seq         INTEGER PRIMARY KEY,
-    id          BLOB NOT NULL UNIQUE,
+    id          BLOB NOT NULL,
     created_at  INTEGER NOT NULL,
     event_type  TEXT NOT NULL,
     message_id  BLOB,

@@ -273,7 +273,12 @@ async fn completer(
     stats: Arc<RuntimeStats>,
 ) {
     let labels = [("service", config.service.clone()), ("role", config.role.clone())];
-    let writers = Arc::new(Semaphore::new(CONCURRENT_WRITES));
+    // SQLite has one writer: concurrent writes only shrink batches, so write one at a time there
+    let concurrent_writes = match store.kind() {
+        store::BackendKind::Sqlite => 1,
+        store::BackendKind::Postgres => CONCURRENT_WRITES,
+    };
+    let writers = Arc::new(Semaphore::new(concurrent_writes));
     let mut buffer = Vec::with_capacity(256);
     while finished.recv_many(&mut buffer, 256).await > 0 {
         let mut completions = Vec::new();
@@ -318,10 +323,10 @@ async fn completer(
             drop(permit);
         });
     }
-    let _ = writers.acquire_many(CONCURRENT_WRITES as u32).await;
+    let _ = writers.acquire_many(concurrent_writes as u32).await;
 }
 
-/// Store writes of outcomes running at once per runtime.
+/// Store writes of outcomes running at once per runtime (PostgreSQL).
 const CONCURRENT_WRITES: usize = 4;
 
 async fn record_outcomes(
