@@ -42,8 +42,9 @@ CREATE TABLE agent_messages (
 -- A duplicate enqueue returns the existing row.
 CREATE UNIQUE INDEX agent_messages_idempotency ON agent_messages (tenant, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
--- Hot path: only the ready part of the table is indexed for claiming.
-CREATE INDEX agent_messages_ready ON agent_messages (service, role, priority DESC, run_at, id)
+-- Hot path: only the ready part of the table is indexed for claiming, by tenant so claims can
+-- share a batch fairly among tenants (and find the tenants with work by a loose index scan).
+CREATE INDEX agent_messages_ready ON agent_messages (service, role, tenant, priority DESC, run_at, id)
     WHERE status = 'queued';
 CREATE INDEX agent_messages_leases ON agent_messages (lease_until) WHERE status = 'claimed';
 CREATE INDEX agent_messages_trace ON agent_messages (trace_id);

@@ -32,7 +32,8 @@ CREATE TABLE agent_messages (
 
 CREATE UNIQUE INDEX agent_messages_idempotency ON agent_messages (tenant, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
-CREATE INDEX agent_messages_ready ON agent_messages (service, role, priority DESC, run_at, id)
+-- Claims share a batch fairly among tenants, found by a loose scan of this index.
+CREATE INDEX agent_messages_ready ON agent_messages (service, role, tenant, priority DESC, run_at, id)
     WHERE status = 'queued';
 CREATE INDEX agent_messages_leases ON agent_messages (lease_until) WHERE status = 'claimed';
 CREATE INDEX agent_messages_trace ON agent_messages (trace_id);

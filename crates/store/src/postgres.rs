@@ -209,13 +209,30 @@ SELECT ins.*, (SELECT count(*) FROM wake) AS woken FROM ins"#;
     pub(crate) async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Message>, Error> {
         let now = self.now();
         let lease_until = now + chrono::Duration::microseconds(micros(request.lease));
+        // Fair share: the tenants with queued work are found by a loose scan of the ready index;
+        // each gets an equal share of the batch, in priority order within the tenant.
         let sql = r#"
-WITH picked AS (
-    SELECT id FROM agent_messages
-    WHERE status = 'queued' AND service = $1 AND role = $2 AND shard = ANY($3) AND run_at <= $4
-    ORDER BY priority DESC, run_at, id
+WITH RECURSIVE tenants(tenant) AS (
+    (SELECT tenant FROM agent_messages WHERE status = 'queued' AND service = $1 AND role = $2 ORDER BY tenant LIMIT 1)
+    UNION ALL
+    SELECT (SELECT m.tenant FROM agent_messages m
+            WHERE m.status = 'queued' AND m.service = $1 AND m.role = $2 AND m.tenant > t.tenant
+            ORDER BY m.tenant LIMIT 1)
+    FROM tenants t WHERE t.tenant IS NOT NULL
+), live AS (
+    SELECT tenant FROM tenants WHERE tenant IS NOT NULL LIMIT 256
+), share AS (
+    SELECT ceil($5::float8 / greatest(count(*), 1))::int AS n FROM live
+), picked AS (
+    SELECT p.id FROM live CROSS JOIN share CROSS JOIN LATERAL (
+        SELECT id FROM agent_messages m
+        WHERE m.status = 'queued' AND m.service = $1 AND m.role = $2 AND m.tenant = live.tenant
+          AND m.shard = ANY($3) AND m.run_at <= $4
+        ORDER BY m.priority DESC, m.run_at, m.id
+        LIMIT share.n
+        FOR UPDATE SKIP LOCKED
+    ) p
     LIMIT $5
-    FOR UPDATE SKIP LOCKED
 ), upd AS (
     UPDATE agent_messages m
     SET status = 'claimed', attempts = m.attempts + 1, claimed_by = $6, claimed_at = $4, lease_until = $7

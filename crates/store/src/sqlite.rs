@@ -197,24 +197,50 @@ impl SqliteBus {
         let lease_until = us(now) + dur_us(request.lease);
         let shards = serde_json::to_string(&request.shard_list()).unwrap_or_else(|_| "[\"\"]".into());
         let mut tx = self.begin("starting a claim").await?;
-        let rows = sqlx::query(
-            "UPDATE agent_messages SET status = 'claimed', attempts = attempts + 1, claimed_by = ?1, claimed_at = ?2, lease_until = ?3 \
-             WHERE id IN (SELECT id FROM agent_messages \
-                          WHERE status = 'queued' AND service = ?4 AND role = ?5 AND run_at <= ?2 \
-                            AND shard IN (SELECT value FROM json_each(?6)) \
-                          ORDER BY priority DESC, run_at, id LIMIT ?7) \
-             RETURNING *",
+        // Fair share: the tenants with queued work (a loose scan of the ready index) each get an
+        // equal share of the batch, in priority order within the tenant.
+        let tenants: Vec<String> = sqlx::query_scalar(
+            "WITH RECURSIVE tenants(tenant) AS ( \
+               SELECT (SELECT tenant FROM agent_messages WHERE status = 'queued' AND service = ?1 AND role = ?2 ORDER BY tenant LIMIT 1) \
+               UNION ALL \
+               SELECT (SELECT m.tenant FROM agent_messages m WHERE m.status = 'queued' AND m.service = ?1 AND m.role = ?2 \
+                       AND m.tenant > t.tenant ORDER BY m.tenant LIMIT 1) \
+               FROM tenants t WHERE t.tenant IS NOT NULL) \
+             SELECT tenant FROM tenants WHERE tenant IS NOT NULL LIMIT 256",
         )
-        .bind(&request.agent_id)
-        .bind(us(now))
-        .bind(lease_until)
         .bind(&request.service)
         .bind(&request.role)
-        .bind(shards)
-        .bind(i64::from(request.limit))
         .fetch_all(&mut *tx)
         .await
-        .map_err(db("claiming messages"))?;
+        .map_err(db("finding tenants with queued messages"))?;
+        let share = u64::from(request.limit).div_ceil(tenants.len().max(1) as u64) as i64;
+        let mut rows = Vec::new();
+        for tenant in &tenants {
+            let remaining = i64::from(request.limit) - rows.len() as i64;
+            if remaining <= 0 {
+                break;
+            }
+            let claimed = sqlx::query(
+                "UPDATE agent_messages SET status = 'claimed', attempts = attempts + 1, claimed_by = ?1, claimed_at = ?2, lease_until = ?3 \
+                 WHERE id IN (SELECT id FROM agent_messages \
+                              WHERE status = 'queued' AND service = ?4 AND role = ?5 AND tenant = ?8 AND run_at <= ?2 \
+                                AND shard IN (SELECT value FROM json_each(?6)) \
+                              ORDER BY priority DESC, run_at, id LIMIT ?7) \
+                 RETURNING *",
+            )
+            .bind(&request.agent_id)
+            .bind(us(now))
+            .bind(lease_until)
+            .bind(&request.service)
+            .bind(&request.role)
+            .bind(&shards)
+            .bind(share.min(remaining))
+            .bind(tenant)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("claiming messages"))?;
+            rows.extend(claimed);
+        }
         let mut messages = rows.iter().map(message_from_row).collect::<Result<Vec<_>, _>>()?;
         messages.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.run_at.cmp(&b.run_at)).then(a.id.cmp(&b.id)));
         let events: Vec<NewEvent> = messages

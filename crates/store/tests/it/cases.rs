@@ -627,3 +627,16 @@ pub async fn connection_killed_mid_run_loses_nothing(t: TestStore) {
     assert_eq!((events.items.len(), unique.len()), (total, total));
     killer_store.close().await;
 }
+
+pub async fn a_flooding_tenant_does_not_starve_another(t: TestStore) {
+    let s = &t.store;
+    s.enqueue_batch((0..300).map(|n| job(n).with_tenant("flood")).collect()).await.expect("flood");
+    s.enqueue_batch((0..4).map(|n| job(1000 + n).with_tenant("quiet")).collect()).await.expect("quiet");
+    let first = s.claim(&claim("w", 10)).await.expect("claim");
+    let quiet = first.iter().filter(|m| m.tenant == "quiet").count();
+    assert_eq!((first.len() >= 9, quiet), (true, 4), "the quiet tenant's 4 messages come in the first batch");
+    // priority still orders within a tenant
+    s.enqueue(job(2000).with_tenant("flood").with_priority(100)).await.expect("urgent");
+    let next = s.claim(&claim("w", 1)).await.expect("claim");
+    assert_eq!(next[0].payload["params"]["n"], 2000);
+}

@@ -40,6 +40,7 @@ conformance!(
     circuits_and_queue_stats_are_visible_to_another_store,
     prune_removes_only_old_finished_work,
     enqueue_wakes_a_waiting_worker,
+    a_flooding_tenant_does_not_starve_another,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
