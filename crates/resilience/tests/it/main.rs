@@ -250,3 +250,26 @@ async fn execute_fails_fast_when_the_breaker_is_open() {
     assert!(matches!(err, resilience::CallError::Open(_)), "{err}");
     assert_eq!(calls.load(Ordering::Relaxed), 0, "no call reaches an open breaker");
 }
+
+/// A breaker opened in another OS process shows up in this process's summary (PostgreSQL and SQLite).
+async fn open_in_another_os_process(t: test_support::TestStore) {
+    let key = "mcp.call.browser.get_title.0";
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_resilience-probe"))
+        .args([t.url.as_str(), key, "other-process"])
+        .status()
+        .expect("running the probe process");
+    assert!(status.success());
+    let summary = resilience::summarize(&t.store.circuits().await.expect("circuits"));
+    assert_eq!(summary.open_count, 1);
+    assert_eq!(summary.open_by_key[key].agents, vec!["other-process".to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_open_in_another_os_process() {
+    open_in_another_os_process(test_support::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_open_in_another_os_process() {
+    open_in_another_os_process(test_support::postgres().await).await;
+}
