@@ -141,48 +141,40 @@ pub async fn events(global: &Global, command: EventsCommand) -> anyhow::Result<(
     }
     let store = open_store(global).await?;
     let filter = EventFilter { trace_id: trace, ..EventFilter::default() };
-    let mut cursor = if from_start {
-        None
-    } else {
-        // start after the newest existing event
-        let mut after = None;
+    let cursor = if from_start { None } else { store.latest_event_cursor().await? };
+    if no_follow {
+        let mut after = cursor;
         loop {
-            let page =
-                store.events(&EventFilter::default(), &PageRequest { after: after.clone(), limit: 1000 }).await?;
+            let page = store.events(&filter, &PageRequest { after: after.clone(), limit: 500 }).await?;
+            print_events(&page.items)?;
             if page.items.is_empty() {
-                break after;
+                break;
             }
             after = page.next;
         }
-    };
-    let wake = store.wakeups().events();
-    loop {
-        let notified = wake.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let page = store.events(&filter, &PageRequest { after: cursor.clone(), limit: 500 }).await?;
-        {
-            let mut out = std::io::stdout().lock();
-            for event in &page.items {
-                writeln!(out, "{}", serde_json::to_string(event)?)?;
+    } else {
+        let events = store.follow_events(filter, cursor, Duration::from_millis(500));
+        tokio::pin!(events);
+        loop {
+            tokio::select! {
+                next = futures_util::StreamExt::next(&mut events) => match next {
+                    Some(batch) => print_events(&batch?)?,
+                    None => break,
+                },
+                _ = tokio::signal::ctrl_c() => break,
             }
-            out.flush()?;
-        }
-        let got = page.items.len();
-        cursor = page.next;
-        if got == 500 {
-            continue;
-        }
-        if no_follow {
-            break;
-        }
-        tokio::select! {
-            _ = &mut notified => {}
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = tokio::signal::ctrl_c() => break,
         }
     }
     store.close().await;
+    Ok(())
+}
+
+fn print_events(events: &[model::event::Event]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for event in events {
+        writeln!(out, "{}", serde_json::to_string(event)?)?;
+    }
+    out.flush()?;
     Ok(())
 }
 

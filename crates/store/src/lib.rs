@@ -252,6 +252,54 @@ impl Store {
         dispatch!(self, bus => bus.events(filter, page).await)
     }
 
+    /// Follows events matching `filter` after cursor `after` (None: from the oldest): yields pages
+    /// of new events as they are written, waking on local writes and NOTIFY, polling every
+    /// `poll` otherwise. The stream ends only when the store fails.
+    pub fn follow_events(
+        &self,
+        filter: EventFilter,
+        after: Option<String>,
+        poll: Duration,
+    ) -> impl futures_util::Stream<Item = Result<Vec<Event>, Error>> + Send + 'static {
+        let store = self.clone();
+        futures_util::stream::unfold((store, filter, after, false), move |(store, filter, cursor, failed)| async move {
+            if failed {
+                return None;
+            }
+            let wake = store.wakeups().events();
+            loop {
+                let notified = wake.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                match store.events(&filter, &PageRequest { after: cursor.clone(), limit: 500 }).await {
+                    Err(err) => return Some((Err(err), (store, filter, cursor, true))),
+                    Ok(page) if !page.items.is_empty() => {
+                        return Some((Ok(page.items), (store.clone(), filter, page.next, false)));
+                    }
+                    Ok(_) => {
+                        tokio::select! {
+                            _ = &mut notified => {}
+                            _ = tokio::time::sleep(poll) => {}
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// The cursor just after the newest event (to follow only what happens from now on).
+    pub async fn latest_event_cursor(&self) -> Result<Option<String>, Error> {
+        let mut after = None;
+        loop {
+            let page =
+                self.events(&EventFilter::default(), &PageRequest { after: after.clone(), limit: MAX_PAGE }).await?;
+            if page.items.is_empty() {
+                return Ok(after);
+            }
+            after = page.next;
+        }
+    }
+
     /// Dead-letter entries, newest first.
     pub async fn dead_letters(&self, filter: &MessageFilter, page: &PageRequest) -> Result<Page<DeadLetter>, Error> {
         dispatch!(self, bus => bus.dead_letters(filter, page).await)

@@ -640,3 +640,28 @@ pub async fn a_flooding_tenant_does_not_starve_another(t: TestStore) {
     let next = s.claim(&claim("w", 1)).await.expect("claim");
     assert_eq!(next[0].payload["params"]["n"], 2000);
 }
+
+pub async fn follow_events_streams_new_events(t: TestStore) {
+    use futures_util::StreamExt;
+    let s = &t.store;
+    s.enqueue(job(1)).await.expect("before");
+    let cursor = s.latest_event_cursor().await.expect("cursor");
+    let stream = s.follow_events(EventFilter::default(), cursor, Duration::from_millis(50));
+    tokio::pin!(stream);
+    let writer = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s.enqueue(job(2)).await.expect("after");
+        })
+    };
+    let batch = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("an event within 10 s")
+        .expect("item")
+        .expect("ok");
+    writer.await.expect("join");
+    assert_eq!(batch.len(), 1, "only events after the cursor");
+    assert_eq!(batch[0].payload["priority"], 0);
+    assert_eq!(batch[0].event_type, "mcp_call_scheduled");
+}

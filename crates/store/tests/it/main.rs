@@ -41,6 +41,7 @@ conformance!(
     prune_removes_only_old_finished_work,
     enqueue_wakes_a_waiting_worker,
     a_flooding_tenant_does_not_starve_another,
+    follow_events_streams_new_events,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
