@@ -23,6 +23,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/messages", get(messages))
         .route("/api/messages/{id}", get(message))
         .route("/api/events", get(events))
+        .route("/api/events/stream", get(event_stream))
         .route("/api/traces/{trace_id}", get(trace))
         .route("/api/dlq", get(dead_letters))
         .route("/api/dlq/{id}/requeue", post(requeue))
@@ -143,6 +144,72 @@ async fn events(
         until: q.until,
     };
     Ok(Json(state.store.events(&filter, &PageRequest { after: q.after, limit: q.limit.unwrap_or(100) }).await?))
+}
+
+/// Query of the live event stream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamQuery {
+    tenant: Option<String>,
+    service: Option<String>,
+    role: Option<String>,
+    event_type: Option<String>,
+    trace_id: Option<String>,
+    /// Start after this event sequence number (default: only new events).
+    after: Option<String>,
+}
+
+/// Server-sent events: one `data:` JSON event per bus event, `id:` = its sequence number, so a
+/// client that reconnects with `Last-Event-ID` misses nothing.
+async fn event_stream(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    q: Result<Query<StreamQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    use futures_util::StreamExt;
+    let q = query(q)?;
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let requested = last_event_id.or(q.after);
+    if let Some(cursor) = &requested {
+        if cursor.parse::<i64>().is_err() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("event cursor {cursor:?} is not a sequence number"),
+            ));
+        }
+    }
+    let cursor = match requested {
+        Some(cursor) => Some(cursor),
+        None => state.store.latest_event_cursor().await?,
+    };
+    let filter = EventFilter {
+        tenant: q.tenant,
+        service: q.service,
+        role: q.role,
+        event_type: q.event_type,
+        trace_id: q.trace_id,
+        ..EventFilter::default()
+    };
+    let stream = state.store.follow_events(filter, cursor, std::time::Duration::from_millis(250)).flat_map(|batch| {
+        let items: Vec<Result<SseEvent, std::convert::Infallible>> = match batch {
+            Ok(events) => events
+                .into_iter()
+                .map(|event| {
+                    let frame = SseEvent::default().id(event.seq.to_string()).event(event.event_type.clone());
+                    Ok(frame.json_data(&event).unwrap_or_else(|_| SseEvent::default().comment("unserializable event")))
+                })
+                .collect(),
+            Err(err) => {
+                tracing::warn!(error = %err, "event stream stopped");
+                vec![Ok(SseEvent::default()
+                    .event("error")
+                    .data("the event stream stopped; reconnect with Last-Event-ID"))]
+            }
+        };
+        futures_util::stream::iter(items)
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 async fn trace(State(state): State<AppState>, Path(trace_id): Path<String>) -> Result<impl IntoResponse, ApiError> {

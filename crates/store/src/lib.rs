@@ -260,7 +260,7 @@ impl Store {
         filter: EventFilter,
         after: Option<String>,
         poll: Duration,
-    ) -> impl futures_util::Stream<Item = Result<Vec<Event>, Error>> + Send + 'static {
+    ) -> impl futures_util::Stream<Item = Result<Vec<Event>, Error>> + Send + use<> {
         let store = self.clone();
         futures_util::stream::unfold((store, filter, after, false), move |(store, filter, cursor, failed)| async move {
             if failed {

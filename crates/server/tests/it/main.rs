@@ -138,3 +138,39 @@ async fn summary_reports_bus_circuits_and_agents() {
     assert_eq!(summary["circuits"], json!({"openByKey": {}, "openCount": 0}));
     assert_eq!(summary["agents"]["online"], 0);
 }
+
+#[tokio::test]
+async fn live_events_arrive_on_the_sse_stream() {
+    let (app, t) = app().await;
+    let request = Request::builder()
+        .uri("/api/events/stream?service=mcp")
+        .header(TOKEN.0, TOKEN.1)
+        .body(Body::empty())
+        .expect("request");
+    let response = app.clone().oneshot(request).await.expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+    let store = t.store.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        store
+            .enqueue(model::NewMessage::new("mcp", "gateway", model::Intent::new("mcp_call").expect("i"), json!({})))
+            .await
+            .expect("enqueue");
+    });
+    let started = std::time::Instant::now();
+    let mut text = String::new();
+    while !text.contains("mcp_call_scheduled") {
+        let frame =
+            tokio::time::timeout(std::time::Duration::from_secs(10), body.frame()).await.expect("an event within 10 s");
+        let frame = frame.expect("open stream").expect("frame");
+        if let Some(data) = frame.data_ref() {
+            text.push_str(&String::from_utf8_lossy(data));
+        }
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "live events appear within a second or so");
+    assert!(text.contains("event: mcp_call_scheduled") && text.contains("id: ") && text.contains("data: {"), "{text}");
+    let (status, _, body) = call(&app, "GET", "/api/events/stream?after=abc", &[TOKEN]).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")));
+}
