@@ -171,13 +171,13 @@ async fn event_stream(
     let q = query(q)?;
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let requested = last_event_id.or(q.after);
-    if let Some(cursor) = &requested {
-        if cursor.parse::<i64>().is_err() {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                format!("event cursor {cursor:?} is not a sequence number"),
-            ));
-        }
+    if let Some(cursor) = &requested
+        && cursor.parse::<i64>().is_err()
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("event cursor {cursor:?} is not a sequence number"),
+        ));
     }
     let cursor = match requested {
         Some(cursor) => Some(cursor),
