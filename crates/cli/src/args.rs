@@ -81,9 +81,48 @@ pub enum Command {
     Events(EventsCommand),
     /// List processes (presence).
     Agents,
+    /// Talk to the MCP toolsets of mcp.json: ping, list tools, call a tool.
+    #[command(subcommand)]
+    Mcp(McpCommand),
     /// Benchmarks that print JSON figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum McpCommand {
+    /// Ping every enabled toolset (or one) with MCP `ping`, in parallel; exit 1 if any fails.
+    Ping {
+        /// Only this toolset.
+        toolset: Option<String>,
+        /// Time limit per toolset in ms (connection included).
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the tools of a toolset.
+    Tools {
+        /// Toolset name.
+        toolset: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Call a tool and print its result; exit 1 when the tool reports an error.
+    Call {
+        /// Toolset name.
+        toolset: String,
+        /// Tool name.
+        tool: String,
+        /// Arguments as a JSON object.
+        #[arg(long, default_value = "{}")]
+        params: String,
+        /// Time limit in ms (default: the toolset's or tool's timeout from mcp.json).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+    },
 }
 
 /// Options of `up` and `serve`.

@@ -5,6 +5,7 @@ mod bench;
 mod bus_cmd;
 mod config_cmd;
 mod doctor;
+mod mcp_cmd;
 mod node;
 mod reference;
 mod settings;
@@ -61,6 +62,7 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
         Command::Up(command) => runtime()?.block_on(node::up(&cli.global, command)),
         Command::Serve(command) => runtime()?.block_on(node::serve(&cli.global, command)),
         Command::Worker(command) => runtime()?.block_on(node::worker(&cli.global, command)),
+        Command::Mcp(command) => runtime()?.block_on(mcp_cmd::run(&cli.global, command)),
         Command::Bench(command) => runtime()?.block_on(bench::run(&cli.global, command)),
     }
 }

@@ -101,3 +101,68 @@ pub async fn postgres() -> TestStore {
     store.migrate().await.expect("migrating PostgreSQL");
     TestStore { store, clock, url, _guard: guard }
 }
+
+/// The example MCP servers installed by `scripts/mcp-servers install` (`mcp-servers/node_modules`).
+pub fn mcp_servers_dir() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../mcp-servers/node_modules");
+    assert!(
+        dir.join("@modelcontextprotocol/server-everything/dist/index.js").is_file(),
+        "the example MCP servers are not installed: run scripts/mcp-servers install"
+    );
+    dir
+}
+
+/// The entry point of `@modelcontextprotocol/server-everything`.
+pub fn everything_js() -> String {
+    mcp_servers_dir().join("@modelcontextprotocol/server-everything/dist/index.js").display().to_string()
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// A server process stopped (by PID) when dropped.
+pub struct ServerProcess {
+    child: std::process::Child,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+impl ServerProcess {
+    /// Stops the server now (SIGKILL), e.g. to test a server that dies mid-call.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(mut command: std::process::Command, port: u16) -> ServerProcess {
+    command.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let child = command.spawn().expect("starting an example MCP server (is node installed?)");
+    ServerProcess { child, port }
+}
+
+/// `server-everything` over streamable HTTP at `http://127.0.0.1:PORT/mcp`.
+pub fn start_everything_http() -> ServerProcess {
+    let port = free_port();
+    let mut command = std::process::Command::new("node");
+    command.arg(everything_js()).arg("streamableHttp").env("PORT", port.to_string());
+    spawn(command, port)
+}
+
+/// `server-everything` (stdio) behind `supergateway` as WebSocket at `ws://127.0.0.1:PORT/message`.
+pub fn start_everything_ws() -> ServerProcess {
+    let port = free_port();
+    let mut command = std::process::Command::new(mcp_servers_dir().join(".bin/supergateway"));
+    command
+        .args(["--stdio", &format!("node {}", everything_js()), "--outputTransport", "ws", "--messagePath", "/message"])
+        .args(["--port", &port.to_string(), "--logLevel", "none"]);
+    spawn(command, port)
+}

@@ -261,9 +261,11 @@ fn crate_boundaries_hold() {
     let forbidden: &[(&str, &[&str])] = &[
         ("model", &["tokio", "sqlx", "axum", "rmcp", "clap", "anyhow", "store", "worker", "server", "resilience"]),
         ("store", &["axum", "rmcp", "clap", "anyhow", "worker", "server", "resilience"]),
-        ("worker", &["axum", "sqlx", "clap", "anyhow", "server"]),
-        ("resilience", &["axum", "sqlx", "clap", "anyhow", "server", "worker"]),
-        ("server", &["sqlx", "clap", "anyhow", "worker"]),
+        ("worker", &["axum", "sqlx", "clap", "anyhow", "server", "rmcp"]),
+        ("resilience", &["axum", "sqlx", "clap", "anyhow", "server", "worker", "rmcp"]),
+        ("server", &["sqlx", "clap", "anyhow", "worker", "rmcp"]),
+        ("mcp", &["sqlx", "axum", "clap", "anyhow", "store", "server"]),
+        ("cli", &["rmcp", "sqlx"]),
         ("test-support", &["axum", "clap", "anyhow"]),
     ];
     for (krate, banned) in forbidden {
@@ -272,4 +274,32 @@ fn crate_boundaries_hold() {
             assert!(!actual.iter().any(|d| d == b), "{krate} must not depend on {b}");
         }
     }
+}
+
+#[test]
+fn mcp_ping_tools_and_call_against_a_real_server() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = serde_json::json!({ "toolsets": {
+        "everything": { "command": "node", "args": [test_support::everything_js(), "stdio"], "timeout_ms": 20000 },
+        "nowhere": { "url": format!("ws://127.0.0.1:{}/message", test_support::free_port()) }
+    }});
+    std::fs::write(dir.path().join("mcp.json"), config.to_string()).expect("write");
+    let configs = dir.path().to_str().expect("path");
+    let ping = cogo(&["--config-dir", configs, "mcp", "ping", "everything", "--json"]);
+    assert!(ping.status.success(), "{}", text(&ping));
+    let line: serde_json::Value = serde_json::from_slice(&ping.stdout).expect("json");
+    assert_eq!((line["toolset"].as_str(), line["ok"].as_bool()), (Some("everything"), Some(true)));
+    let all = cogo(&["--config-dir", configs, "mcp", "ping"]);
+    assert_eq!(all.status.code(), Some(1), "one toolset is down: {}", text(&all));
+    assert!(text(&all).contains("FAIL  nowhere") && text(&all).contains("ok    everything"), "{}", text(&all));
+    let tools = cogo(&["--config-dir", configs, "mcp", "tools", "everything"]);
+    assert!(tools.status.success() && text(&tools).contains("get-sum"), "{}", text(&tools));
+    let call =
+        cogo(&["--config-dir", configs, "mcp", "call", "everything", "get-sum", "--params", r#"{"a": 20, "b": 22}"#]);
+    assert!(call.status.success() && text(&call).contains("42"), "{}", text(&call));
+    let unknown = cogo(&["--config-dir", configs, "mcp", "tools", "nope"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(text(&unknown).contains("no toolset \"nope\""), "{}", text(&unknown));
+    let bad = cogo(&["--config-dir", configs, "mcp", "call", "everything", "echo", "--params", "{oops"]);
+    assert_eq!(bad.status.code(), Some(2));
 }

@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{KeyPath, Validate, check_range};
 
+/// URLs of toolsets.
+pub use url::Url;
+
 /// The text that replaces secret values in anything shown or written.
 pub const REDACTED: &str = "***";
 

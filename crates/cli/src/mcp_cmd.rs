@@ -1,0 +1,112 @@
+//! `cogo mcp ping|tools|call`: the MCP toolsets of mcp.json from the command line.
+
+use std::io::Write;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::ExitWith;
+use crate::args::{Global, McpCommand};
+use crate::settings::load_configs_or_exit;
+
+fn toolset<'a>(configs: &'a crate::settings::Configs, name: &str) -> anyhow::Result<&'a model::config::mcp::Toolset> {
+    configs.mcp.toolsets.get(name).ok_or_else(|| {
+        let known: Vec<&str> = configs.mcp.toolsets.keys().map(String::as_str).collect();
+        ExitWith(2, format!("error: no toolset {name:?} in mcp.json; configured: {}", known.join(", "))).into()
+    })
+}
+
+pub async fn run(global: &Global, command: McpCommand) -> anyhow::Result<()> {
+    let configs = load_configs_or_exit(&global.config_dir)?;
+    let mut out = std::io::stdout().lock();
+    match command {
+        McpCommand::Ping { toolset: only, timeout_ms, json } => {
+            if let Some(name) = &only {
+                toolset(&configs, name)?;
+            }
+            let timeout = Duration::from_millis(timeout_ms.max(1));
+            let pings = configs
+                .mcp
+                .toolsets
+                .iter()
+                .filter(|(name, t)| t.enabled && only.as_ref().is_none_or(|o| o == *name))
+                .map(|(name, config)| async move {
+                    let started = std::time::Instant::now();
+                    let result = async {
+                        let client = mcp::McpClient::connect(name, config, timeout).await?;
+                        let rtt = client.ping(timeout).await;
+                        client.close().await;
+                        rtt
+                    }
+                    .await;
+                    (name.clone(), started.elapsed(), result)
+                });
+            let results = futures_util::future::join_all(pings).await;
+            let mut failed = 0;
+            for (name, elapsed, result) in &results {
+                let line = match result {
+                    Ok(rtt) => {
+                        json!({"toolset": name, "ok": true, "latency_ms": rtt.as_secs_f64() * 1000.0, "connect_and_ping_ms": elapsed.as_millis() as u64, "error": null})
+                    }
+                    Err(err) => {
+                        failed += 1;
+                        json!({"toolset": name, "ok": false, "latency_ms": null, "error": err.to_string(), "kind": err.kind().as_str()})
+                    }
+                };
+                if json {
+                    writeln!(out, "{line}")?;
+                } else if line["ok"] == true {
+                    writeln!(
+                        out,
+                        "ok    {name:<16} ping {:.2} ms (connect + ping {} ms)",
+                        line["latency_ms"].as_f64().unwrap_or_default(),
+                        elapsed.as_millis()
+                    )?;
+                } else {
+                    writeln!(out, "FAIL  {name:<16} {}", line["error"].as_str().unwrap_or_default())?;
+                }
+            }
+            if failed > 0 {
+                return Err(ExitWith(1, format!("{failed} of {} toolset(s) did not answer", results.len())).into());
+            }
+        }
+        McpCommand::Tools { toolset: name, json } => {
+            let config = toolset(&configs, &name)?;
+            let timeout = Duration::from_millis(config.timeout_ms);
+            let client = mcp::McpClient::connect(&name, config, timeout).await?;
+            let tools = client.tools(timeout).await;
+            client.close().await;
+            for tool in tools? {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(&tool)?)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{:<32} {}",
+                        tool.name,
+                        tool.description.unwrap_or_default().lines().next().unwrap_or_default()
+                    )?;
+                }
+            }
+        }
+        McpCommand::Call { toolset: name, tool, params, timeout_ms } => {
+            let config = toolset(&configs, &name)?;
+            let params: serde_json::Value = serde_json::from_str(&params)
+                .map_err(|e| ExitWith(2, format!("error: --params is not valid JSON: {e}")))?;
+            let timeout = Duration::from_millis(timeout_ms.unwrap_or_else(|| config.timeout_ms_for(&tool)));
+            let client = mcp::McpClient::connect(&name, config, timeout).await?;
+            let answer = client.call(&tool, params, timeout).await;
+            client.close().await;
+            let answer = answer?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&answer.result)?)?;
+            if answer.is_error {
+                return Err(ExitWith(
+                    1,
+                    format!("tool {name}.{tool} reported an error ({} ms)", answer.latency.as_millis()),
+                )
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
