@@ -145,7 +145,7 @@ pub struct ServeArgs {
 /// Options of `worker`.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
-    /// Roles to run, comma-separated (available: noop).
+    /// Roles to run, comma-separated (available: gateway, noop).
     #[arg(long, env = "COGO_ROLES", value_delimiter = ',', required = true)]
     pub roles: Vec<String>,
     /// Shards to serve besides the unsharded queue.

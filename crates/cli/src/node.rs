@@ -17,12 +17,36 @@ struct Role {
     name: &'static str,
     service: &'static str,
     role: &'static str,
-    handler: fn() -> Arc<dyn worker::Handler>,
+    handler: fn(&RoleContext) -> Arc<dyn worker::Handler>,
+}
+
+/// What role handlers are built from.
+struct RoleContext {
+    configs: crate::settings::Configs,
+    breakers: Arc<resilience::Breakers>,
+    data_dir: std::path::PathBuf,
+    agent_id: String,
 }
 
 /// Every role available in this build.
-const ROLES: &[Role] =
-    &[Role { name: "noop", service: "bus", role: "noop", handler: || Arc::new(worker::NoopHandler) }];
+const ROLES: &[Role] = &[
+    Role { name: "noop", service: "bus", role: "noop", handler: |_| Arc::new(worker::NoopHandler) },
+    Role {
+        name: "gateway",
+        service: "mcp",
+        role: "gateway",
+        handler: |ctx| {
+            let instance = ctx.agent_id.rsplit('-').next().unwrap_or("0");
+            let gateway = mcp::Gateway::new(
+                ctx.configs.mcp.toolsets.clone(),
+                ctx.breakers.clone(),
+                ctx.data_dir.clone(),
+                instance,
+            );
+            Arc::new(mcp::GatewayHandler::new(Arc::new(gateway), model::message::DEFAULT_MAX_RESULT_BYTES / 2))
+        },
+    },
+];
 
 /// Installs the Prometheus recorder once per process and returns its renderer.
 pub fn metrics_render() -> anyhow::Result<server::MetricsRender> {
@@ -105,6 +129,14 @@ async fn start_node(
         capabilities: serde_json::json!({ "roles": roles.iter().map(|r| r.name).collect::<Vec<_>>(), "backend": store.kind().name() }),
     };
     let mut tasks = Vec::new();
+    let (transitions, transitions_rx) = tokio::sync::mpsc::unbounded_channel();
+    tasks.push(tokio::spawn(resilience::record_transitions(store.clone(), agent_id.clone(), transitions_rx)));
+    let role_context = RoleContext {
+        configs: configs.clone(),
+        breakers: Arc::new(resilience::Breakers::new(policies.clone(), Some(transitions))),
+        data_dir: global.data_dir.clone(),
+        agent_id: agent_id.clone(),
+    };
     let maintenance =
         worker::Maintenance::new(store.clone(), worker::MaintenanceConfig::default(), presence, retry.clone());
     tasks.push(tokio::spawn(maintenance.run(shutdown_rx.clone())));
@@ -112,9 +144,11 @@ async fn start_node(
         let mut config = worker::RuntimeConfig::new(role.service, role.role, &agent_id);
         config.concurrency = concurrency.max(1);
         config.shards = shards.to_vec();
-        let runtime = worker::Runtime::new(store.clone(), config, (role.handler)(), retry.clone());
+        let runtime = worker::Runtime::new(store.clone(), config, (role.handler)(&role_context), retry.clone());
         tasks.push(tokio::spawn(runtime.run(shutdown_rx.clone())));
     }
+    // the breakers (and with them the transition channel) close when the role context goes
+    drop(role_context);
     Ok(Node { store, policies, agent_id, shutdown, tasks, _watcher: watcher })
 }
 

@@ -4,7 +4,10 @@
 //! Invariant: every failure maps to an `ErrorKind` (transport, timeout, protocol, tool error) so the
 //! resilience layer decides retry and breaker accounting by type, never by message text.
 
+mod gateway;
 mod websocket;
+
+pub use gateway::{CallContext, Gateway, GatewayAnswer, GatewayError, GatewayHandler, McpCall, redact};
 
 use std::time::{Duration, Instant};
 

@@ -119,3 +119,91 @@ async fn a_killed_server_breaks_the_session_with_a_transport_error() {
     let err = client.call("echo", json!({"message": "x"}), Duration::from_secs(5)).await.expect_err("server gone");
     assert!(matches!(err.kind(), model::ErrorKind::Transport | model::ErrorKind::Timeout), "{err}");
 }
+
+/// The seed's end-to-end scenario on the embedded store: enqueue {toolset, tool, params} → the
+/// gateway worker claims it → breaker → MCP call → artifacts → the message completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_worker_runs_mcp_calls_from_the_bus() {
+    use std::sync::Arc;
+    let t = test_support::sqlite().await;
+    let data_dir = tempfile_dir();
+    let toolsets = [("everything".to_owned(), stdio())].into_iter().collect();
+    let policies = Arc::new(resilience::Policies::seed());
+    let breakers = Arc::new(resilience::Breakers::new(policies.clone(), None));
+    let gateway = Arc::new(mcp::Gateway::new(toolsets, breakers, data_dir.clone(), "test"));
+    let handler = mcp::GatewayHandler::new(gateway, 64 * 1024);
+    let retry: worker::RetryResolver = Arc::new(move |m: &model::Message| policies.retry(&worker::policy_key(m)));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let config = worker::RuntimeConfig {
+        poll_interval: Duration::from_millis(100),
+        ..worker::RuntimeConfig::new("mcp", "gateway", "agent-gw")
+    };
+    let task = tokio::spawn(worker::Runtime::new(t.store.clone(), config, Arc::new(handler), retry).run(stopped));
+    let intent = model::Intent::new("mcp_call").expect("intent");
+    let echo = model::NewMessage::new(
+        "mcp",
+        "gateway",
+        intent.clone(),
+        json!({"toolset": "everything", "tool": "echo", "params": {"message": "through the bus", "api_key": "s3cret"}}),
+    );
+    let echo_id = t.store.enqueue(echo).await.expect("enqueue").message.id;
+    let unknown =
+        model::NewMessage::new("mcp", "gateway", intent, json!({"toolset": "nope", "tool": "echo", "params": {}}));
+    let unknown_id = t.store.enqueue(unknown).await.expect("enqueue").message.id;
+    let mut done = None;
+    for _ in 0..200 {
+        let message = t.store.message(echo_id).await.expect("message");
+        let other = t.store.message(unknown_id).await.expect("message");
+        if message.status.is_final() && other.status.is_final() {
+            done = Some((message, other));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (message, other) = done.expect("both messages finish within 10 s");
+    stop.send(true).expect("stop");
+    task.await.expect("join");
+    assert_eq!(message.status, model::MessageStatus::Done, "{:?}", message.last_error);
+    let result = message.result.expect("result");
+    assert!(result["result"].to_string().contains("through the bus"), "{result}");
+    let dir = data_dir.join(result["artifacts"].as_str().expect("artifact dir"));
+    for file in ["request.json", "response.json", "summary.json"] {
+        assert!(dir.join(file).is_file(), "{file} missing in {}", dir.display());
+    }
+    let request = std::fs::read_to_string(dir.join("request.json")).expect("request");
+    assert!(!request.contains("s3cret") && request.contains("***"), "secrets are redacted: {request}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).expect("summary")).expect("json");
+    assert_eq!(
+        (summary["status"].as_str(), summary["breaker_key"].as_str()),
+        (Some("ok"), Some("mcp.call.everything.echo.0"))
+    );
+    assert_eq!(summary["trace_id"].as_str(), Some(message.trace_id.as_str()));
+    // an unknown toolset is bad input: dead-lettered at once, not retried
+    assert_eq!((other.status, other.attempts), (model::MessageStatus::Failed, 1));
+    assert!(other.last_error.as_deref().unwrap_or_default().contains("unknown or disabled MCP toolset \"nope\""));
+    let events = t
+        .store
+        .events(&store::EventFilter { message_id: Some(echo_id), ..Default::default() }, &store::PageRequest::first(10))
+        .await
+        .expect("events");
+    let types: Vec<&str> = events.items.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["mcp_call_scheduled", "mcp_call_claimed", "mcp_call_succeeded"]);
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("cogo-gateway-{}", model::new_id().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+#[test]
+fn redaction_covers_nested_secret_keys() {
+    let value = json!({"url": "http://x", "headers": {"Authorization": "Bearer t"}, "list": [{"password": "p"}], "apiKey": "k"});
+    let redacted = mcp::redact(&value);
+    assert_eq!(
+        redacted,
+        json!({"url": "http://x", "headers": {"Authorization": "***"}, "list": [{"password": "***"}], "apiKey": "***"})
+    );
+}
