@@ -169,7 +169,10 @@ async fn live_events_arrive_on_the_sse_stream() {
             text.push_str(&String::from_utf8_lossy(data));
         }
     }
-    assert!(started.elapsed() < std::time::Duration::from_secs(5), "live events appear promptly, not after a long poll");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "live events appear promptly, not after a long poll"
+    );
     assert!(text.contains("event: mcp_call_scheduled") && text.contains("id: ") && text.contains("data: {"), "{text}");
     let (status, _, body) = call(&app, "GET", "/api/events/stream?after=abc", &[TOKEN]).await;
     assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")));
