@@ -9,7 +9,7 @@ concurrency="${CONCURRENCY:-16}"
 echo "building cogo (release)" >&2
 cargo build --release --locked -p cli >&2
 for backend in sqlite postgres; do
-  target/release/cogo bench bus --backend "$backend" --jobs "$jobs" --concurrency "$concurrency" --json
+  "${CARGO_TARGET_DIR:-target}/release/cogo" bench bus --backend "$backend" --jobs "$jobs" --concurrency "$concurrency" --json
 done
 if [ -x bench/peers/run.sh ]; then
   PEERS_JOBS="$jobs" PEERS_CONCURRENCY="$concurrency" bench/peers/run.sh "$@"
