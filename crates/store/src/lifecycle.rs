@@ -3,9 +3,9 @@
 use serde_json::Value;
 use uuid::Uuid;
 
-use model::Message;
 use model::event::NewEvent;
 use model::presence::Presence;
+use model::{Message, MessageId, MessageStatus, NewMessage};
 
 use crate::Error;
 
@@ -53,4 +53,44 @@ pub(crate) fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &text[..end])
+}
+
+/// The stored form of a message just enqueued, built from what was inserted (no read back).
+pub(crate) fn enqueued_message(
+    id: Uuid,
+    now: chrono::DateTime<chrono::Utc>,
+    message: &NewMessage,
+    trace_id: String,
+    run_at: chrono::DateTime<chrono::Utc>,
+) -> Message {
+    use chrono::SubsecRound;
+    // both backends keep microseconds: the returned message equals what a later read returns
+    let (now, run_at) = (now.trunc_subsecs(6), run_at.trunc_subsecs(6));
+    Message {
+        id: MessageId(id),
+        created_at: now,
+        tenant: message.tenant.clone(),
+        project_id: message.project_id.clone(),
+        service: message.service.clone(),
+        role: message.role.clone(),
+        shard: message.shard.clone(),
+        intent: message.intent.clone(),
+        payload: message.payload.clone(),
+        trace_id,
+        parent_id: message.parent_id,
+        idempotency_key: message.idempotency_key.clone(),
+        priority: message.priority,
+        status: MessageStatus::Queued,
+        attempts: 0,
+        max_attempts: message.max_attempts,
+        run_at,
+        claimed_by: None,
+        claimed_at: None,
+        lease_until: None,
+        done_at: None,
+        last_error: None,
+        last_error_at: None,
+        result: None,
+        result_url: None,
+    }
 }

@@ -17,7 +17,9 @@ use model::presence::{Presence, PresenceStatus};
 use model::{Intent, Message, MessageId, MessageStatus, NewMessage};
 
 use crate::error::db;
-use crate::lifecycle::{message_event, parse_seq_cursor, parse_uuid_cursor, presence_event, truncate};
+use crate::lifecycle::{
+    enqueued_message, message_event, parse_seq_cursor, parse_uuid_cursor, presence_event, truncate,
+};
 use crate::{
     CircuitState, ClaimRequest, Completion, DeadLetter, Enqueued, Error, EventFilter, FailAction, Failure,
     MessageFilter, Outcome, Page, PageRequest, QueueStats, StoreOptions, Wakeups,
@@ -157,7 +159,7 @@ WITH input AS (
 ), wake AS (
     SELECT pg_notify('cogo_bus', string_agg(DISTINCT service || '/' || role, ',')) FROM ins HAVING count(*) > 0
 )
-SELECT ins.*, (SELECT count(*) FROM wake) AS woken FROM ins"#;
+SELECT ins.id, (SELECT count(*) FROM wake) AS woken FROM ins"#;
         let rows = sqlx::query(sql)
             .bind(&ids)
             .bind(&tenants)
@@ -177,11 +179,16 @@ SELECT ins.*, (SELECT count(*) FROM wake) AS woken FROM ins"#;
             .fetch_all(&self.pool)
             .await
             .map_err(db("enqueueing messages"))?;
+        // only ids come back: the stored rows are what was sent
+        let inserted: std::collections::HashSet<Uuid> =
+            rows.iter().filter_map(|row| row.try_get::<Uuid, _>("id").ok()).collect();
         let mut created: std::collections::HashMap<Uuid, Message> =
             std::collections::HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let message = message_from_row(row)?;
-            created.insert(message.id.0, message);
+        for (index, message) in messages.iter().enumerate() {
+            if inserted.contains(&ids[index]) {
+                let stored = enqueued_message(ids[index], now, message, traces[index].clone(), run_ats[index]);
+                created.insert(ids[index], stored);
+            }
         }
         for service_role in services.iter().zip(&roles) {
             self.wakeups.notify_queue(service_role.0, service_role.1);

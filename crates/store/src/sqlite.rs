@@ -21,7 +21,9 @@ use model::presence::{Presence, PresenceStatus};
 use model::{Intent, Message, MessageId, MessageStatus, NewMessage};
 
 use crate::error::db;
-use crate::lifecycle::{message_event, parse_seq_cursor, parse_uuid_cursor, presence_event, truncate};
+use crate::lifecycle::{
+    enqueued_message, message_event, parse_seq_cursor, parse_uuid_cursor, presence_event, truncate,
+};
 use crate::{
     CircuitState, ClaimRequest, Completion, DeadLetter, Enqueued, Error, EventFilter, FailAction, Failure,
     MessageFilter, Outcome, Page, PageRequest, QueueStats, StoreOptions, Wakeups,
@@ -121,6 +123,10 @@ impl SqliteBus {
     pub(crate) async fn enqueue_batch(&self, messages: Vec<NewMessage>) -> Result<Vec<Enqueued>, Error> {
         let now = self.now();
         let ids: Vec<Uuid> = messages.iter().map(|_| model::new_id()).collect();
+        let traces: Vec<String> = messages
+            .iter()
+            .map(|m| m.trace_id.clone().unwrap_or_else(|| model::trace::TraceContext::new_root().trace_id_hex()))
+            .collect();
         let mut tx = self.begin("starting an enqueue").await?;
         let mut created: HashMap<Uuid, Message> = HashMap::with_capacity(messages.len());
         // 17 columns a row: 500 rows stay far below SQLite's bind limit.
@@ -139,12 +145,7 @@ impl SqliteBus {
                     .push_bind(message.shard.clone())
                     .push_bind(message.intent.as_str().to_owned())
                     .push_bind(message.payload.to_string())
-                    .push_bind(
-                        message
-                            .trace_id
-                            .clone()
-                            .unwrap_or_else(|| model::trace::TraceContext::new_root().trace_id_hex()),
-                    )
+                    .push_bind(traces[chunk_index * 500 + offset].clone())
                     .push_bind(message.parent_id.map(|id| id.0))
                     .push_bind(message.idempotency_key.clone())
                     .push_bind(message.priority)
@@ -154,12 +155,18 @@ impl SqliteBus {
                     .push_bind(us(message.run_at.unwrap_or(now)));
             });
             query.push(
-                " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING *",
+                " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id",
             );
             let rows = query.build().fetch_all(&mut *tx).await.map_err(db("enqueueing messages"))?;
-            for row in &rows {
-                let message = message_from_row(row)?;
-                created.insert(message.id.0, message);
+            // only ids come back: the stored rows are what was sent
+            let inserted: HashSet<Uuid> = rows.iter().filter_map(|row| row.try_get::<Uuid, _>("id").ok()).collect();
+            for (offset, message) in chunk.iter().enumerate() {
+                let index = chunk_index * 500 + offset;
+                if inserted.contains(&ids[index]) {
+                    let run_at = message.run_at.unwrap_or(now);
+                    created
+                        .insert(ids[index], enqueued_message(ids[index], now, message, traces[index].clone(), run_at));
+                }
             }
         }
         let mut events = Vec::with_capacity(created.len());

@@ -37,6 +37,7 @@ pub async fn lifecycle_emits_events_in_order(t: TestStore) {
     assert!(enqueued.created);
     let id = enqueued.message.id;
     assert_eq!(enqueued.message.status, MessageStatus::Queued);
+    assert_eq!(s.message(id).await.expect("read back"), enqueued.message, "enqueue returns what is stored");
     let claimed = s.claim(&claim("w1", 10)).await.expect("claim");
     assert_eq!(claimed.len(), 1);
     assert_eq!(
