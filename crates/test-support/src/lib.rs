@@ -159,7 +159,11 @@ pub fn start_everything_http() -> ServerProcess {
 
 /// `server-everything` (stdio) behind `supergateway` as WebSocket at `ws://127.0.0.1:PORT/message`.
 pub fn start_everything_ws() -> ServerProcess {
-    let port = free_port();
+    start_everything_ws_on(free_port())
+}
+
+/// Like [`start_everything_ws`], on a port chosen by the caller (a server that comes back).
+pub fn start_everything_ws_on(port: u16) -> ServerProcess {
     let mut command = std::process::Command::new(mcp_servers_dir().join(".bin/supergateway"));
     command
         .args(["--stdio", &format!("node {}", everything_js()), "--outputTransport", "ws", "--messagePath", "/message"])

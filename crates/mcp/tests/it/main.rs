@@ -207,3 +207,63 @@ fn redaction_covers_nested_secret_keys() {
         json!({"url": "http://x", "headers": {"Authorization": "***"}, "list": [{"password": "***"}], "apiKey": "***"})
     );
 }
+
+/// A toolset that is down opens its breaker after the threshold; calls then fail fast; once the
+/// server is back, a half-open probe closes it. Every transition is recorded in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_opens_on_a_dead_toolset_and_a_probe_closes_it() {
+    use std::sync::Arc;
+    let t = test_support::sqlite().await;
+    let port = test_support::free_port();
+    let config = toolset(json!({ "url": format!("ws://127.0.0.1:{port}/message"), "timeout_ms": 5000 }));
+    let retry = model::config::parse::<model::config::RetryFile>("retry_policy.json", "{}").expect("retry");
+    let breaker = model::config::parse::<model::config::BreakerFile>(
+        "circuit_breaker.json",
+        r#"{"default": {"min_requests": 3, "window_size": 10, "open_ms": 300, "half_open_probes": 1}}"#,
+    )
+    .expect("breaker");
+    let policies = Arc::new(resilience::Policies::new(&retry, &breaker));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let recorder = tokio::spawn(resilience::record_transitions(t.store.clone(), "agent-gw".into(), rx));
+    let breakers = Arc::new(resilience::Breakers::new(policies, Some(tx)));
+    let data_dir = tempfile_dir();
+    let gateway = mcp::Gateway::new(
+        [("flaky".to_owned(), config)].into_iter().collect(),
+        breakers.clone(),
+        data_dir.clone(),
+        "t",
+    );
+    let call = mcp::McpCall { toolset: "flaky".into(), tool: "echo".into(), params: json!({"message": "x"}) };
+    let context = mcp::CallContext::default();
+    for _ in 0..3 {
+        let err = gateway.call_once(&call, &context).await.expect_err("nothing listens");
+        assert_eq!(err.kind(), model::ErrorKind::Transport, "{err}");
+    }
+    let open = gateway.call_once(&call, &context).await.expect_err("open breaker");
+    assert!(matches!(open, mcp::GatewayError::Open(_)), "{open}");
+    assert!(open.to_string().contains("circuit mcp.call.flaky.echo.0 is open"), "{open}");
+    // the server comes back; after the open time a probe goes through and closes the breaker
+    let _server = test_support::start_everything_ws_on(port);
+    let mut answered = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Ok(answer) = gateway.call_once(&call, &context).await {
+            answered = Some(answer);
+            break;
+        }
+    }
+    let answer = answered.expect("the toolset answers again");
+    assert!(answer.result.to_string().contains('x'));
+    assert_eq!(breakers.states()[0].1, model::breaker::BreakerState::Closed);
+    drop(gateway);
+    drop(breakers);
+    recorder.await.expect("recorder");
+    let events = t.store.events(&store::EventFilter::default(), &store::PageRequest::first(100)).await.expect("events");
+    let types: Vec<&str> = events.items.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types.first(), Some(&"circuit_opened"), "{types:?}");
+    assert_eq!(types.last(), Some(&"circuit_closed"), "{types:?}");
+    assert!(types.contains(&"circuit_half_open"), "{types:?}");
+    let circuits = t.store.circuits().await.expect("circuits");
+    assert_eq!((circuits.len(), circuits[0].state.as_str()), (1, "closed"));
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
