@@ -81,6 +81,14 @@ pub enum Command {
     Events(EventsCommand),
     /// List processes (presence).
     Agents,
+    /// Show what happened in a trace: its messages and their events, in order.
+    Trace {
+        /// Trace id (32 lower-case hex digits).
+        trace_id: String,
+        /// Print JSON lines instead of a timeline.
+        #[arg(long)]
+        json: bool,
+    },
     /// Talk to the MCP toolsets of mcp.json: ping, list tools, call a tool.
     #[command(subcommand)]
     Mcp(McpCommand),

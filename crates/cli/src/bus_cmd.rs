@@ -198,3 +198,62 @@ pub async fn agents(global: &Global) -> anyhow::Result<()> {
     store.close().await;
     Ok(())
 }
+
+pub async fn trace(global: &Global, trace_id: &str, json: bool) -> anyhow::Result<()> {
+    if !model::trace::is_valid_trace_id(trace_id) {
+        return Err(usage(format!("{trace_id:?} is not a trace id (32 lower-case hex digits)")));
+    }
+    let store = open_store(global).await?;
+    let filter = EventFilter { trace_id: Some(trace_id.to_owned()), ..EventFilter::default() };
+    let mut events = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.events(&filter, &PageRequest { after: after.clone(), limit: 1000 }).await?;
+        if page.items.is_empty() {
+            break;
+        }
+        after = page.next;
+        events.extend(page.items);
+    }
+    let messages = store
+        .messages(
+            &MessageFilter { trace_id: Some(trace_id.to_owned()), ..MessageFilter::default() },
+            &PageRequest::first(1000),
+        )
+        .await?;
+    store.close().await;
+    if events.is_empty() && messages.items.is_empty() {
+        return Err(ExitWith(1, format!("error: nothing recorded for trace {trace_id}")).into());
+    }
+    let mut out = std::io::stdout().lock();
+    if json {
+        for event in &events {
+            writeln!(out, "{}", serde_json::to_string(event)?)?;
+        }
+        return Ok(());
+    }
+    writeln!(out, "trace {trace_id}: {} message(s), {} event(s)", messages.items.len(), events.len())?;
+    for m in messages.items.iter().rev() {
+        writeln!(
+            out,
+            "  message {} {}/{} {} status {} attempts {}/{}{}",
+            m.id,
+            m.service,
+            m.role,
+            m.intent.as_str(),
+            m.status.as_str(),
+            m.attempts,
+            m.max_attempts,
+            m.last_error.as_deref().map(|e| format!(" last error: {e}")).unwrap_or_default()
+        )?;
+    }
+    let start = events.first().map(|e| e.created_at);
+    for event in &events {
+        let offset =
+            start.map(|s| (event.created_at - s).num_microseconds().unwrap_or(0) as f64 / 1000.0).unwrap_or(0.0);
+        let message = event.message_id.map(|id| id.to_string()).unwrap_or_default();
+        let reason = event.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+        writeln!(out, "  +{offset:>10.3} ms  {:<28} {message}{reason}", event.event_type)?;
+    }
+    Ok(())
+}

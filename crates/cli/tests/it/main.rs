@@ -233,6 +233,17 @@ fn enqueue_list_and_requeue_through_the_cli() {
     assert_eq!(String::from_utf8_lossy(&list.stdout).lines().count(), 1);
     let tail = cogo(&["--data-dir", data, "events", "tail", "--from-start", "--no-follow"]);
     assert!(String::from_utf8_lossy(&tail.stdout).contains("noop_scheduled"));
+    let enqueued = text(&first);
+    let trace_id = enqueued.split("trace ").nth(1).map(str::trim).expect("trace id printed");
+    let trace = cogo(&["--data-dir", data, "trace", trace_id]);
+    assert!(trace.status.success(), "{}", text(&trace));
+    assert!(
+        text(&trace).contains("1 message(s), 1 event(s)") && text(&trace).contains("noop_scheduled"),
+        "{}",
+        text(&trace)
+    );
+    let none = cogo(&["--data-dir", data, "trace", "0123456789abcdef0123456789abcdef"]);
+    assert_eq!(none.status.code(), Some(1));
     let requeue = cogo(&["--data-dir", data, "dlq", "requeue", "01a20e07-5b4b-774f-a660-71b6ca286531"]);
     assert_eq!(requeue.status.code(), Some(1));
     assert!(text(&requeue).contains("not found"), "{}", text(&requeue));
