@@ -455,6 +455,38 @@ impl NewMessage {
         self
     }
 
+    /// The stored form of this message right after it was enqueued as `id` at `now` in trace
+    /// `trace_id`: queued, no attempt yet, claimable from `run_at` (default `now`).
+    pub fn to_queued(&self, id: MessageId, now: DateTime<Utc>, trace_id: String) -> Message {
+        Message {
+            id,
+            created_at: now,
+            tenant: self.tenant.clone(),
+            project_id: self.project_id.clone(),
+            service: self.service.clone(),
+            role: self.role.clone(),
+            shard: self.shard.clone(),
+            intent: self.intent.clone(),
+            payload: self.payload.clone(),
+            trace_id,
+            parent_id: self.parent_id,
+            idempotency_key: self.idempotency_key.clone(),
+            priority: self.priority,
+            status: MessageStatus::Queued,
+            attempts: 0,
+            max_attempts: self.max_attempts,
+            run_at: self.run_at.unwrap_or(now),
+            claimed_by: None,
+            claimed_at: None,
+            lease_until: None,
+            done_at: None,
+            last_error: None,
+            last_error_at: None,
+            result: None,
+            result_url: None,
+        }
+    }
+
     /// Checks every field against the bus's rules; the error names the field and the problem.
     pub fn validate(&self, max_payload_bytes: usize) -> Result<(), InvalidMessage> {
         let name = |field: &'static str, value: &str, allow_empty: bool| {

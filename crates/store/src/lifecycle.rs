@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use model::event::NewEvent;
 use model::presence::Presence;
-use model::{Message, MessageId, MessageStatus, NewMessage};
+use model::{Message, MessageId, NewMessage};
 
 use crate::Error;
 
@@ -56,41 +56,29 @@ pub(crate) fn truncate(text: &str, max: usize) -> String {
 }
 
 /// The stored form of a message just enqueued, built from what was inserted (no read back).
+/// Both backends keep microseconds, so times are truncated to match a later read.
 pub(crate) fn enqueued_message(
     id: Uuid,
     now: chrono::DateTime<chrono::Utc>,
     message: &NewMessage,
     trace_id: String,
-    run_at: chrono::DateTime<chrono::Utc>,
 ) -> Message {
     use chrono::SubsecRound;
-    // both backends keep microseconds: the returned message equals what a later read returns
-    let (now, run_at) = (now.trunc_subsecs(6), run_at.trunc_subsecs(6));
-    Message {
-        id: MessageId(id),
-        created_at: now,
-        tenant: message.tenant.clone(),
-        project_id: message.project_id.clone(),
-        service: message.service.clone(),
-        role: message.role.clone(),
-        shard: message.shard.clone(),
-        intent: message.intent.clone(),
-        payload: message.payload.clone(),
-        trace_id,
-        parent_id: message.parent_id,
-        idempotency_key: message.idempotency_key.clone(),
-        priority: message.priority,
-        status: MessageStatus::Queued,
-        attempts: 0,
-        max_attempts: message.max_attempts,
-        run_at,
-        claimed_by: None,
-        claimed_at: None,
-        lease_until: None,
-        done_at: None,
-        last_error: None,
-        last_error_at: None,
-        result: None,
-        result_url: None,
+    let mut stored = message.to_queued(MessageId(id), now.trunc_subsecs(6), trace_id);
+    stored.run_at = stored.run_at.trunc_subsecs(6);
+    stored
+}
+
+/// Appends ` AND <column> = <value>` for every text filter that is set.
+pub(crate) fn push_text_filters<DB: sqlx::Database>(
+    query: &mut sqlx::QueryBuilder<DB>,
+    filters: &[(&str, Option<&str>)],
+) where
+    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    for (column, value) in filters {
+        if let Some(value) = value {
+            query.push(" AND ").push(*column).push(" = ").push_bind((*value).to_owned());
+        }
     }
 }

@@ -17,6 +17,7 @@ use model::presence::{Presence, PresenceStatus};
 use model::{Intent, Message, MessageId, MessageStatus, NewMessage};
 
 use crate::error::db;
+use crate::lifecycle::push_text_filters;
 use crate::lifecycle::{
     enqueued_message, message_event, parse_seq_cursor, parse_uuid_cursor, presence_event, truncate,
 };
@@ -186,7 +187,7 @@ SELECT ins.id, (SELECT count(*) FROM wake) AS woken FROM ins"#;
             std::collections::HashMap::with_capacity(rows.len());
         for (index, message) in messages.iter().enumerate() {
             if inserted.contains(&ids[index]) {
-                let stored = enqueued_message(ids[index], now, message, traces[index].clone(), run_ats[index]);
+                let stored = enqueued_message(ids[index], now, message, traces[index].clone());
                 created.insert(ids[index], stored);
             }
         }
@@ -498,7 +499,7 @@ SELECT id, (SELECT count(*) FROM wake) AS woken FROM upd"#;
     pub(crate) async fn messages(&self, filter: &MessageFilter, page: &PageRequest) -> Result<Page<Message>, Error> {
         let limit = page.effective_limit();
         let mut query = QueryBuilder::new("SELECT * FROM agent_messages WHERE true");
-        push_message_filter(&mut query, filter, "");
+        push_message_filter(&mut query, filter);
         if let Some(after) = &page.after {
             query.push(" AND id < ").push_bind(parse_uuid_cursor(after)?);
         }
@@ -512,23 +513,18 @@ SELECT id, (SELECT count(*) FROM wake) AS woken FROM upd"#;
     pub(crate) async fn events(&self, filter: &EventFilter, page: &PageRequest) -> Result<Page<Event>, Error> {
         let limit = page.effective_limit();
         let mut query = QueryBuilder::new("SELECT * FROM bus_events WHERE true");
-        if let Some(v) = &filter.tenant {
-            query.push(" AND tenant = ").push_bind(v.clone());
-        }
-        if let Some(v) = &filter.service {
-            query.push(" AND service = ").push_bind(v.clone());
-        }
-        if let Some(v) = &filter.role {
-            query.push(" AND role = ").push_bind(v.clone());
-        }
-        if let Some(v) = &filter.event_type {
-            query.push(" AND event_type = ").push_bind(v.clone());
-        }
+        push_text_filters(
+            &mut query,
+            &[
+                ("tenant", filter.tenant.as_deref()),
+                ("service", filter.service.as_deref()),
+                ("role", filter.role.as_deref()),
+                ("event_type", filter.event_type.as_deref()),
+                ("trace_id", filter.trace_id.as_deref()),
+            ],
+        );
         if let Some(v) = &filter.message_id {
             query.push(" AND message_id = ").push_bind(v.0);
-        }
-        if let Some(v) = &filter.trace_id {
-            query.push(" AND trace_id = ").push_bind(v.clone());
         }
         if let Some(v) = filter.since {
             query.push(" AND created_at >= ").push_bind(v);
@@ -553,18 +549,15 @@ SELECT id, (SELECT count(*) FROM wake) AS woken FROM upd"#;
     ) -> Result<Page<DeadLetter>, Error> {
         let limit = page.effective_limit();
         let mut query = QueryBuilder::new("SELECT d.* FROM agent_messages_dlq d WHERE true");
-        if let Some(v) = &filter.tenant {
-            query.push(" AND d.tenant = ").push_bind(v.clone());
-        }
-        if let Some(v) = &filter.service {
-            query.push(" AND d.service = ").push_bind(v.clone());
-        }
-        if let Some(v) = &filter.role {
-            query.push(" AND d.role = ").push_bind(v.clone());
-        }
-        if let Some(v) = &filter.intent {
-            query.push(" AND d.intent = ").push_bind(v.clone());
-        }
+        push_text_filters(
+            &mut query,
+            &[
+                ("d.tenant", filter.tenant.as_deref()),
+                ("d.service", filter.service.as_deref()),
+                ("d.role", filter.role.as_deref()),
+                ("d.intent", filter.intent.as_deref()),
+            ],
+        );
         if filter.status == Some(MessageStatus::Failed) {
             query.push(" AND d.requeued_at IS NULL");
         }
@@ -961,30 +954,25 @@ async fn insert_events(
     query.build().execute(&mut **tx).await.map_err(db("appending events")).map(drop)
 }
 
-fn push_message_filter(query: &mut QueryBuilder<sqlx::Postgres>, filter: &MessageFilter, prefix: &str) {
-    if let Some(v) = &filter.tenant {
-        query.push(format!(" AND {prefix}tenant = ")).push_bind(v.clone());
-    }
-    if let Some(v) = &filter.service {
-        query.push(format!(" AND {prefix}service = ")).push_bind(v.clone());
-    }
-    if let Some(v) = &filter.role {
-        query.push(format!(" AND {prefix}role = ")).push_bind(v.clone());
-    }
+fn push_message_filter(query: &mut QueryBuilder<sqlx::Postgres>, filter: &MessageFilter) {
+    push_text_filters(
+        query,
+        &[
+            ("tenant", filter.tenant.as_deref()),
+            ("service", filter.service.as_deref()),
+            ("role", filter.role.as_deref()),
+            ("intent", filter.intent.as_deref()),
+            ("trace_id", filter.trace_id.as_deref()),
+        ],
+    );
     if let Some(v) = filter.status {
-        query.push(format!(" AND {prefix}status = ")).push_bind(v.as_str());
-    }
-    if let Some(v) = &filter.intent {
-        query.push(format!(" AND {prefix}intent = ")).push_bind(v.clone());
-    }
-    if let Some(v) = &filter.trace_id {
-        query.push(format!(" AND {prefix}trace_id = ")).push_bind(v.clone());
+        query.push(" AND status = ").push_bind(v.as_str());
     }
     if let Some(v) = filter.since {
-        query.push(format!(" AND {prefix}created_at >= ")).push_bind(v);
+        query.push(" AND created_at >= ").push_bind(v);
     }
     if let Some(v) = filter.until {
-        query.push(format!(" AND {prefix}created_at < ")).push_bind(v);
+        query.push(" AND created_at < ").push_bind(v);
     }
 }
 

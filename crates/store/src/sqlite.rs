@@ -21,6 +21,7 @@ use model::presence::{Presence, PresenceStatus};
 use model::{Intent, Message, MessageId, MessageStatus, NewMessage};
 
 use crate::error::db;
+use crate::lifecycle::push_text_filters;
 use crate::lifecycle::{
     enqueued_message, message_event, parse_seq_cursor, parse_uuid_cursor, presence_event, truncate,
 };
@@ -163,9 +164,7 @@ impl SqliteBus {
             for (offset, message) in chunk.iter().enumerate() {
                 let index = chunk_index * 500 + offset;
                 if inserted.contains(&ids[index]) {
-                    let run_at = message.run_at.unwrap_or(now);
-                    created
-                        .insert(ids[index], enqueued_message(ids[index], now, message, traces[index].clone(), run_at));
+                    created.insert(ids[index], enqueued_message(ids[index], now, message, traces[index].clone()));
                 }
             }
         }
@@ -526,23 +525,18 @@ impl SqliteBus {
     pub(crate) async fn messages(&self, filter: &MessageFilter, page: &PageRequest) -> Result<Page<Message>, Error> {
         let limit = page.effective_limit();
         let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM agent_messages WHERE 1");
-        if let Some(v) = &filter.tenant {
-            query.push(" AND tenant = ").push_bind(v.clone());
-        }
-        if let Some(v) = &filter.service {
-            query.push(" AND service = ").push_bind(v.clone());
-        }
-        if let Some(v) = &filter.role {
-            query.push(" AND role = ").push_bind(v.clone());
-        }
+        push_text_filters(
+            &mut query,
+            &[
+                ("tenant", filter.tenant.as_deref()),
+                ("service", filter.service.as_deref()),
+                ("role", filter.role.as_deref()),
+                ("intent", filter.intent.as_deref()),
+                ("trace_id", filter.trace_id.as_deref()),
+            ],
+        );
         if let Some(v) = filter.status {
             query.push(" AND status = ").push_bind(v.as_str());
-        }
-        if let Some(v) = &filter.intent {
-            query.push(" AND intent = ").push_bind(v.clone());
-        }
-        if let Some(v) = &filter.trace_id {
-            query.push(" AND trace_id = ").push_bind(v.clone());
         }
         if let Some(v) = filter.since {
             query.push(" AND created_at >= ").push_bind(us(v));
@@ -563,23 +557,18 @@ impl SqliteBus {
     pub(crate) async fn events(&self, filter: &EventFilter, page: &PageRequest) -> Result<Page<Event>, Error> {
         let limit = page.effective_limit();
         let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM bus_events WHERE 1");
-        if let Some(v) = &filter.tenant {
-            query.push(" AND tenant = ").push_bind(v.clone());
-        }
-        if let Some(v) = &filter.service {
-            query.push(" AND service = ").push_bind(v.clone());
-        }
-        if let Some(v) = &filter.role {
-            query.push(" AND role = ").push_bind(v.clone());
-        }
-        if let Some(v) = &filter.event_type {
-            query.push(" AND event_type = ").push_bind(v.clone());
-        }
+        push_text_filters(
+            &mut query,
+            &[
+                ("tenant", filter.tenant.as_deref()),
+                ("service", filter.service.as_deref()),
+                ("role", filter.role.as_deref()),
+                ("event_type", filter.event_type.as_deref()),
+                ("trace_id", filter.trace_id.as_deref()),
+            ],
+        );
         if let Some(v) = &filter.message_id {
             query.push(" AND message_id = ").push_bind(v.0);
-        }
-        if let Some(v) = &filter.trace_id {
-            query.push(" AND trace_id = ").push_bind(v.clone());
         }
         if let Some(v) = filter.since {
             query.push(" AND created_at >= ").push_bind(us(v));
@@ -604,18 +593,15 @@ impl SqliteBus {
     ) -> Result<Page<DeadLetter>, Error> {
         let limit = page.effective_limit();
         let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM agent_messages_dlq WHERE 1");
-        if let Some(v) = &filter.tenant {
-            query.push(" AND tenant = ").push_bind(v.clone());
-        }
-        if let Some(v) = &filter.service {
-            query.push(" AND service = ").push_bind(v.clone());
-        }
-        if let Some(v) = &filter.role {
-            query.push(" AND role = ").push_bind(v.clone());
-        }
-        if let Some(v) = &filter.intent {
-            query.push(" AND intent = ").push_bind(v.clone());
-        }
+        push_text_filters(
+            &mut query,
+            &[
+                ("tenant", filter.tenant.as_deref()),
+                ("service", filter.service.as_deref()),
+                ("role", filter.role.as_deref()),
+                ("intent", filter.intent.as_deref()),
+            ],
+        );
         if filter.status == Some(MessageStatus::Failed) {
             query.push(" AND requeued_at IS NULL");
         }

@@ -125,32 +125,8 @@ fn policy_keys_name_the_tool() {
         Intent::new("mcp_call").expect("intent"),
         json!({"toolset": "browser", "tool": "browser_navigate"}),
     );
-    let stored = |m: &NewMessage| Message {
-        id: model::MessageId::new(),
-        created_at: test_support::epoch(),
-        tenant: m.tenant.clone(),
-        project_id: None,
-        service: m.service.clone(),
-        role: m.role.clone(),
-        shard: m.shard.clone(),
-        intent: m.intent.clone(),
-        payload: m.payload.clone(),
-        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
-        parent_id: None,
-        idempotency_key: None,
-        priority: 0,
-        status: MessageStatus::Queued,
-        attempts: 0,
-        max_attempts: 3,
-        run_at: test_support::epoch(),
-        claimed_by: None,
-        claimed_at: None,
-        lease_until: None,
-        done_at: None,
-        last_error: None,
-        last_error_at: None,
-        result: None,
-        result_url: None,
+    let stored = |m: &NewMessage| {
+        m.to_queued(model::MessageId::new(), test_support::epoch(), "4bf92f3577b34da6a3ce929d0e0e4736".into())
     };
     assert_eq!(worker::policy_key(&stored(&message)), "mcp.call.browser.browser_navigate");
     message.intent = Intent::new("research").expect("intent");
