@@ -669,57 +669,64 @@ impl SqliteBus {
         tx.commit().await.map_err(db("committing presence"))
     }
 
-    pub(crate) async fn presence_heartbeat(&self, agent_id: &str) -> Result<bool, Error> {
+    /// Runs a presence `UPDATE … RETURNING *` (binding `time`, then `agent_id` when given) and
+    /// records one `event_type` event per changed row, in one transaction.
+    async fn update_presence(
+        &self,
+        what: &'static str,
+        sql: &'static str,
+        time: i64,
+        agent_id: Option<&str>,
+        event_type: &str,
+        reason: Option<&str>,
+    ) -> Result<Vec<Presence>, Error> {
         let now = self.now();
-        let mut tx = self.begin("starting a heartbeat").await?;
-        let rows = sqlx::query(
-            "UPDATE agent_presence SET last_heartbeat = ? WHERE agent_id = ? AND status = 'online' RETURNING *",
-        )
-        .bind(us(now))
-        .bind(agent_id)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db("recording a heartbeat"))?;
+        let mut tx = self.begin(what).await?;
+        let mut query = sqlx::query(sql).bind(time);
+        if let Some(agent_id) = agent_id {
+            query = query.bind(agent_id);
+        }
+        let rows = query.fetch_all(&mut *tx).await.map_err(db(what))?;
         let presences = rows.iter().map(presence_from_row).collect::<Result<Vec<_>, _>>()?;
-        let events: Vec<NewEvent> =
-            presences.iter().map(|p| presence_event(model::event::AGENT_HEARTBEAT, p, None)).collect();
+        let events: Vec<NewEvent> = presences.iter().map(|p| presence_event(event_type, p, reason)).collect();
         insert_events(&mut tx, now, &events).await?;
-        tx.commit().await.map_err(db("committing a heartbeat"))?;
-        Ok(!presences.is_empty())
+        tx.commit().await.map_err(db(what))?;
+        Ok(presences)
+    }
+
+    pub(crate) async fn presence_heartbeat(&self, agent_id: &str) -> Result<bool, Error> {
+        let sql = "UPDATE agent_presence SET last_heartbeat = ? WHERE agent_id = ? AND status = 'online' RETURNING *";
+        let now = us(self.now());
+        let changed = self
+            .update_presence("recording a heartbeat", sql, now, Some(agent_id), model::event::AGENT_HEARTBEAT, None)
+            .await?;
+        Ok(!changed.is_empty())
     }
 
     pub(crate) async fn presence_offline(&self, agent_id: &str, reason: &str) -> Result<(), Error> {
-        let now = self.now();
-        let mut tx = self.begin("starting a presence update").await?;
-        let rows = sqlx::query("UPDATE agent_presence SET status = 'offline', last_heartbeat = ? WHERE agent_id = ? AND status = 'online' RETURNING *")
-            .bind(us(now))
-            .bind(agent_id)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db("marking an agent offline"))?;
-        let presences = rows.iter().map(presence_from_row).collect::<Result<Vec<_>, _>>()?;
-        let events: Vec<NewEvent> =
-            presences.iter().map(|p| presence_event(model::event::AGENT_OFFLINE, p, Some(reason))).collect();
-        insert_events(&mut tx, now, &events).await?;
-        tx.commit().await.map_err(db("committing presence"))
+        let sql = "UPDATE agent_presence SET status = 'offline', last_heartbeat = ? \
+                   WHERE agent_id = ? AND status = 'online' RETURNING *";
+        let now = us(self.now());
+        self.update_presence(
+            "marking an agent offline",
+            sql,
+            now,
+            Some(agent_id),
+            model::event::AGENT_OFFLINE,
+            Some(reason),
+        )
+        .await
+        .map(drop)
     }
 
     pub(crate) async fn presence_mark_stale(&self, timeout: Duration) -> Result<Vec<String>, Error> {
-        let now = self.now();
-        let mut tx = self.begin("starting a stale sweep").await?;
-        let rows = sqlx::query(
-            "UPDATE agent_presence SET status = 'offline' WHERE status = 'online' AND last_heartbeat < ? RETURNING *",
-        )
-        .bind(us(now) - dur_us(timeout))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db("marking stale agents offline"))?;
-        let presences = rows.iter().map(presence_from_row).collect::<Result<Vec<_>, _>>()?;
-        let events: Vec<NewEvent> =
-            presences.iter().map(|p| presence_event(model::event::AGENT_OFFLINE, p, Some("stale"))).collect();
-        insert_events(&mut tx, now, &events).await?;
-        tx.commit().await.map_err(db("committing a stale sweep"))?;
-        Ok(presences.into_iter().map(|p| p.agent_id).collect())
+        let sql =
+            "UPDATE agent_presence SET status = 'offline' WHERE status = 'online' AND last_heartbeat < ? RETURNING *";
+        let cut = us(self.now()) - dur_us(timeout);
+        let stale = self
+            .update_presence("marking stale agents offline", sql, cut, None, model::event::AGENT_OFFLINE, Some("stale"))
+            .await?;
+        Ok(stale.into_iter().map(|p| p.agent_id).collect())
     }
 
     pub(crate) async fn presence(&self) -> Result<Vec<Presence>, Error> {
