@@ -131,6 +131,32 @@ pub enum McpCommand {
         #[arg(long)]
         timeout_ms: Option<u64>,
     },
+    /// Run the example MCP servers (page server, browser, figma) on loopback until stopped.
+    Examples {
+        /// Where they come from and listen.
+        #[command(flatten)]
+        args: ExamplesArgs,
+        /// Stop the example servers recorded in the data dir's PID files, then exit.
+        #[arg(long)]
+        stop: bool,
+    },
+}
+
+/// Where the example MCP servers come from and listen.
+#[derive(Debug, Clone, Args)]
+pub struct ExamplesArgs {
+    /// The project's `mcp-servers/` directory (installed by `scripts/mcp-servers install`).
+    #[arg(long, env = "COGO_MCP_SERVERS")]
+    pub mcp_servers: Option<PathBuf>,
+    /// Port of the browser toolset (WebSocket).
+    #[arg(long, default_value_t = 3004)]
+    pub browser_port: u16,
+    /// Port of the figma toolset (WebSocket).
+    #[arg(long, default_value_t = 3007)]
+    pub figma_port: u16,
+    /// Port of the page server the browser visits.
+    #[arg(long, default_value_t = 3010)]
+    pub pages_port: u16,
 }
 
 /// Options of `up` and `serve`.
@@ -148,6 +174,12 @@ pub struct ServeArgs {
     /// Handlers running at once per role (up only).
     #[arg(long, env = "COGO_CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
+    /// Do not start the example MCP servers (up only).
+    #[arg(long, env = "COGO_NO_EXAMPLES")]
+    pub no_examples: bool,
+    /// Example MCP servers (up only).
+    #[command(flatten)]
+    pub examples: ExamplesArgs,
 }
 
 /// Options of `worker`.
@@ -295,6 +327,25 @@ pub enum BenchCommand {
     Bus(BenchBusArgs),
     /// Cost of a breaker check plus a policy lookup on the hot path.
     Resilience(BenchJson),
+    /// MCP gateway overhead over a direct rmcp call, end-to-end latency through the bus, calls/s.
+    Gateway(BenchGatewayArgs),
+}
+
+/// Options of `bench gateway`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchGatewayArgs {
+    /// Backend of the end-to-end run.
+    #[arg(long, value_enum, default_value_t = BenchBackend::Sqlite)]
+    pub backend: BenchBackend,
+    /// Calls per measurement.
+    #[arg(long, default_value_t = 2000)]
+    pub calls: usize,
+    /// The project's `mcp-servers/` directory.
+    #[arg(long, env = "COGO_MCP_SERVERS")]
+    pub mcp_servers: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `bench bus`.

@@ -9,13 +9,211 @@ use anyhow::Context;
 use futures_util::future::BoxFuture;
 use serde_json::json;
 
-use crate::args::{BenchBackend, BenchBusArgs, BenchCommand, BenchJson, Global};
+use crate::args::{BenchBackend, BenchBusArgs, BenchCommand, BenchGatewayArgs, BenchJson, Global};
 
 pub async fn run(global: &Global, command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Bus(args) => bus(global, args).await,
         BenchCommand::Resilience(args) => resilience(args),
+        BenchCommand::Gateway(args) => gateway(global, args).await,
     }
+}
+
+fn print_report(report: &serde_json::Value, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(report)?)?;
+    } else {
+        writeln!(out, "{}", serde_json::to_string_pretty(report)?)?;
+    }
+    Ok(())
+}
+
+fn spread(samples: &mut [f64]) -> serde_json::Value {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    json!({ "p50": percentile(samples, 0.5), "p95": percentile(samples, 0.95), "p99": percentile(samples, 0.99) })
+}
+
+fn elapsed_ms(started: Instant) -> f64 {
+    started.elapsed().as_secs_f64() * 1000.0
+}
+
+/// `bench gateway`: server-everything behind supergateway (WebSocket) on loopback; `echo` called
+/// directly with rmcp and through the gateway, alternately; calls/s through the gateway at
+/// concurrency 1, 8 and 64 on one session; enqueue→succeeded through the bus and the gateway worker.
+async fn gateway(global: &Global, args: BenchGatewayArgs) -> anyhow::Result<()> {
+    let _metrics = crate::node::metrics_render()?;
+    let servers_dir = args
+        .mcp_servers
+        .clone()
+        .or_else(mcp::examples::default_servers_dir)
+        .context("no mcp-servers directory found: run from the COGO checkout or pass --mcp-servers DIR")?;
+    let work = tempfile::Builder::new().prefix("cogo-bench-gw-").tempdir().context("creating a scratch directory")?;
+    let launcher = mcp::examples::Launcher::new(servers_dir, work.path().join("run"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    eprintln!("bench: starting server-everything over WebSocket on 127.0.0.1:{port}");
+    let server = launcher.everything(port).await?;
+    let toolset = mcp::examples::websocket_toolset(server.port(), 30_000);
+    let timeout = Duration::from_secs(30);
+    let calls = args.calls.max(10);
+    let echo = |n: usize| json!({ "message": format!("bench {n}") });
+    // 1. overhead: direct rmcp call vs. the same call through the gateway, alternating
+    let direct = mcp::McpClient::connect("everything", &toolset, timeout).await?;
+    let policies = Arc::new(resilience::Policies::seed());
+    let breakers = Arc::new(resilience::Breakers::new(policies.clone(), None));
+    let gateway = Arc::new(mcp::Gateway::new(
+        [("everything".to_owned(), toolset.clone())].into_iter().collect(),
+        breakers,
+        work.path().join("data"),
+        "bench",
+    ));
+    let call = |n: usize| mcp::McpCall { toolset: "everything".into(), tool: "echo".into(), params: echo(n) };
+    let context = mcp::CallContext { attempt: 1, ..Default::default() };
+    for n in 0..50 {
+        direct.call("echo", echo(n), timeout).await?;
+        gateway.call_once(&call(n), &context).await?;
+    }
+    eprintln!("bench: {calls} echo calls direct and through the gateway, alternating");
+    let (mut direct_ms, mut gateway_ms) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
+    for n in 0..calls {
+        let started = Instant::now();
+        direct.call("echo", echo(n), timeout).await?;
+        direct_ms.push(elapsed_ms(started));
+        let started = Instant::now();
+        gateway.call_once(&call(n), &context).await?;
+        gateway_ms.push(elapsed_ms(started));
+    }
+    direct.close().await;
+    let direct_spread = spread(&mut direct_ms);
+    let gateway_spread = spread(&mut gateway_ms);
+    let overhead = ["p50", "p95", "p99"]
+        .iter()
+        .map(|p| {
+            let difference = gateway_spread[p].as_f64().unwrap_or(0.0) - direct_spread[p].as_f64().unwrap_or(0.0);
+            (p.to_string(), json!((difference * 1000.0).round() / 1000.0))
+        })
+        .collect::<serde_json::Map<_, _>>();
+    // 2. calls in flight on one session
+    let mut calls_per_s = serde_json::Map::new();
+    for concurrency in [1usize, 8, 64] {
+        let total = calls.max(concurrency * 10);
+        eprintln!("bench: {total} gateway calls at concurrency {concurrency}");
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let (gateway, next, context) = (gateway.clone(), next.clone(), context.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if n >= total {
+                            return Ok::<_, mcp::GatewayError>(());
+                        }
+                        let call = mcp::McpCall {
+                            toolset: "everything".into(),
+                            tool: "echo".into(),
+                            params: json!({ "message": format!("bench {n}") }),
+                        };
+                        gateway.call_once(&call, &context).await?;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.context("a bench task panicked")??;
+        }
+        calls_per_s.insert(concurrency.to_string(), json!((total as f64 / started.elapsed().as_secs_f64()).round()));
+    }
+    // 3. end to end through the bus
+    let scratch = scratch_database(global, args.backend).await?;
+    let end_to_end = gateway_end_to_end(&scratch.url, toolset, work.path().join("data"), calls.min(1000)).await;
+    if let Some((admin, database)) = &scratch.cleanup
+        && let Err(err) = store::drop_postgres_database(admin, database).await
+    {
+        tracing::warn!(error = %err, database, "could not drop the scratch database");
+    }
+    drop(server);
+    let (end_to_end_ms, end_to_end_calls) = end_to_end?;
+    let report = json!({
+        "backend": match args.backend { BenchBackend::Sqlite => "sqlite", BenchBackend::Postgres => "postgres" },
+        "transport": "websocket",
+        "tool": "everything.echo",
+        "calls": calls,
+        "overhead_ms": overhead,
+        "direct_ms": direct_spread,
+        "gateway_ms": gateway_spread,
+        "calls_per_s": calls_per_s,
+        "end_to_end_ms": end_to_end_ms,
+        "end_to_end_calls": end_to_end_calls,
+        "includes": "gateway: breaker, session, artifacts (request/response/summary written), metrics; end to end: enqueue, wake-up, claim, gateway call, completion with events",
+    });
+    print_report(&report, args.json)
+}
+
+/// Enqueues `calls` echo calls one at a time (each after the previous finished) and measures
+/// enqueue→done from the stored timestamps.
+async fn gateway_end_to_end(
+    url: &str,
+    toolset: model::config::mcp::Toolset,
+    data_dir: std::path::PathBuf,
+    calls: usize,
+) -> anyhow::Result<(serde_json::Value, usize)> {
+    let store = store::Store::open(url, store::StoreOptions::default()).await?;
+    store.migrate().await?;
+    let policies = Arc::new(resilience::Policies::seed());
+    let breakers = Arc::new(resilience::Breakers::new(policies.clone(), None));
+    let gateway = Arc::new(mcp::Gateway::new(
+        [("everything".to_owned(), toolset)].into_iter().collect(),
+        breakers,
+        data_dir,
+        "e2e",
+    ));
+    let handler = Arc::new(mcp::GatewayHandler::new(gateway, 64 * 1024));
+    let retry: worker::RetryResolver = Arc::new(move |m: &model::Message| policies.retry(&worker::policy_key(m)));
+    let mut config = worker::RuntimeConfig::new("mcp", "gateway", "bench-gateway");
+    config.poll_interval = Duration::from_millis(500);
+    let runtime = worker::Runtime::new(store.clone(), config, handler, retry);
+    let stats = runtime.stats();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(runtime.run(stopped));
+    let intent = model::Intent::new("mcp_call").context("intent")?;
+    eprintln!("bench: {calls} calls enqueued one at a time through the bus");
+    let mut ids = Vec::with_capacity(calls);
+    for n in 0..calls + 20 {
+        let payload = json!({ "toolset": "everything", "tool": "echo", "params": { "message": format!("e2e {n}") } });
+        let id = store.enqueue(model::NewMessage::new("mcp", "gateway", intent.clone(), payload)).await?.message.id;
+        let started = Instant::now();
+        while stats.succeeded.load(std::sync::atomic::Ordering::Relaxed)
+            + stats.failed.load(std::sync::atomic::Ordering::Relaxed)
+            <= n as u64
+        {
+            if started.elapsed() > Duration::from_secs(30) {
+                anyhow::bail!("call {n} did not finish within 30 s");
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        // the first 20 warm the session and the caches
+        if n >= 20 {
+            ids.push(id);
+        }
+    }
+    stop.send(true).ok();
+    task.await.ok();
+    let mut latencies = Vec::with_capacity(ids.len());
+    for id in ids {
+        let message = store.message(id).await?;
+        anyhow::ensure!(
+            message.status == model::MessageStatus::Done,
+            "call {id} ended {:?}: {:?}",
+            message.status,
+            message.last_error
+        );
+        let done = message.done_at.context("a done message has done_at")?;
+        latencies.push((done - message.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+    }
+    store.close().await;
+    let count = latencies.len();
+    Ok((spread(&mut latencies), count))
 }
 
 /// CPU time (µs) used so far by local processes whose name starts with `prefix`, from /proc; `None`

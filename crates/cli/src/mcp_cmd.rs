@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::ExitWith;
-use crate::args::{Global, McpCommand};
+use crate::args::{ExamplesArgs, Global, McpCommand};
 use crate::settings::load_configs_or_exit;
 
 fn toolset<'a>(configs: &'a crate::settings::Configs, name: &str) -> anyhow::Result<&'a model::config::mcp::Toolset> {
@@ -16,10 +16,38 @@ fn toolset<'a>(configs: &'a crate::settings::Configs, name: &str) -> anyhow::Res
     })
 }
 
+/// The example servers' launcher: `--mcp-servers`, else `mcp-servers/` found from the current
+/// directory; PID and log files under `<data dir>/run/mcp`.
+pub fn examples_launcher(global: &Global, args: &ExamplesArgs) -> anyhow::Result<mcp::examples::Launcher> {
+    let dir = args.mcp_servers.clone().or_else(mcp::examples::default_servers_dir).ok_or_else(|| {
+        ExitWith(
+            2,
+            "error: no mcp-servers directory found: run from the COGO checkout or pass --mcp-servers DIR".to_owned(),
+        )
+    })?;
+    Ok(mcp::examples::Launcher::new(dir, global.data_dir.join("run").join("mcp")))
+}
+
+/// The ports asked for.
+pub fn example_ports(args: &ExamplesArgs) -> mcp::examples::ExamplePorts {
+    mcp::examples::ExamplePorts { browser: args.browser_port, figma: args.figma_port, pages: args.pages_port }
+}
+
+/// One line per example server, for banners.
+pub fn describe_examples(servers: &mcp::examples::ExampleServers) -> String {
+    let toolsets: Vec<String> =
+        servers.toolsets.iter().map(|(name, t)| format!("{name} {}", t.url.as_deref().unwrap_or_default())).collect();
+    format!("{}  pages {}", toolsets.join("  "), servers.pages_url)
+}
+
 pub async fn run(global: &Global, command: McpCommand) -> anyhow::Result<()> {
+    if let McpCommand::Examples { args, stop } = &command {
+        return examples(global, args, *stop).await;
+    }
     let configs = load_configs_or_exit(&global.config_dir)?;
     let mut out = std::io::stdout().lock();
     match command {
+        McpCommand::Examples { .. } => {}
         McpCommand::Ping { toolset: only, timeout_ms, json } => {
             if let Some(name) = &only {
                 toolset(&configs, name)?;
@@ -76,15 +104,15 @@ pub async fn run(global: &Global, command: McpCommand) -> anyhow::Result<()> {
             let client = mcp::McpClient::connect(&name, config, timeout).await?;
             let tools = client.tools(timeout).await;
             client.close().await;
-            for tool in tools? {
+            for tool in tools?.iter() {
                 if json {
-                    writeln!(out, "{}", serde_json::to_string(&tool)?)?;
+                    writeln!(out, "{}", serde_json::to_string(tool)?)?;
                 } else {
                     writeln!(
                         out,
                         "{:<32} {}",
                         tool.name,
-                        tool.description.unwrap_or_default().lines().next().unwrap_or_default()
+                        tool.description.as_deref().unwrap_or_default().lines().next().unwrap_or_default()
                     )?;
                 }
             }
@@ -108,5 +136,27 @@ pub async fn run(global: &Global, command: McpCommand) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+async fn examples(global: &Global, args: &ExamplesArgs, stop: bool) -> anyhow::Result<()> {
+    let launcher = examples_launcher(global, args)?;
+    if stop {
+        let stopped = launcher.stop_recorded();
+        let names = if stopped.is_empty() { "none were running".to_owned() } else { stopped.join(", ") };
+        writeln!(std::io::stdout(), "stopped example MCP servers: {names}")?;
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let servers = launcher.start_all(example_ports(args)).await.map_err(|e| ExitWith(1, format!("error: {e}")))?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "example MCP servers ready in {} ms", started.elapsed().as_millis())?;
+        writeln!(out, "  {}", describe_examples(&servers))?;
+        writeln!(out, "Press Ctrl-C to stop.")?;
+        out.flush()?;
+    }
+    crate::node::wait_for_signal().await;
+    drop(servers);
     Ok(())
 }

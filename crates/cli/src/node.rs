@@ -163,7 +163,8 @@ async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     })
 }
 
-async fn wait_for_signal() {
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -198,6 +199,8 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
     let metrics = metrics_render()?;
     let configs = load_configs_or_exit(&global.config_dir)?;
     let listener = bind(args.listen).await?;
+    let examples =
+        if mode == "embedded" && !args.no_examples { Some(start_examples(global, &args).await) } else { None };
     let address = listener.local_addr().context("reading the bound address")?;
     let node = start_node(global, "cogo", &roles, args.concurrency, &[]).await?;
     let state = server::AppState {
@@ -236,6 +239,11 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
                 roles.iter().map(|r| r.name).collect::<Vec<_>>().join(",")
             }
         )?;
+        match &examples {
+            Some(Ok(servers)) => writeln!(out, "  MCP        {}", crate::mcp_cmd::describe_examples(servers))?,
+            Some(Err(why)) => writeln!(out, "  MCP        example servers not started: {why}")?,
+            None => {}
+        }
         writeln!(out, "  security   {token_note}")?;
         writeln!(out, "  policies   {} (reloaded on change)", global.config_dir.display())?;
         writeln!(out, "Press Ctrl-C to stop.")?;
@@ -244,7 +252,24 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
     let _policies = node.policies.clone();
     axum::serve(listener, app).with_graceful_shutdown(wait_for_signal()).await.context("serving HTTP")?;
     stop(node).await;
+    drop(examples);
     Ok(())
+}
+
+/// Starts the example MCP servers for `cogo up`; a failure is reported, not fatal.
+async fn start_examples(global: &Global, args: &ServeArgs) -> Result<mcp::examples::ExampleServers, String> {
+    let launcher = crate::mcp_cmd::examples_launcher(global, &args.examples).map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    match launcher.start_all(crate::mcp_cmd::example_ports(&args.examples)).await {
+        Ok(servers) => {
+            tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "example MCP servers ready");
+            Ok(servers)
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "example MCP servers not started");
+            Err(err.to_string())
+        }
+    }
 }
 
 /// The embedded admin token: `--admin-token`, else the one kept in the data dir (created on first

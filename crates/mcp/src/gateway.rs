@@ -2,14 +2,15 @@
 //! metrics, and comes back with a result or an error kind. `GatewayHandler` runs it for
 //! `mcp_call` messages claimed from the bus (`service=mcp, role=gateway`); the bus does the retries.
 //!
-//! Invariants: one long-lived session per toolset, replaced after a transport failure; every call
-//! leaves `request.json`, `summary.json` and `response.json` or `error.json` under
-//! `artifacts/mcp/<toolset>/<ts>/`, with secrets redacted.
+//! Invariants: one long-lived session per toolset, shared by concurrent calls, dropped after a
+//! transport failure and reopened with backoff; every call leaves `request.json`, `summary.json`
+//! and `response.json` or `error.json` under `artifacts/mcp/<toolset>/<ts>/`, with secrets
+//! redacted and images kept as files beside the JSON.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,8 @@ pub struct GatewayAnswer {
     pub latency_ms: f64,
     /// Artifact directory, relative to the data dir.
     pub artifact_dir: String,
+    /// Image files written beside the JSON (names inside `artifact_dir`).
+    pub images: Vec<String>,
 }
 
 /// A call that did not produce an answer.
@@ -86,8 +89,7 @@ impl GatewayError {
 
 /// The MCP gateway of one process.
 pub struct Gateway {
-    toolsets: BTreeMap<String, Toolset>,
-    sessions: Mutex<HashMap<String, Arc<McpClient>>>,
+    toolsets: BTreeMap<String, Arc<Session>>,
     breakers: Arc<resilience::Breakers>,
     data_dir: PathBuf,
     stamps: TsAllocator,
@@ -97,6 +99,111 @@ impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway").field("toolsets", &self.toolsets.keys().collect::<Vec<_>>()).finish()
     }
+}
+
+/// First wait after a failed connect; doubles per failure up to [`RECONNECT_MAX`].
+const RECONNECT_BASE: Duration = Duration::from_millis(100);
+/// Longest wait between connect attempts.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// The long-lived session with one toolset: opened on first use, reopened with backoff after it
+/// drops. Calls share it concurrently; one connect runs at a time.
+struct Session {
+    name: String,
+    config: Toolset,
+    client: Mutex<Option<Arc<McpClient>>>,
+    reconnect: std::sync::Mutex<Reconnect>,
+}
+
+#[derive(Debug, Default)]
+struct Reconnect {
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<String>,
+    connects: u64,
+}
+
+impl Session {
+    /// The open session, connecting (or reconnecting, after the backoff) when there is none.
+    async fn client(&self) -> Result<Arc<McpClient>, Error> {
+        let mut slot = self.client.lock().await;
+        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(client.clone());
+        }
+        if slot.take().is_some() {
+            tracing::warn!(toolset = %self.name, "the MCP session dropped; reconnecting");
+        }
+        let waiting = self.lock_reconnect().retry_at.and_then(|at| at.checked_duration_since(Instant::now()));
+        if let Some(wait) = waiting {
+            let state = self.lock_reconnect();
+            return Err(Error::Reconnecting {
+                toolset: self.name.clone(),
+                in_ms: wait.as_millis() as u64,
+                failures: state.failures,
+                last: state.last_error.clone().unwrap_or_default(),
+            });
+        }
+        match McpClient::connect(&self.name, &self.config, Duration::from_millis(self.config.timeout_ms)).await {
+            Ok(client) => {
+                let client = Arc::new(client);
+                let mut state = self.lock_reconnect();
+                if state.connects > 0 {
+                    tracing::info!(toolset = %self.name, after_failures = state.failures, "MCP session reopened");
+                }
+                *state = Reconnect { connects: state.connects + 1, ..Reconnect::default() };
+                *slot = Some(client.clone());
+                Ok(client)
+            }
+            Err(err) => {
+                let mut state = self.lock_reconnect();
+                state.failures += 1;
+                let delay = reconnect_delay(state.failures, rand::random::<f64>());
+                state.retry_at = Some(Instant::now() + delay);
+                state.last_error = Some(err.to_string());
+                tracing::warn!(toolset = %self.name, failures = state.failures, retry_in_ms = delay.as_millis() as u64, error = %err, "MCP connect failed");
+                Err(err)
+            }
+        }
+    }
+
+    fn lock_reconnect(&self) -> std::sync::MutexGuard<'_, Reconnect> {
+        self.reconnect.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Drops the session after a transport failure, unless another call already replaced it.
+    async fn forget(&self, broken: &Arc<McpClient>) {
+        let mut slot = self.client.lock().await;
+        if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, broken)) {
+            tracing::warn!(toolset = %self.name, "dropping the MCP session after a transport failure; the next call reconnects");
+            *slot = None;
+        }
+    }
+}
+
+/// Backoff before connect attempt `failures + 1`: doubling from 100 ms, at most 5 s, equal jitter.
+fn reconnect_delay(failures: u32, random: f64) -> Duration {
+    let raw = RECONNECT_BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(10)).min(RECONNECT_MAX);
+    raw / 2 + raw.mul_f64(random.clamp(0.0, 1.0) / 2.0)
+}
+
+/// One toolset's answer to a health ping.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolsetHealth {
+    /// Toolset name.
+    pub toolset: String,
+    /// `websocket`, `stdio` or `http`.
+    pub transport: &'static str,
+    /// The ping was answered in time.
+    pub ok: bool,
+    /// Round-trip time of the ping (connect included when the session was not open).
+    pub latency_ms: f64,
+    /// Why not, when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The error's kind, when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<&'static str>,
 }
 
 /// Keys whose values are replaced by `***` in artifacts.
@@ -131,34 +238,117 @@ impl Gateway {
         data_dir: PathBuf,
         instance: &str,
     ) -> Self {
-        let toolsets = toolsets.into_iter().filter(|(_, t)| t.enabled).collect();
-        Self { toolsets, sessions: Mutex::default(), breakers, data_dir, stamps: TsAllocator::new(instance) }
+        let toolsets = toolsets
+            .into_iter()
+            .filter(|(_, t)| t.enabled)
+            .map(|(name, config)| {
+                let session = Session {
+                    name: name.clone(),
+                    config,
+                    client: Mutex::default(),
+                    reconnect: std::sync::Mutex::default(),
+                };
+                (name, Arc::new(session))
+            })
+            .collect();
+        Self { toolsets, breakers, data_dir, stamps: TsAllocator::new(instance) }
     }
 
-    async fn session(&self, name: &str, config: &Toolset) -> Result<Arc<McpClient>, Error> {
-        let mut sessions = self.sessions.lock().await;
-        if let Some(client) = sessions.get(name).filter(|c| !c.is_closed()) {
-            return Ok(client.clone());
+    /// Names of the enabled toolsets.
+    pub fn toolsets(&self) -> impl Iterator<Item = &str> {
+        self.toolsets.keys().map(String::as_str)
+    }
+
+    fn session(&self, toolset: &str) -> Result<&Arc<Session>, GatewayError> {
+        self.toolsets.get(toolset).ok_or_else(|| GatewayError::UnknownToolset(toolset.to_owned()))
+    }
+
+    /// The tools of `toolset` (cached per session until the server announces a change).
+    pub async fn tools(&self, toolset: &str) -> Result<Arc<Vec<crate::ToolInfo>>, GatewayError> {
+        let session = self.session(toolset)?;
+        let client = session.client().await?;
+        Ok(client.tools(Duration::from_millis(session.config.timeout_ms)).await?)
+    }
+
+    /// How many times `toolset`'s session has been opened (1 until it drops and reconnects).
+    pub fn connects(&self, toolset: &str) -> u64 {
+        self.toolsets.get(toolset).map_or(0, |s| s.lock_reconnect().connects)
+    }
+
+    /// Pings every toolset in parallel (connecting where needed), each within `timeout`.
+    pub async fn health(&self, timeout: Duration) -> Vec<ToolsetHealth> {
+        let pings = self.toolsets.values().map(|session| async move {
+            let started = Instant::now();
+            let transport = session.config.transport().map_or("none", |t| t.name());
+            let answer = tokio::time::timeout(timeout, async {
+                let client = session.client().await?;
+                let result = client.ping(timeout).await;
+                if let Err(err) = &result
+                    && err.kind() == ErrorKind::Transport
+                {
+                    session.forget(&client).await;
+                }
+                result
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    toolset: session.name.clone(),
+                    what: "ping".into(),
+                    after_ms: timeout.as_millis() as u64,
+                })
+            });
+            let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let (error, error_kind) = match &answer {
+                Ok(_) => (None, None),
+                Err(err) => (Some(err.to_string()), Some(err.kind().as_str())),
+            };
+            ToolsetHealth {
+                toolset: session.name.clone(),
+                transport,
+                ok: answer.is_ok(),
+                latency_ms,
+                error,
+                error_kind,
+            }
+        });
+        futures_util::future::join_all(pings).await
+    }
+
+    /// A whole call for a caller that waits (the HTTP API, the CLI): attempts under the retry
+    /// policy of `mcp.call.<toolset>.<tool>`, each through [`Gateway::call_once`].
+    pub async fn call(
+        &self,
+        policies: &resilience::Policies,
+        call: &McpCall,
+        context: &CallContext,
+    ) -> Result<GatewayAnswer, GatewayError> {
+        let policy = policies.retry(&model::policy::mcp_call_key(&call.toolset, &call.tool));
+        let started = Instant::now();
+        let mut attempt = context.attempt.max(1);
+        loop {
+            let context = CallContext { attempt, ..context.clone() };
+            let outcome = self.call_once(call, &context).await;
+            let kind = match &outcome {
+                Ok(answer) if answer.is_error => ErrorKind::ToolError,
+                Ok(_) => return outcome,
+                Err(err) => err.kind(),
+            };
+            // a tool error is an answer too: retried only when the policy lists `tool_error`
+            match policy.decide(kind, attempt, started.elapsed(), rand::random::<f64>()) {
+                model::retry::RetryDecision::RetryAfter(delay) => {
+                    tracing::debug!(toolset = %call.toolset, tool = %call.tool, attempt, kind = %kind, delay_ms = delay.as_millis() as u64, "retrying the MCP call");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                model::retry::RetryDecision::GiveUp(_) => return outcome,
+            }
         }
-        let client = Arc::new(McpClient::connect(name, config, Duration::from_millis(config.timeout_ms)).await?);
-        sessions.insert(name.to_owned(), client.clone());
-        Ok(client)
     }
 
-    async fn forget(&self, name: &str) {
-        if let Some(client) = self.sessions.lock().await.remove(name) {
-            tracing::warn!(
-                toolset = name,
-                "dropping the MCP session after a transport failure; the next call reconnects"
-            );
-            drop(client);
-        }
-    }
-
-    /// One attempt: breaker → call → artifacts → metrics.
+    /// One attempt: breaker → call on the toolset's session → artifacts → metrics.
     pub async fn call_once(&self, call: &McpCall, context: &CallContext) -> Result<GatewayAnswer, GatewayError> {
-        let config =
-            self.toolsets.get(&call.toolset).ok_or_else(|| GatewayError::UnknownToolset(call.toolset.clone()))?;
+        let session = self.session(&call.toolset)?;
         let breaker_key = model::policy::mcp_breaker_key(&call.toolset, &call.tool, 0);
         let labels = [("toolset", call.toolset.clone()), ("tool", call.tool.clone())];
         let stamp = self.stamps.next(chrono::Utc::now());
@@ -168,12 +358,13 @@ impl Gateway {
         let request = json!({ "toolset": call.toolset, "tool": call.tool, "params": redact(&call.params), "trace_id": context.trace_id, "message_id": context.message_id, "attempt": context.attempt });
         write_json(&dir, mcp_files::REQUEST, &request).await;
         metrics::counter!(model::metrics::MCP_CALLS_TOTAL, &labels).increment(1);
+        let started = Instant::now();
         let outcome = async {
             let permit = self.breakers.acquire(&breaker_key)?;
-            let timeout = Duration::from_millis(config.timeout_ms_for(&call.tool));
-            let result = match self.session(&call.toolset, config).await {
-                Ok(client) => client.call(&call.tool, call.params.clone(), timeout).await,
-                Err(err) => Err(err),
+            let timeout = Duration::from_millis(session.config.timeout_ms_for(&call.tool));
+            let (result, client) = match session.client().await {
+                Ok(client) => (client.call(&call.tool, call.params.clone(), timeout).await, Some(client)),
+                Err(err) => (Err(err), None),
             };
             let breaker_outcome = match &result {
                 Ok(answer) if answer.is_error => model::breaker::Outcome::Failure(ErrorKind::ToolError),
@@ -181,45 +372,98 @@ impl Gateway {
                 Err(err) => model::breaker::Outcome::Failure(err.kind()),
             };
             self.breakers.record(&breaker_key, permit, breaker_outcome);
-            if let Err(err) = &result
+            if let (Err(err), Some(client)) = (&result, &client)
                 && err.kind() == ErrorKind::Transport
             {
-                self.forget(&call.toolset).await;
+                session.forget(client).await;
             }
             Ok::<_, GatewayError>(result?)
         }
         .await;
-        let (status, latency_ms, kind) = match &outcome {
-            Ok(answer) => {
-                ("ok", answer.latency.as_secs_f64() * 1000.0, answer.is_error.then_some(ErrorKind::ToolError))
-            }
-            Err(err) => ("error", 0.0, Some(err.kind())),
+        let (latency_ms, kind) = match &outcome {
+            Ok(answer) => (answer.latency.as_secs_f64() * 1000.0, answer.is_error.then_some(ErrorKind::ToolError)),
+            Err(err) => (started.elapsed().as_secs_f64() * 1000.0, Some(err.kind())),
         };
         metrics::histogram!(model::metrics::MCP_LATENCY_MS, &labels).record(latency_ms);
         if let Some(kind) = kind {
             metrics::counter!(model::metrics::MCP_FAIL_TOTAL, "toolset" => call.toolset.clone(), "tool" => call.tool.clone(), "kind" => kind.as_str()).increment(1);
         }
-        let summary = json!({
+        let mut summary = json!({
             "trace_id": context.trace_id, "message_id": context.message_id, "toolset": call.toolset, "tool": call.tool,
-            "status": if kind.is_some() { "failed" } else { status }, "error_kind": kind.map(ErrorKind::as_str),
+            "status": if kind.is_some() { "failed" } else { "ok" }, "error_kind": kind.map(ErrorKind::as_str),
             "latency_ms": latency_ms, "attempt": context.attempt, "breaker_key": breaker_key,
         });
-        write_json(&dir, mcp_files::SUMMARY, &summary).await;
         match outcome {
             Ok(answer) => {
-                write_json(&dir, mcp_files::RESPONSE, &answer.result).await;
+                let (result, images) = keep_images_as_files(&dir, answer.result).await;
+                summary["images"] = json!(images);
+                write_json(&dir, mcp_files::SUMMARY, &summary).await;
+                write_json(&dir, mcp_files::RESPONSE, &result).await;
                 if answer.is_error {
-                    write_json(&dir, mcp_files::ERROR, &json!({ "kind": "tool_error", "result": answer.result })).await;
+                    write_json(&dir, mcp_files::ERROR, &json!({ "kind": "tool_error", "result": result })).await;
                 }
-                Ok(GatewayAnswer { result: answer.result, is_error: answer.is_error, latency_ms, artifact_dir })
+                Ok(GatewayAnswer { result, is_error: answer.is_error, latency_ms, artifact_dir, images })
             }
             Err(err) => {
+                write_json(&dir, mcp_files::SUMMARY, &summary).await;
                 write_json(&dir, mcp_files::ERROR, &json!({ "kind": err.kind().as_str(), "error": err.to_string() }))
                     .await;
                 Err(err)
             }
         }
     }
+}
+
+/// Largest image kept from one answer (decoded bytes); larger ones are dropped with a note.
+const MAX_IMAGE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Moves the base64 images of an answer (`content[].type == "image"`) into files beside the JSON
+/// (`image-<n>.<ext>`), leaving `{"type": "image", "mimeType", "file", "bytes"}` in their place.
+async fn keep_images_as_files(dir: &std::path::Path, mut result: Value) -> (Value, Vec<String>) {
+    use base64::Engine as _;
+    let mut files = Vec::new();
+    let Some(content) = result.get_mut("content").and_then(Value::as_array_mut) else {
+        return (result, files);
+    };
+    for item in content.iter_mut() {
+        if item.get("type").and_then(Value::as_str) != Some("image") {
+            continue;
+        }
+        let Some(data) = item.get("data").and_then(Value::as_str) else { continue };
+        let mime = item.get("mimeType").and_then(Value::as_str).unwrap_or("application/octet-stream").to_owned();
+        let ext = match mime.as_str() {
+            "image/png" => "png",
+            "image/jpeg" => "jpg",
+            "image/gif" => "gif",
+            "image/webp" => "webp",
+            "image/svg+xml" => "svg",
+            _ => "bin",
+        };
+        let bytes = match base64::engine::general_purpose::STANDARD.decode(data) {
+            Ok(bytes) if bytes.len() <= MAX_IMAGE_BYTES => bytes,
+            Ok(bytes) => {
+                *item = json!({ "type": "image", "mimeType": mime, "dropped": format!("{} bytes is over the {MAX_IMAGE_BYTES}-byte limit", bytes.len()) });
+                continue;
+            }
+            Err(err) => {
+                *item = json!({ "type": "image", "mimeType": mime, "dropped": format!("not base64: {err}") });
+                continue;
+            }
+        };
+        let name = format!("image-{}.{ext}", files.len());
+        let written = async {
+            tokio::fs::create_dir_all(dir).await?;
+            tokio::fs::write(dir.join(&name), &bytes).await
+        };
+        match written.await {
+            Ok(()) => {
+                *item = json!({ "type": "image", "mimeType": mime, "file": name, "bytes": bytes.len() });
+                files.push(name);
+            }
+            Err(err) => tracing::warn!(dir = %dir.display(), error = %err, "could not write an MCP image artifact"),
+        }
+    }
+    (result, files)
 }
 
 async fn write_json(dir: &std::path::Path, name: &str, value: &Value) {
@@ -277,7 +521,7 @@ impl worker::Handler for GatewayHandler {
                 )),
                 Ok(answer) => {
                     let inline = model::message::payload_size(&answer.result) <= max_inline;
-                    let result = json!({ "ok": true, "latency_ms": answer.latency_ms, "artifacts": answer.artifact_dir, "result": if inline { answer.result } else { Value::Null } });
+                    let result = json!({ "ok": true, "latency_ms": answer.latency_ms, "artifacts": answer.artifact_dir, "images": answer.images, "result": if inline { answer.result } else { Value::Null } });
                     let result_url = (!inline).then(|| format!("{}/{}", answer.artifact_dir, mcp_files::RESPONSE));
                     Ok(worker::HandlerOutput { result: Some(result), result_url })
                 }

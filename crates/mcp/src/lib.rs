@@ -4,11 +4,14 @@
 //! Invariant: every failure maps to an `ErrorKind` (transport, timeout, protocol, tool error) so the
 //! resilience layer decides retry and breaker accounting by type, never by message text.
 
+pub mod examples;
 mod gateway;
 mod websocket;
 
-pub use gateway::{CallContext, Gateway, GatewayAnswer, GatewayError, GatewayHandler, McpCall, redact};
+pub use gateway::{CallContext, Gateway, GatewayAnswer, GatewayError, GatewayHandler, McpCall, ToolsetHealth, redact};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use rmcp::ServiceExt;
@@ -60,6 +63,20 @@ pub enum Error {
         /// What the service said.
         detail: String,
     },
+    /// The session dropped and the next connect attempt waits for its backoff.
+    #[error(
+        "MCP toolset {toolset} is unreachable; reconnecting in {in_ms} ms after {failures} failed attempt(s): {last}"
+    )]
+    Reconnecting {
+        /// Toolset name.
+        toolset: String,
+        /// Milliseconds until the next connect attempt.
+        in_ms: u64,
+        /// Connect attempts failed in a row.
+        failures: u32,
+        /// The last connect error.
+        last: String,
+    },
     /// Tool arguments must be a JSON object.
     #[error("arguments of tool {tool} must be a JSON object, got {got}")]
     BadArguments {
@@ -74,7 +91,7 @@ impl Error {
     /// How this failure counts for retry and breakers.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Connect { .. } => ErrorKind::Transport,
+            Self::Connect { .. } | Self::Reconnecting { .. } => ErrorKind::Transport,
             Self::NoTransport { .. } | Self::BadArguments { .. } => ErrorKind::InvalidInput,
             Self::Timeout { .. } => ErrorKind::Timeout,
             Self::Request { kind, .. } => *kind,
@@ -104,11 +121,37 @@ pub struct CallOutcome {
     pub latency: Duration,
 }
 
+/// What the client keeps about its server between requests: the `tools/list` answer until the
+/// server says `notifications/tools/list_changed`.
+#[derive(Debug, Default)]
+struct Watch {
+    tools: RwLock<Option<Arc<Vec<ToolInfo>>>>,
+    list_changes: AtomicU64,
+}
+
+/// The client side of the session: answers the server's notifications.
+#[derive(Debug, Clone, Default)]
+struct Handler(Arc<Watch>);
+
+impl rmcp::ClientHandler for Handler {
+    fn on_tool_list_changed(
+        &self,
+        _context: rmcp::service::NotificationContext<RoleClient>,
+    ) -> impl Future<Output = ()> + Send + '_ {
+        self.0.list_changes.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut tools) = self.0.tools.write() {
+            *tools = None;
+        }
+        std::future::ready(())
+    }
+}
+
 /// One session with one toolset.
 pub struct McpClient {
     toolset: String,
     transport: &'static str,
-    service: RunningService<RoleClient, ()>,
+    service: RunningService<RoleClient, Handler>,
+    watch: Arc<Watch>,
 }
 
 impl std::fmt::Debug for McpClient {
@@ -134,6 +177,8 @@ impl McpClient {
         let transport = config.transport().ok_or_else(|| Error::NoTransport { toolset: toolset.to_owned() })?;
         let name = transport.name();
         let connect_error = |detail: String| Error::Connect { toolset: toolset.to_owned(), transport: name, detail };
+        let handler = Handler::default();
+        let watch = handler.0.clone();
         let connecting = async {
             match transport {
                 Transport::Stdio { command, args } => {
@@ -141,16 +186,16 @@ impl McpClient {
                     cmd.args(&args).envs(&config.env).stderr(std::process::Stdio::null()).kill_on_drop(true);
                     let child = rmcp::transport::TokioChildProcess::new(cmd)
                         .map_err(|e| connect_error(format!("starting {command:?}: {e}")))?;
-                    ().serve(child).await.map_err(|e| connect_error(e.to_string()))
+                    handler.serve(child).await.map_err(|e| connect_error(e.to_string()))
                 }
                 Transport::Http(url) => {
                     let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(url.as_str());
-                    ().serve(transport).await.map_err(|e| connect_error(e.to_string()))
+                    handler.serve(transport).await.map_err(|e| connect_error(e.to_string()))
                 }
                 Transport::WebSocket(url) => {
                     let (sink, stream) =
                         websocket::connect(&url, &config.headers).await.map_err(|e| connect_error(e.to_string()))?;
-                    ().serve((sink, stream)).await.map_err(|e| connect_error(e.to_string()))
+                    handler.serve((sink, stream)).await.map_err(|e| connect_error(e.to_string()))
                 }
             }
         };
@@ -160,7 +205,7 @@ impl McpClient {
             after_ms: timeout.as_millis() as u64,
         })??;
         tracing::debug!(toolset, transport = name, "MCP session open");
-        Ok(Self { toolset: toolset.to_owned(), transport: name, service })
+        Ok(Self { toolset: toolset.to_owned(), transport: name, service, watch })
     }
 
     /// The toolset name.
@@ -178,8 +223,30 @@ impl McpClient {
         self.service.is_closed()
     }
 
-    /// Every tool of the server (all pages of `tools/list`).
-    pub async fn tools(&self, timeout: Duration) -> Result<Vec<ToolInfo>, Error> {
+    /// How many `notifications/tools/list_changed` the server has sent on this session.
+    pub fn tool_list_changes(&self) -> u64 {
+        self.watch.list_changes.load(Ordering::Relaxed)
+    }
+
+    /// Every tool of the server, from the cache kept until the server announces a change
+    /// (`notifications/tools/list_changed`); fetched with `tools/list` when there is none.
+    pub async fn tools(&self, timeout: Duration) -> Result<Arc<Vec<ToolInfo>>, Error> {
+        if let Some(tools) = self.watch.tools.read().ok().and_then(|t| t.clone()) {
+            return Ok(tools);
+        }
+        let changes = self.tool_list_changes();
+        let tools = Arc::new(self.list_tools(timeout).await?);
+        // a change announced while listing makes this answer stale: keep it out of the cache
+        if self.tool_list_changes() == changes
+            && let Ok(mut cache) = self.watch.tools.write()
+        {
+            *cache = Some(tools.clone());
+        }
+        Ok(tools)
+    }
+
+    /// Every tool of the server (all pages of `tools/list`), asked now.
+    pub async fn list_tools(&self, timeout: Duration) -> Result<Vec<ToolInfo>, Error> {
         let listing =
             tokio::time::timeout(timeout, self.service.list_all_tools()).await.map_err(|_| Error::Timeout {
                 toolset: self.toolset.clone(),

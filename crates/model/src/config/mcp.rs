@@ -120,7 +120,22 @@ impl Toolset {
         }
     }
 
-    /// The time limit of one call of `tool`.
+    /// A toolset reached at `url` (`ws://…`, `http://…`) with a call time limit.
+    pub fn at_url(url: impl Into<String>, timeout_ms: u64) -> Self {
+        Self {
+            url: Some(url.into()),
+            command: None,
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            headers: BTreeMap::new(),
+            timeout_ms,
+            channel: None,
+            tools: BTreeMap::new(),
+            enabled: true,
+        }
+    }
+
+    /// The time limit of one call of `tool`, in ms.
     pub fn timeout_ms_for(&self, tool: &str) -> u64 {
         self.tools.get(tool).and_then(|settings| settings.timeout_ms).unwrap_or(self.timeout_ms)
     }
