@@ -22,10 +22,7 @@ struct Role {
 
 /// What role handlers are built from.
 struct RoleContext {
-    configs: crate::settings::Configs,
-    breakers: Arc<resilience::Breakers>,
-    data_dir: std::path::PathBuf,
-    agent_id: String,
+    gateway: Arc<mcp::Gateway>,
 }
 
 /// Every role available in this build.
@@ -36,14 +33,7 @@ const ROLES: &[Role] = &[
         service: "mcp",
         role: "gateway",
         handler: |ctx| {
-            let instance = ctx.agent_id.rsplit('-').next().unwrap_or("0");
-            let gateway = mcp::Gateway::new(
-                ctx.configs.mcp.toolsets.clone(),
-                ctx.breakers.clone(),
-                ctx.data_dir.clone(),
-                instance,
-            );
-            Arc::new(mcp::GatewayHandler::new(Arc::new(gateway), model::message::DEFAULT_MAX_RESULT_BYTES / 2))
+            Arc::new(mcp::GatewayHandler::new(ctx.gateway.clone(), model::message::DEFAULT_MAX_RESULT_BYTES / 2))
         },
     },
 ];
@@ -77,9 +67,13 @@ fn host_name() -> String {
 struct Node {
     store: store::Store,
     policies: Arc<resilience::Policies>,
+    /// The process's MCP gateway: one session per toolset, shared by the gateway role and the API.
+    gateway: Arc<mcp::Gateway>,
     agent_id: String,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Records circuit transitions; ends once the gateway (holding the breakers) is gone.
+    recorder: JoinHandle<()>,
     _watcher: Option<notify_guard::Guard>,
 }
 
@@ -130,13 +124,12 @@ async fn start_node(
     };
     let mut tasks = Vec::new();
     let (transitions, transitions_rx) = tokio::sync::mpsc::unbounded_channel();
-    tasks.push(tokio::spawn(resilience::record_transitions(store.clone(), agent_id.clone(), transitions_rx)));
-    let role_context = RoleContext {
-        configs: configs.clone(),
-        breakers: Arc::new(resilience::Breakers::new(policies.clone(), Some(transitions))),
-        data_dir: global.data_dir.clone(),
-        agent_id: agent_id.clone(),
-    };
+    let recorder = tokio::spawn(resilience::record_transitions(store.clone(), agent_id.clone(), transitions_rx));
+    let breakers = Arc::new(resilience::Breakers::new(policies.clone(), Some(transitions)));
+    let instance = agent_id.rsplit('-').next().unwrap_or("0");
+    let gateway =
+        Arc::new(mcp::Gateway::new(configs.mcp.toolsets.clone(), breakers, global.data_dir.clone(), instance));
+    let role_context = RoleContext { gateway: gateway.clone() };
     let maintenance =
         worker::Maintenance::new(store.clone(), worker::MaintenanceConfig::default(), presence, retry.clone());
     tasks.push(tokio::spawn(maintenance.run(shutdown_rx.clone())));
@@ -147,9 +140,9 @@ async fn start_node(
         let runtime = worker::Runtime::new(store.clone(), config, (role.handler)(&role_context), retry.clone());
         tasks.push(tokio::spawn(runtime.run(shutdown_rx.clone())));
     }
-    // the breakers (and with them the transition channel) close when the role context goes
+    // the breakers (and with them the transition channel) close when the gateway goes
     drop(role_context);
-    Ok(Node { store, policies, agent_id, shutdown, tasks, _watcher: watcher })
+    Ok(Node { store, policies, gateway, agent_id, shutdown, tasks, recorder, _watcher: watcher })
 }
 
 async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
@@ -187,11 +180,17 @@ pub async fn wait_for_signal() {
 
 async fn stop(node: Node) {
     tracing::info!("stopping: no new work is claimed; in-flight work finishes or is released");
-    let _ = node.shutdown.send(true);
-    for task in node.tasks {
+    let Node { store, gateway, shutdown, tasks, recorder, .. } = node;
+    let _ = shutdown.send(true);
+    for task in tasks {
         let _ = task.await;
     }
-    node.store.close().await;
+    // the last transitions are recorded once the breakers (owned by the gateway) are dropped
+    drop(gateway);
+    if tokio::time::timeout(std::time::Duration::from_secs(5), recorder).await.is_err() {
+        tracing::warn!("circuit transitions still pending at shutdown were not recorded");
+    }
+    store.close().await;
     tracing::info!("stopped");
 }
 
@@ -210,6 +209,12 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
         api_tokens: Arc::new(args.api_tokens.into_iter().filter(|t| !t.is_empty()).collect()),
         metrics,
         agent_id: Arc::from(node.agent_id.as_str()),
+        mcp: Some(Arc::new(server::McpApi {
+            gateway: node.gateway.clone(),
+            policies: node.policies.clone(),
+            config: configs.mcp.clone(),
+            data_dir: global.data_dir.clone(),
+        })),
     };
     let token_note = if state.admin_token.is_some() {
         "admin token set"

@@ -62,6 +62,23 @@ pub struct GatewayAnswer {
     pub images: Vec<String>,
 }
 
+/// One attempt's outcome and the fields of its `mcp_call_succeeded|failed` event
+/// (`toolset`, `tool`, `attempt`, `latency_ms`, `artifacts`, `error_kind` when it failed).
+#[derive(Debug)]
+pub struct Attempt {
+    /// The answer or the failure.
+    pub outcome: Result<GatewayAnswer, GatewayError>,
+    /// Event fields.
+    pub detail: Value,
+}
+
+impl Attempt {
+    /// True when the tool answered without `isError`.
+    pub fn succeeded(&self) -> bool {
+        matches!(&self.outcome, Ok(answer) if !answer.is_error)
+    }
+}
+
 /// A call that did not produce an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -277,7 +294,17 @@ impl Gateway {
 
     /// Pings every toolset in parallel (connecting where needed), each within `timeout`.
     pub async fn health(&self, timeout: Duration) -> Vec<ToolsetHealth> {
-        let pings = self.toolsets.values().map(|session| async move {
+        futures_util::future::join_all(self.toolsets.values().map(|session| Self::ping_session(session, timeout))).await
+    }
+
+    /// Pings one toolset; `None` when it is not configured.
+    pub async fn health_of(&self, toolset: &str, timeout: Duration) -> Option<ToolsetHealth> {
+        let session = self.toolsets.get(toolset)?;
+        Some(Self::ping_session(session, timeout).await)
+    }
+
+    async fn ping_session(session: &Session, timeout: Duration) -> ToolsetHealth {
+        {
             let started = Instant::now();
             let transport = session.config.transport().map_or("none", |t| t.name());
             let answer = tokio::time::timeout(timeout, async {
@@ -311,24 +338,27 @@ impl Gateway {
                 error,
                 error_kind,
             }
-        });
-        futures_util::future::join_all(pings).await
+        }
     }
 
     /// A whole call for a caller that waits (the HTTP API, the CLI): attempts under the retry
     /// policy of `mcp.call.<toolset>.<tool>`, each through [`Gateway::call_once`].
+    /// `on_attempt` sees every attempt (to record its `mcp_call_succeeded|failed` event).
     pub async fn call(
         &self,
         policies: &resilience::Policies,
         call: &McpCall,
         context: &CallContext,
+        mut on_attempt: impl FnMut(&Attempt),
     ) -> Result<GatewayAnswer, GatewayError> {
         let policy = policies.retry(&model::policy::mcp_call_key(&call.toolset, &call.tool));
         let started = Instant::now();
         let mut attempt = context.attempt.max(1);
         loop {
             let context = CallContext { attempt, ..context.clone() };
-            let outcome = self.call_once(call, &context).await;
+            let attempted = self.attempt(call, &context).await;
+            on_attempt(&attempted);
+            let outcome = attempted.outcome;
             let kind = match &outcome {
                 Ok(answer) if answer.is_error => ErrorKind::ToolError,
                 Ok(_) => return outcome,
@@ -348,6 +378,25 @@ impl Gateway {
 
     /// One attempt: breaker → call on the toolset's session → artifacts → metrics.
     pub async fn call_once(&self, call: &McpCall, context: &CallContext) -> Result<GatewayAnswer, GatewayError> {
+        self.attempt(call, context).await.outcome
+    }
+
+    /// One attempt, with the fields of its `mcp_call_succeeded|failed` event.
+    pub async fn attempt(&self, call: &McpCall, context: &CallContext) -> Attempt {
+        let mut detail = json!({ "toolset": call.toolset, "tool": call.tool, "attempt": context.attempt });
+        let outcome = self.run_attempt(call, context, &mut detail).await;
+        if let Err(err) = &outcome {
+            detail["error_kind"] = json!(err.kind().as_str());
+        }
+        Attempt { outcome, detail }
+    }
+
+    async fn run_attempt(
+        &self,
+        call: &McpCall,
+        context: &CallContext,
+        detail: &mut Value,
+    ) -> Result<GatewayAnswer, GatewayError> {
         let session = self.session(&call.toolset)?;
         let breaker_key = model::policy::mcp_breaker_key(&call.toolset, &call.tool, 0);
         let labels = [("toolset", call.toolset.clone()), ("tool", call.tool.clone())];
@@ -355,6 +404,7 @@ impl Gateway {
         let artifact_dir = model::artifact::mcp_call_dir(&call.toolset, &stamp)
             .map_err(|_| GatewayError::UnknownToolset(call.toolset.clone()))?;
         let dir = self.data_dir.join(&artifact_dir);
+        detail["artifacts"] = json!(artifact_dir);
         let request = json!({ "toolset": call.toolset, "tool": call.tool, "params": redact(&call.params), "trace_id": context.trace_id, "message_id": context.message_id, "attempt": context.attempt });
         write_json(&dir, mcp_files::REQUEST, &request).await;
         metrics::counter!(model::metrics::MCP_CALLS_TOTAL, &labels).increment(1);
@@ -385,6 +435,10 @@ impl Gateway {
             Err(err) => (started.elapsed().as_secs_f64() * 1000.0, Some(err.kind())),
         };
         metrics::histogram!(model::metrics::MCP_LATENCY_MS, &labels).record(latency_ms);
+        detail["latency_ms"] = json!((latency_ms * 1000.0).round() / 1000.0);
+        if let Some(kind) = kind {
+            detail["error_kind"] = json!(kind.as_str());
+        }
         if let Some(kind) = kind {
             metrics::counter!(model::metrics::MCP_FAIL_TOTAL, "toolset" => call.toolset.clone(), "tool" => call.tool.clone(), "kind" => kind.as_str()).increment(1);
         }
@@ -511,21 +565,23 @@ impl worker::Handler for GatewayHandler {
                 message_id: Some(message.id.to_string()),
                 attempt: message.attempts.max(1) as u32,
             };
-            match gateway.call_once(&call, &context).await {
+            let Attempt { outcome, detail } = gateway.attempt(&call, &context).await;
+            match outcome {
                 Ok(answer) if answer.is_error => Err(worker::HandlerError::new(
                     ErrorKind::ToolError,
                     format!(
                         "tool {}.{} reported an error (see {}/error.json)",
                         call.toolset, call.tool, answer.artifact_dir
                     ),
-                )),
+                )
+                .with_detail(detail)),
                 Ok(answer) => {
                     let inline = model::message::payload_size(&answer.result) <= max_inline;
                     let result = json!({ "ok": true, "latency_ms": answer.latency_ms, "artifacts": answer.artifact_dir, "images": answer.images, "result": if inline { answer.result } else { Value::Null } });
                     let result_url = (!inline).then(|| format!("{}/{}", answer.artifact_dir, mcp_files::RESPONSE));
-                    Ok(worker::HandlerOutput { result: Some(result), result_url })
+                    Ok(worker::HandlerOutput { result: Some(result), result_url, detail: Some(detail) })
                 }
-                Err(err) => Err(worker::HandlerError::new(err.kind(), err.to_string())),
+                Err(err) => Err(worker::HandlerError::new(err.kind(), err.to_string()).with_detail(detail)),
             }
         })
     }

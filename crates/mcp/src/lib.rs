@@ -8,7 +8,9 @@ pub mod examples;
 mod gateway;
 mod websocket;
 
-pub use gateway::{CallContext, Gateway, GatewayAnswer, GatewayError, GatewayHandler, McpCall, ToolsetHealth, redact};
+pub use gateway::{
+    Attempt, CallContext, Gateway, GatewayAnswer, GatewayError, GatewayHandler, McpCall, ToolsetHealth, redact,
+};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};

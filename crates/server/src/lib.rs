@@ -6,6 +6,7 @@
 //! constant time and never logged.
 
 mod error;
+mod mcp_routes;
 mod routes;
 mod security;
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 use axum::Router;
 
 pub use error::{ApiError, ErrorCode};
+pub use mcp_routes::McpApi;
 
 /// Renders the Prometheus text of this process.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
@@ -34,6 +36,8 @@ pub struct AppState {
     pub metrics: MetricsRender,
     /// This process's agent id.
     pub agent_id: Arc<str>,
+    /// The MCP gateway for the MCP routes (`None`: they answer 503).
+    pub mcp: Option<Arc<McpApi>>,
 }
 
 impl std::fmt::Debug for AppState {

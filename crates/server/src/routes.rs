@@ -29,6 +29,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/dlq/{id}/requeue", post(requeue))
         .route("/api/agents", get(agents))
         .route("/api/metrics/summary", get(summary))
+        .merge(crate::mcp_routes::router())
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .with_state(state)
 }
@@ -49,7 +50,7 @@ async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], (state.metrics)())
 }
 
-fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(crate) fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     query.map(|Query(q)| q).map_err(|rejection| {
         ApiError::new(ErrorCode::InvalidRequest, format!("bad query string: {}", rejection.body_text()))
     })
@@ -248,18 +249,29 @@ async fn agents(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
 }
 
 async fn summary(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let (queues, circuits, agents) =
-        tokio::try_join!(state.store.queue_stats(), state.store.circuits(), state.store.presence())?;
+    Ok(Json(summary_value(&state).await?))
+}
+
+/// The whole summary: MCP (last 24 hours), circuits, bus, agents, all from the store.
+pub(crate) async fn summary_value(state: &AppState) -> Result<Value, ApiError> {
+    let since = crate::mcp_routes::default_since(state);
+    let (mcp, queues, circuits, agents) = tokio::try_join!(
+        state.store.mcp_summary(since),
+        state.store.queue_stats(),
+        state.store.circuits(),
+        state.store.presence()
+    )?;
     let online = agents.iter().filter(|a| a.status == model::presence::PresenceStatus::Online).count();
     let ready: i64 = queues.iter().map(|q| q.ready).sum();
     let delayed: i64 = queues.iter().map(|q| q.delayed).sum();
     let claimed: i64 = queues.iter().map(|q| q.claimed).sum();
     let oldest = queues.iter().filter_map(|q| q.oldest_ready_age_ms).max();
-    Ok(Json(json!({
+    Ok(json!({
         "summary": {
+            "mcp": mcp,
             "circuits": resilience::summarize(&circuits),
             "bus": { "ready": ready, "delayed": delayed, "claimed": claimed, "oldestReadyAgeMs": oldest, "queues": queues },
             "agents": { "online": online, "total": agents.len() },
         }
-    })))
+    }))
 }

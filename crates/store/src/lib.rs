@@ -348,6 +348,13 @@ impl Store {
         dispatch!(self, bus => bus.circuits().await)
     }
 
+    /// MCP call figures (calls, failures, p50/p95, per `<toolset>.<tool>`) from the
+    /// `mcp_call_succeeded|failed` events since `since` (at most [`MCP_SUMMARY_MAX_EVENTS`], newest).
+    pub async fn mcp_summary(&self, since: chrono::DateTime<chrono::Utc>) -> Result<McpSummary, Error> {
+        let records = dispatch!(self, bus => bus.mcp_calls(since, MCP_SUMMARY_MAX_EVENTS).await)?;
+        Ok(McpSummary::from_records(&records, since))
+    }
+
     /// Queue depth, oldest age and totals per service and role.
     pub async fn queue_stats(&self) -> Result<Vec<QueueStats>, Error> {
         dispatch!(self, bus => bus.queue_stats().await)

@@ -23,6 +23,16 @@ pub(crate) fn message_event(message: &Message, phase: model::Phase, reason: Opti
     }
 }
 
+/// `payload` with the handler's `detail` fields added (the store's own fields win).
+pub(crate) fn with_detail(mut payload: Value, detail: Option<&Value>) -> Value {
+    if let (Some(Value::Object(extra)), Value::Object(fields)) = (detail, &mut payload) {
+        for (key, value) in extra {
+            fields.entry(key.clone()).or_insert_with(|| value.clone());
+        }
+    }
+    payload
+}
+
 pub(crate) fn presence_event(event_type: &str, presence: &Presence, reason: Option<&str>) -> NewEvent {
     NewEvent {
         event_type: event_type.to_owned(),

@@ -16,6 +16,7 @@ use model::event::{Event, NewEvent};
 use model::presence::{Presence, PresenceStatus};
 use model::{Intent, Message, MessageId, MessageStatus, NewMessage};
 
+use crate::McpCallRecord;
 use crate::error::db;
 use crate::lifecycle::push_text_filters;
 use crate::lifecycle::{
@@ -295,18 +296,20 @@ SELECT * FROM upd ORDER BY priority DESC, run_at, id"#;
         let results: Vec<Option<String>> =
             completions.iter().map(|c| c.result.as_ref().map(Value::to_string)).collect();
         let urls: Vec<Option<String>> = completions.iter().map(|c| c.result_url.clone()).collect();
+        let details: Vec<Option<String>> =
+            completions.iter().map(|c| c.detail.as_ref().filter(|d| d.is_object()).map(Value::to_string)).collect();
         let sql = r#"
 WITH input AS (
-    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS t(id, result, result_url)
+    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $6::text[]) AS t(id, result, result_url, detail)
 ), upd AS (
     UPDATE agent_messages m
     SET status = 'done', done_at = $4, lease_until = NULL, result = input.result::jsonb, result_url = input.result_url
     FROM input WHERE m.id = input.id AND m.status = 'claimed' AND m.claimed_by = $5
-    RETURNING m.id, m.intent, m.trace_id, m.tenant, m.service, m.role, m.shard, m.attempts, m.claimed_at
+    RETURNING m.id, m.intent, m.trace_id, m.tenant, m.service, m.role, m.shard, m.attempts, m.claimed_at, input.detail
 ), ev AS (
     INSERT INTO bus_events (id, created_at, event_type, message_id, trace_id, tenant, service, role, shard, payload)
     SELECT cogo_uuid_v7(), $4, intent || '_succeeded', id, trace_id, tenant, service, role, shard,
-           jsonb_build_object('attempt', attempts, 'agent_id', $5::text,
+           coalesce(detail::jsonb, '{}'::jsonb) || jsonb_build_object('attempt', attempts, 'agent_id', $5::text,
                               'duration_ms', round(extract(epoch FROM ($4 - claimed_at)) * 1000))
     FROM upd
 )
@@ -317,6 +320,7 @@ SELECT id FROM upd"#;
             .bind(&urls)
             .bind(now)
             .bind(agent_id)
+            .bind(&details)
             .fetch_all(&self.pool)
             .await
             .map_err(db("completing messages"))?;
@@ -393,6 +397,7 @@ SELECT id, (SELECT count(*) FROM wake) AS woken FROM upd"#;
                 kind: model::ErrorKind::LeaseExpired,
                 error: format!("lease held by {holder} expired"),
                 action: decide(&message),
+                detail: None,
             });
             agents.push(holder);
         }
@@ -745,6 +750,32 @@ SELECT count(*) FROM upd"#
         .map(drop)
     }
 
+    pub(crate) async fn mcp_calls(&self, since: DateTime<Utc>, limit: i64) -> Result<Vec<McpCallRecord>, Error> {
+        let rows = sqlx::query(
+            "SELECT event_type = 'mcp_call_failed' AS failed, \
+               coalesce(payload ->> 'toolset', '?') || '.' || coalesce(payload ->> 'tool', '?') AS tool, \
+               payload ->> 'error_kind' AS error_kind, (payload ->> 'latency_ms')::float8 AS latency_ms \
+             FROM bus_events WHERE event_type IN ('mcp_call_succeeded', 'mcp_call_failed') AND created_at >= $1 \
+             ORDER BY created_at DESC LIMIT $2",
+        )
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading MCP call events"))?;
+        rows.iter()
+            .map(|row| -> Result<McpCallRecord, sqlx::Error> {
+                Ok(McpCallRecord {
+                    tool: row.try_get("tool")?,
+                    failed: row.try_get("failed")?,
+                    error_kind: row.try_get("error_kind")?,
+                    latency_ms: row.try_get("latency_ms")?,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(db("reading MCP call events"))
+    }
+
     pub(crate) async fn circuits(&self) -> Result<Vec<CircuitState>, Error> {
         let rows = sqlx::query("SELECT * FROM circuit_states ORDER BY key, agent_id")
             .fetch_all(&self.pool)
@@ -867,10 +898,12 @@ async fn fail_rows(
             FailAction::DeadLetter { reason } => Some(reason.clone()),
         })
         .collect();
+    let details: Vec<Option<String>> =
+        failures.iter().map(|f| f.detail.as_ref().filter(|d| d.is_object()).map(Value::to_string)).collect();
     let sql = r#"
 WITH input AS (
-    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
-        AS t(id, kind, error, retry_us, reason, agent_id)
+    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $8::text[])
+        AS t(id, kind, error, retry_us, reason, agent_id, detail)
 ), upd AS (
     UPDATE agent_messages m SET
         status = CASE WHEN input.retry_us IS NULL THEN 'failed' ELSE 'queued' END,
@@ -879,11 +912,12 @@ WITH input AS (
         claimed_by = NULL, claimed_at = NULL, lease_until = NULL,
         last_error = input.error, last_error_at = $7
     FROM input WHERE m.id = input.id AND m.status = 'claimed' AND m.claimed_by = input.agent_id
-    RETURNING m.*, input.kind AS fail_kind, input.retry_us, input.reason AS fail_reason, input.agent_id AS fail_agent
+    RETURNING m.*, input.kind AS fail_kind, input.retry_us, input.reason AS fail_reason, input.agent_id AS fail_agent,
+        input.detail AS fail_detail
 ), dlq AS (
     INSERT INTO agent_messages_dlq (message_id, dead_lettered_at, tenant, service, role, intent, reason, last_error, original)
     SELECT id, $7, tenant, service, role, intent, coalesce(fail_reason, 'failed'), last_error,
-           to_jsonb(upd) - 'fail_kind' - 'retry_us' - 'fail_reason' - 'fail_agent'
+           to_jsonb(upd) - 'fail_kind' - 'retry_us' - 'fail_reason' - 'fail_agent' - 'fail_detail'
     FROM upd WHERE retry_us IS NULL
     ON CONFLICT (message_id) DO UPDATE SET dead_lettered_at = EXCLUDED.dead_lettered_at, reason = EXCLUDED.reason,
         last_error = EXCLUDED.last_error, original = EXCLUDED.original, requeued_at = NULL
@@ -892,7 +926,8 @@ WITH input AS (
     SELECT cogo_uuid_v7(), $7, e.event_type, e.id, e.trace_id, e.tenant, e.service, e.role, e.shard, e.reason, e.payload
     FROM (
         SELECT 1 AS step, id, intent || '_failed' AS event_type, trace_id, tenant, service, role, shard, fail_kind AS reason,
-               jsonb_build_object('attempt', attempts, 'kind', fail_kind, 'error', last_error, 'agent_id', fail_agent) AS payload
+               coalesce(fail_detail::jsonb, '{}'::jsonb)
+                 || jsonb_build_object('attempt', attempts, 'kind', fail_kind, 'error', last_error, 'agent_id', fail_agent) AS payload
         FROM upd
         UNION ALL
         SELECT 2, id, intent || CASE WHEN retry_us IS NULL THEN '_dead_lettered' ELSE '_retry_scheduled' END,
@@ -914,6 +949,7 @@ SELECT id, retry_us, run_at, (SELECT count(*) FROM wake) AS woken FROM upd"#;
         .bind(&reasons)
         .bind(agents)
         .bind(now)
+        .bind(&details)
         .fetch_all(&mut **tx)
         .await
         .map_err(db("recording failed attempts"))?;

@@ -20,10 +20,11 @@ use model::event::{Event, NewEvent};
 use model::presence::{Presence, PresenceStatus};
 use model::{Intent, Message, MessageId, MessageStatus, NewMessage};
 
+use crate::McpCallRecord;
 use crate::error::db;
 use crate::lifecycle::push_text_filters;
 use crate::lifecycle::{
-    enqueued_message, message_event, parse_seq_cursor, parse_uuid_cursor, presence_event, truncate,
+    enqueued_message, message_event, parse_seq_cursor, parse_uuid_cursor, presence_event, truncate, with_detail,
 };
 use crate::{
     CircuitState, ClaimRequest, Completion, DeadLetter, Enqueued, Error, EventFilter, FailAction, Failure,
@@ -312,6 +313,8 @@ impl SqliteBus {
         .fetch_all(&mut *tx)
         .await
         .map_err(db("completing messages"))?;
+        let details: std::collections::HashMap<Uuid, &Value> =
+            completions.iter().filter_map(|c| c.detail.as_ref().map(|d| (c.id.0, d))).collect();
         let mut done = HashSet::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -331,11 +334,14 @@ impl SqliteBus {
                         role: row.try_get("role")?,
                         shard: row.try_get("shard")?,
                         reason: None,
-                        payload: serde_json::json!({
-                            "attempt": attempts,
-                            "agent_id": agent_id,
-                            "duration_ms": claimed_at.map(|c| (us(now) - c) / 1000),
-                        }),
+                        payload: with_detail(
+                            serde_json::json!({
+                                "attempt": attempts,
+                                "agent_id": agent_id,
+                                "duration_ms": claimed_at.map(|c| (us(now) - c) / 1000),
+                            }),
+                            details.get(&id).copied(),
+                        ),
                     },
                 ))
             };
@@ -423,6 +429,7 @@ impl SqliteBus {
                 kind: model::ErrorKind::LeaseExpired,
                 error: format!("lease held by {holder} expired"),
                 action: decide(&message),
+                detail: None,
             });
             agents.push(holder);
         }
@@ -754,6 +761,32 @@ impl SqliteBus {
         .map(drop)
     }
 
+    pub(crate) async fn mcp_calls(&self, since: DateTime<Utc>, limit: i64) -> Result<Vec<McpCallRecord>, Error> {
+        let rows = sqlx::query(
+            "SELECT event_type = 'mcp_call_failed' AS failed, \
+               coalesce(payload ->> '$.toolset', '?') || '.' || coalesce(payload ->> '$.tool', '?') AS tool, \
+               payload ->> '$.error_kind' AS error_kind, CAST(payload ->> '$.latency_ms' AS REAL) AS latency_ms \
+             FROM bus_events WHERE event_type IN ('mcp_call_succeeded', 'mcp_call_failed') AND created_at >= ?1 \
+             ORDER BY created_at DESC LIMIT ?2",
+        )
+        .bind(us(since))
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db("reading MCP call events"))?;
+        rows.iter()
+            .map(|row| -> Result<McpCallRecord, sqlx::Error> {
+                Ok(McpCallRecord {
+                    tool: row.try_get("tool")?,
+                    failed: row.try_get("failed")?,
+                    error_kind: row.try_get("error_kind")?,
+                    latency_ms: row.try_get("latency_ms")?,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(db("reading MCP call events"))
+    }
+
     pub(crate) async fn circuits(&self) -> Result<Vec<CircuitState>, Error> {
         let rows = sqlx::query("SELECT * FROM circuit_states ORDER BY key, agent_id")
             .fetch_all(&self.reader)
@@ -876,7 +909,10 @@ async fn fail_rows(
             &message,
             model::Phase::Failed,
             Some(kind),
-            serde_json::json!({ "attempt": message.attempts, "kind": kind, "error": error, "agent_id": agent }),
+            with_detail(
+                serde_json::json!({ "attempt": message.attempts, "kind": kind, "error": error, "agent_id": agent }),
+                failure.detail.as_ref(),
+            ),
         ));
         let next = serde_json::json!({ "attempt": message.attempts, "max_attempts": message.max_attempts, "run_at": message.run_at });
         match &failure.action {

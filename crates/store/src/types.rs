@@ -1,5 +1,6 @@
 //! The store's request and answer types.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -67,12 +68,14 @@ pub struct Completion {
     pub result: Option<Value>,
     /// Artifact link for a large result.
     pub result_url: Option<String>,
+    /// Fields the handler adds to the `<intent>_succeeded` event's payload (a JSON object).
+    pub detail: Option<Value>,
 }
 
 impl Completion {
     /// A completion with an inline result.
     pub fn new(id: MessageId, result: Option<Value>) -> Self {
-        Self { id, result, result_url: None }
+        Self { id, result, result_url: None, detail: None }
     }
 }
 
@@ -112,6 +115,8 @@ pub struct Failure {
     pub error: String,
     /// Retry or dead-letter.
     pub action: FailAction,
+    /// Fields the handler adds to the `<intent>_failed` event's payload (a JSON object).
+    pub detail: Option<Value>,
 }
 
 /// What became of one completion or failure.
@@ -262,4 +267,89 @@ pub struct QueueStats {
     pub claimed: i64,
     /// Age of the oldest ready message, in ms.
     pub oldest_ready_age_ms: Option<i64>,
+}
+
+/// One MCP call attempt as its `mcp_call_succeeded|failed` event recorded it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpCallRecord {
+    /// `<toolset>.<tool>`.
+    pub tool: String,
+    /// The attempt failed (an error or a tool error).
+    pub failed: bool,
+    /// Its error kind, when it failed.
+    pub error_kind: Option<String>,
+    /// Its latency.
+    pub latency_ms: Option<f64>,
+}
+
+/// MCP call figures of one tool or of all: calls, failures, latency percentiles.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct McpFigures {
+    /// Attempts recorded.
+    pub calls: u64,
+    /// Attempts that failed.
+    pub fails: u64,
+    /// Median latency (ms).
+    pub p50: Option<f64>,
+    /// 95th percentile latency (ms).
+    pub p95: Option<f64>,
+    /// Failures by error kind.
+    pub fails_by_kind: BTreeMap<String, u64>,
+}
+
+/// The MCP part of the metrics summary, computed from the store's events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct McpSummary {
+    /// All tools together.
+    #[serde(flatten)]
+    pub total: McpFigures,
+    /// By `<toolset>.<tool>`.
+    pub detail: BTreeMap<String, McpFigures>,
+    /// Start of the window the figures cover.
+    pub since: DateTime<Utc>,
+    /// Records were left out because the window held more than the limit.
+    pub truncated: bool,
+}
+
+/// The most MCP call events one summary reads.
+pub const MCP_SUMMARY_MAX_EVENTS: i64 = 200_000;
+
+fn figures(records: &[&McpCallRecord]) -> McpFigures {
+    let mut latencies: Vec<f64> = records.iter().filter_map(|r| r.latency_ms).collect();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let pick = |p: f64| {
+        (!latencies.is_empty()).then(|| {
+            let index = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+            (latencies[index.min(latencies.len() - 1)] * 1000.0).round() / 1000.0
+        })
+    };
+    let mut fails_by_kind = BTreeMap::new();
+    for record in records.iter().filter(|r| r.failed) {
+        *fails_by_kind.entry(record.error_kind.clone().unwrap_or_else(|| "unknown".into())).or_insert(0) += 1;
+    }
+    McpFigures {
+        calls: records.len() as u64,
+        fails: records.iter().filter(|r| r.failed).count() as u64,
+        p50: pick(0.5),
+        p95: pick(0.95),
+        fails_by_kind,
+    }
+}
+
+impl McpSummary {
+    /// Figures over `records`, overall and per tool.
+    pub fn from_records(records: &[McpCallRecord], since: DateTime<Utc>) -> Self {
+        let mut by_tool: BTreeMap<&str, Vec<&McpCallRecord>> = BTreeMap::new();
+        for record in records {
+            by_tool.entry(record.tool.as_str()).or_default().push(record);
+        }
+        let all: Vec<&McpCallRecord> = records.iter().collect();
+        Self {
+            total: figures(&all),
+            detail: by_tool.into_iter().map(|(tool, rs)| (tool.to_owned(), figures(&rs))).collect(),
+            since,
+            truncated: records.len() as i64 >= MCP_SUMMARY_MAX_EVENTS,
+        }
+    }
 }

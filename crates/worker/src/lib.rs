@@ -31,22 +31,32 @@ pub struct HandlerOutput {
     pub result: Option<Value>,
     /// Artifact link for a large result.
     pub result_url: Option<String>,
+    /// Fields added to the `<intent>_succeeded` event (a JSON object), e.g. the tool and its latency.
+    pub detail: Option<Value>,
 }
 
 /// A failed attempt, with the kind that decides retry.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct HandlerError {
     /// How it failed.
     pub kind: ErrorKind,
     /// What happened (stored as `last_error`: keep secrets out).
     pub message: String,
+    /// Fields added to the `<intent>_failed` event (a JSON object).
+    pub detail: Option<Value>,
 }
 
 impl HandlerError {
     /// A failure of `kind`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self { kind, message: message.into(), detail: None }
+    }
+
+    /// The same failure with `detail` for its event.
+    pub fn with_detail(mut self, detail: Value) -> Self {
+        self.detail = Some(detail);
+        self
     }
 }
 
@@ -63,7 +73,9 @@ pub struct NoopHandler;
 
 impl Handler for NoopHandler {
     fn handle(&self, _message: Message) -> BoxFuture<'static, Result<HandlerOutput, HandlerError>> {
-        Box::pin(async { Ok(HandlerOutput { result: Some(serde_json::json!({"ok": true})), result_url: None }) })
+        Box::pin(async {
+            Ok(HandlerOutput { result: Some(serde_json::json!({"ok": true})), ..HandlerOutput::default() })
+        })
     }
 }
 

@@ -286,9 +286,12 @@ async fn completer(
         let now = store.clock().now();
         for item in buffer.drain(..) {
             match item {
-                Finished::Done(id, output) => {
-                    completions.push(Completion { id, result: output.result, result_url: output.result_url })
-                }
+                Finished::Done(id, output) => completions.push(Completion {
+                    id,
+                    result: output.result,
+                    result_url: output.result_url,
+                    detail: output.detail,
+                }),
                 Finished::Failed(message, error) => {
                     let policy = retry(&message);
                     let elapsed = (now - message.created_at).to_std().unwrap_or_default();
@@ -305,6 +308,7 @@ async fn completer(
                         kind: error.kind,
                         error: error.message,
                         action: FailAction::from_decision(decision),
+                        detail: error.detail,
                     });
                 }
             }

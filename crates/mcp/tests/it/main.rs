@@ -1,6 +1,8 @@
 //! The MCP client against real servers: server-everything over stdio, streamable HTTP and
 //! WebSocket (through supergateway).
 
+mod examples;
+
 use std::time::Duration;
 
 use mcp::McpClient;
@@ -58,6 +60,29 @@ async fn stdio_echo_sum_ping_and_concurrent_calls() {
         let text = answer.expect("concurrent call").result.to_string();
         assert!(text.contains(&format!("{}", n + 1)), "call {n}: {text}");
     }
+    client.close().await;
+}
+
+/// server-everything registers more tools once the session is initialized and says so with
+/// `notifications/tools/list_changed`: the cached list is dropped and the next listing is fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_are_cached_until_the_server_announces_a_change() {
+    let client = connect_when_ready("everything", &stdio()).await;
+    for _ in 0..100 {
+        if client.tool_list_changes() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(client.tool_list_changes() > 0, "the server announced its new tools");
+    let first = client.tools(Duration::from_secs(10)).await.expect("tools/list");
+    let again = client.tools(Duration::from_secs(10)).await.expect("tools/list");
+    assert!(std::sync::Arc::ptr_eq(&first, &again), "the second listing comes from the cache");
+    let names: Vec<&str> = first.iter().map(|t| t.name.as_str()).collect();
+    assert!(names.contains(&"simulate-research-query"), "tools registered after initialize are listed: {names:?}");
+    // asking the server directly gives the same list
+    let listed = client.list_tools(Duration::from_secs(10)).await.expect("tools/list");
+    assert_eq!(listed.len(), first.len());
     client.close().await;
 }
 

@@ -1,5 +1,7 @@
 //! The router, called directly (no sockets).
 
+mod mcp;
+
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -20,6 +22,7 @@ async fn app() -> (axum::Router, test_support::TestStore) {
         api_tokens: Arc::new(vec!["reader-token".to_owned()]),
         metrics: Arc::new(|| "# TYPE cogo_bus_claimed_total counter\n".to_owned()),
         agent_id: Arc::from("agent-test"),
+        mcp: None,
     };
     (server::router(state, server::Limits::default()), t)
 }

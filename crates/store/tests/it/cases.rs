@@ -212,6 +212,7 @@ pub async fn retry_waits_for_its_backoff(t: TestStore) {
         kind: ErrorKind::Timeout,
         error: "tool timed out after 30000 ms".into(),
         action: FailAction::Retry { after: Duration::from_secs(2) },
+        detail: None,
     };
     let outcome = s.fail("w", vec![failure]).await.expect("fail");
     assert_eq!(outcome, vec![Outcome::Retrying { run_at: test_support::epoch() + chrono::Duration::seconds(2) }]);
@@ -245,6 +246,7 @@ pub async fn dead_letters_after_max_attempts_and_requeues_once(t: TestStore) {
             kind: ErrorKind::Transport,
             error: format!("connection reset (attempt {attempt})"),
             action: FailAction::from_decision(decision),
+            detail: None,
         };
         let outcome = s.fail("w", vec![failure]).await.expect("fail");
         assert_eq!(outcome[0] == Outcome::DeadLettered, attempt == 2);
@@ -665,4 +667,48 @@ pub async fn follow_events_streams_new_events(t: TestStore) {
     assert_eq!(batch.len(), 1, "only events after the cursor");
     assert_eq!(batch[0].payload["priority"], 0);
     assert_eq!(batch[0].event_type, "mcp_call_scheduled");
+}
+
+/// A handler's detail fields reach the succeeded and failed events (the store's own fields win),
+/// and the MCP summary is computed from them.
+pub async fn handler_detail_reaches_events_and_the_mcp_summary(t: TestStore) {
+    let s = &t.store;
+    let first = s.enqueue(job(1)).await.expect("enqueue").message.id;
+    let second = s.enqueue(job(2).with_max_attempts(1)).await.expect("enqueue").message.id;
+    s.claim(&claim("w", 2)).await.expect("claim");
+    let completion = Completion {
+        detail: Some(json!({"toolset": "browser", "tool": "browser_navigate", "latency_ms": 12.5, "attempt": 99})),
+        ..Completion::new(first, None)
+    };
+    assert_eq!(s.complete("w", vec![completion]).await.expect("complete"), vec![Outcome::Done]);
+    let failure = Failure {
+        id: second,
+        kind: ErrorKind::ToolError,
+        error: "the tool reported an error".into(),
+        action: FailAction::DeadLetter { reason: "not_retryable".into() },
+        detail: Some(
+            json!({"toolset": "browser", "tool": "browser_navigate", "latency_ms": 40.0, "error_kind": "tool_error"}),
+        ),
+    };
+    assert_eq!(s.fail("w", vec![failure]).await.expect("fail"), vec![Outcome::DeadLettered]);
+    let events = s.events(&EventFilter::default(), &PageRequest::first(20)).await.expect("events");
+    let succeeded = events.items.iter().find(|e| e.event_type == "mcp_call_succeeded").expect("succeeded");
+    assert_eq!(
+        (succeeded.payload["tool"].as_str(), succeeded.payload["latency_ms"].as_f64()),
+        (Some("browser_navigate"), Some(12.5))
+    );
+    assert_eq!(succeeded.payload["attempt"], 1, "the store's own fields win");
+    let failed = events.items.iter().find(|e| e.event_type == "mcp_call_failed").expect("failed");
+    assert_eq!(
+        (failed.payload["toolset"].as_str(), failed.payload["kind"].as_str()),
+        (Some("browser"), Some("tool_error"))
+    );
+    let summary = s.mcp_summary(test_support::epoch() - chrono::Duration::hours(1)).await.expect("summary");
+    assert_eq!((summary.total.calls, summary.total.fails), (2, 1));
+    let tool = &summary.detail["browser.browser_navigate"];
+    assert_eq!((tool.calls, tool.fails, tool.p50, tool.p95), (2, 1, Some(40.0), Some(40.0)));
+    assert_eq!(tool.fails_by_kind.get("tool_error"), Some(&1));
+    // a window that starts later sees nothing
+    let later = s.mcp_summary(test_support::epoch() + chrono::Duration::hours(1)).await.expect("summary");
+    assert_eq!(later.total.calls, 0);
 }

@@ -1,0 +1,356 @@
+//! The MCP routes of the seed: direct calls, ping, enqueue, configuration, health, and the MCP
+//! metrics (summary from the store's events, the events themselves, artifacts, snapshots).
+
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::response::IntoResponse;
+use axum::{Json, Router, routing::get, routing::post};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use model::event::NewEvent;
+use store::{EventFilter, PageRequest};
+
+use crate::routes::query;
+use crate::{ApiError, AppState, ErrorCode};
+
+/// What the MCP routes need besides the store.
+pub struct McpApi {
+    /// The gateway of this process.
+    pub gateway: Arc<mcp::Gateway>,
+    /// Retry policies for direct calls.
+    pub policies: Arc<resilience::Policies>,
+    /// The MCP configuration (shown redacted).
+    pub config: model::config::McpConfig,
+    /// The data directory (artifacts live under `artifacts/`).
+    pub data_dir: PathBuf,
+}
+
+impl std::fmt::Debug for McpApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpApi").field("gateway", &self.gateway).finish()
+    }
+}
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/mcp/enqueue", post(enqueue))
+        .route("/api/mcp/config", get(config))
+        .route("/api/mcp/health", get(health))
+        .route("/api/mcp/ping/{toolset}/{tool}", get(ping))
+        .route("/api/mcp/{toolset}/{tool}", post(call))
+        .route("/api/metrics/mcp/summary", get(summary))
+        .route("/api/metrics/mcp/events", get(events))
+        .route("/api/metrics/mcp/artifacts/summary", get(artifacts_summary))
+        .route("/api/metrics/snapshot", post(snapshot))
+}
+
+fn api(state: &AppState) -> Result<&Arc<McpApi>, ApiError> {
+    state.mcp.as_ref().ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "the MCP gateway is not running here"))
+}
+
+fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(b)| b).map_err(|rejection| match rejection {
+        JsonRejection::BytesRejection(_) => ApiError::new(ErrorCode::PayloadTooLarge, "request body too large"),
+        other => ApiError::new(ErrorCode::InvalidRequest, format!("bad JSON body: {}", other.body_text())),
+    })
+}
+
+fn known_toolset(api: &McpApi, toolset: &str) -> Result<(), ApiError> {
+    if api.gateway.toolsets().any(|t| t == toolset) {
+        return Ok(());
+    }
+    let known: Vec<&str> = api.gateway.toolsets().collect();
+    Err(ApiError::new(
+        ErrorCode::NotFound,
+        format!("no enabled MCP toolset {toolset:?}; configured: {}", known.join(", ")),
+    ))
+}
+
+fn valid_tool(tool: &str) -> Result<(), ApiError> {
+    let ok = !tool.is_empty()
+        && tool.len() <= 128
+        && tool.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::InvalidRequest, "a tool name is 1-128 letters, digits, '_', '-', '.' or '/'"))
+    }
+}
+
+/// Body of a direct call.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallBody {
+    #[serde(default)]
+    params: Value,
+}
+
+/// `POST /api/mcp/:toolset/:tool` → `{ok, result, error, latency_ms}`; each attempt is recorded as
+/// an `mcp_call_succeeded|failed` event.
+async fn call(
+    State(state): State<AppState>,
+    Path((toolset, tool)): Path<(String, String)>,
+    payload: Result<Json<CallBody>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let api = api(&state)?;
+    known_toolset(api, &toolset)?;
+    valid_tool(&tool)?;
+    let params = body(payload)?.params;
+    if !(params.is_object() || params.is_null()) {
+        return Err(ApiError::new(ErrorCode::InvalidRequest, "params must be a JSON object"));
+    }
+    let trace_id = model::trace::TraceContext::new_root().trace_id_hex();
+    let context = mcp::CallContext { trace_id: Some(trace_id.clone()), message_id: None, attempt: 1 };
+    let request = mcp::McpCall { toolset, tool, params };
+    let mut events = Vec::new();
+    let outcome = api
+        .gateway
+        .call(&api.policies, &request, &context, |attempt| {
+            let phase = if attempt.succeeded() { model::Phase::Succeeded } else { model::Phase::Failed };
+            let mut event = NewEvent::system(&model::message::event_type("mcp_call", phase), "mcp", "gateway");
+            event.trace_id = Some(trace_id.clone());
+            event.reason = attempt.detail["error_kind"].as_str().map(str::to_owned);
+            event.payload = attempt.detail.clone();
+            events.push(event);
+        })
+        .await;
+    if let Err(err) = state.store.append_events(events).await {
+        tracing::warn!(error = %err, "could not record the events of a direct MCP call");
+    }
+    let answer = match outcome {
+        Ok(answer) => json!({
+            "ok": !answer.is_error,
+            "result": answer.result,
+            "error": answer.is_error.then_some("the tool reported an error (isError: true)"),
+            "latency_ms": answer.latency_ms,
+            "trace_id": trace_id,
+            "artifacts": answer.artifact_dir,
+        }),
+        Err(err) => json!({
+            "ok": false,
+            "result": null,
+            "error": err.to_string(),
+            "error_kind": err.kind().as_str(),
+            "latency_ms": null,
+            "trace_id": trace_id,
+        }),
+    };
+    Ok(Json(answer))
+}
+
+/// `GET /api/mcp/ping/:toolset/:tool` → `{ok, latency_ms, error}`: an MCP ping of the toolset, and
+/// the tool must be one it lists.
+async fn ping(
+    State(state): State<AppState>,
+    Path((toolset, tool)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let api = api(&state)?;
+    known_toolset(api, &toolset)?;
+    valid_tool(&tool)?;
+    let started = std::time::Instant::now();
+    let health = api.gateway.health_of(&toolset, Duration::from_secs(5)).await;
+    let mut error = health.as_ref().and_then(|h| h.error.clone());
+    if error.is_none() {
+        match api.gateway.tools(&toolset).await {
+            Ok(tools) if tools.iter().any(|t| t.name == tool) => {}
+            Ok(_) => error = Some(format!("toolset {toolset} has no tool {tool:?}")),
+            Err(err) => error = Some(err.to_string()),
+        }
+    }
+    Ok(Json(json!({
+        "ok": error.is_none(),
+        "latency_ms": health.map(|h| h.latency_ms).unwrap_or_else(|| started.elapsed().as_secs_f64() * 1000.0),
+        "error": error,
+    })))
+}
+
+/// Body of `POST /api/mcp/enqueue`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnqueueBody {
+    toolset: String,
+    tool: String,
+    #[serde(default)]
+    params: Value,
+    #[serde(default)]
+    shard: Option<String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    priority: Option<i32>,
+}
+
+/// `POST /api/mcp/enqueue` → the message id: an `mcp_call` for `service=mcp, role=gateway`.
+async fn enqueue(
+    State(state): State<AppState>,
+    payload: Result<Json<EnqueueBody>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let request = body(payload)?;
+    if let Some(api) = state.mcp.as_ref() {
+        known_toolset(api, &request.toolset)?;
+    }
+    valid_tool(&request.tool)?;
+    if !(request.params.is_object() || request.params.is_null()) {
+        return Err(ApiError::new(ErrorCode::InvalidRequest, "params must be a JSON object"));
+    }
+    let intent = model::Intent::new("mcp_call").map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    let payload = json!({ "toolset": request.toolset, "tool": request.tool, "params": request.params });
+    let mut message = model::NewMessage::new("mcp", "gateway", intent, payload);
+    message.shard = request.shard.unwrap_or_default();
+    message.idempotency_key = request.idempotency_key;
+    if let Some(tenant) = request.tenant {
+        message.tenant = tenant;
+    }
+    if let Some(priority) = request.priority {
+        message.priority = priority;
+    }
+    let enqueued = state.store.enqueue(message).await?;
+    let status = if enqueued.created { axum::http::StatusCode::CREATED } else { axum::http::StatusCode::OK };
+    Ok((
+        status,
+        Json(json!({
+            "id": enqueued.message.id,
+            "trace_id": enqueued.message.trace_id,
+            "status": enqueued.message.status,
+            "duplicate": !enqueued.created,
+        })),
+    ))
+}
+
+/// `GET /api/mcp/config`: mcp.json with env and header values and URL credentials redacted.
+async fn config(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(serde_json::to_value(api(&state)?.config.redacted()).unwrap_or(Value::Null)))
+}
+
+/// `GET /api/mcp/health`: every toolset pinged in parallel.
+async fn health(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let toolsets = api(&state)?.gateway.health(Duration::from_secs(5)).await;
+    Ok(Json(json!({ "ok": toolsets.iter().all(|t| t.ok), "toolsets": toolsets })))
+}
+
+/// Window of the MCP figures.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowQuery {
+    /// Start of the window (default: 24 hours ago).
+    since: Option<DateTime<Utc>>,
+}
+
+pub(crate) fn default_since(state: &AppState) -> DateTime<Utc> {
+    state.store.clock().now() - chrono::Duration::hours(24)
+}
+
+/// `GET /api/metrics/mcp/summary`: calls, failures, p50/p95 overall and per `<toolset>.<tool>`.
+async fn summary(
+    State(state): State<AppState>,
+    q: Result<Query<WindowQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let since = query(q)?.since.unwrap_or_else(|| default_since(&state));
+    Ok(Json(json!({ "mcp": state.store.mcp_summary(since).await? })))
+}
+
+/// Query of `GET /api/metrics/mcp/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct McpEventsQuery {
+    event_type: Option<String>,
+    trace_id: Option<String>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/metrics/mcp/events`: the events of the MCP service (calls, retries, dead letters).
+async fn events(
+    State(state): State<AppState>,
+    q: Result<Query<McpEventsQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let q = query(q)?;
+    let filter = EventFilter {
+        service: Some("mcp".into()),
+        event_type: q.event_type,
+        trace_id: q.trace_id,
+        since: q.since,
+        until: q.until,
+        ..EventFilter::default()
+    };
+    Ok(Json(state.store.events(&filter, &PageRequest { after: q.after, limit: q.limit.unwrap_or(100) }).await?))
+}
+
+/// The most call directories one artifacts summary looks at per toolset.
+const MAX_ARTIFACT_DIRS: usize = 100_000;
+
+/// `GET /api/metrics/mcp/artifacts/summary`: per toolset, the call directories, their files and
+/// bytes, and the newest.
+async fn artifacts_summary(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let root = api(&state)?.data_dir.join("artifacts").join("mcp");
+    let summary = tokio::task::spawn_blocking(move || artifact_counts(&root))
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "internal error; see the server log"))?;
+    Ok(Json(json!({ "artifacts": summary })))
+}
+
+fn artifact_counts(root: &FsPath) -> Value {
+    let mut toolsets = serde_json::Map::new();
+    let (mut calls, mut bytes) = (0u64, 0u64);
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return json!({ "calls": 0, "bytes": 0, "toolsets": {} });
+    };
+    for toolset in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+        let (mut count, mut size, mut errors, mut images) = (0u64, 0u64, 0u64, 0u64);
+        let mut latest: Option<String> = None;
+        let Ok(dirs) = std::fs::read_dir(toolset.path()) else { continue };
+        for call in dirs.flatten().take(MAX_ARTIFACT_DIRS) {
+            count += 1;
+            let name = call.file_name().to_string_lossy().into_owned();
+            if latest.as_ref().is_none_or(|l| name > *l) {
+                latest = Some(name);
+            }
+            for file in std::fs::read_dir(call.path()).into_iter().flatten().flatten() {
+                size += file.metadata().map(|m| m.len()).unwrap_or(0);
+                let file_name = file.file_name();
+                let file_name = file_name.to_string_lossy();
+                errors += u64::from(file_name == model::artifact::mcp_files::ERROR);
+                images += u64::from(file_name.starts_with("image-"));
+            }
+        }
+        calls += count;
+        bytes += size;
+        toolsets.insert(
+            toolset.file_name().to_string_lossy().into_owned(),
+            json!({ "calls": count, "errors": errors, "images": images, "bytes": size, "latest": latest }),
+        );
+    }
+    json!({ "calls": calls, "bytes": bytes, "toolsets": toolsets })
+}
+
+/// `POST /api/metrics/snapshot`: writes the summary and this process's Prometheus text to
+/// `artifacts/metrics/<ts>/` and answers with the path.
+async fn snapshot(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let api = api(&state)?;
+    let summary = crate::routes::summary_value(&state).await?;
+    let stamp = model::artifact::TsAllocator::new(&state.agent_id).next(Utc::now());
+    let relative = format!("artifacts/metrics/{stamp}");
+    let dir = api.data_dir.join(&relative);
+    let prometheus = (state.metrics)();
+    let write = async {
+        tokio::fs::create_dir_all(&dir).await?;
+        let text = serde_json::to_vec_pretty(&summary).map_err(std::io::Error::other)?;
+        tokio::fs::write(dir.join("summary.json"), text).await?;
+        tokio::fs::write(dir.join("metrics.prom"), prometheus).await
+    };
+    write.await.map_err(|err| {
+        tracing::error!(error = %err, dir = %dir.display(), "could not write a metrics snapshot");
+        ApiError::new(ErrorCode::Internal, "the snapshot could not be written; see the server log")
+    })?;
+    Ok((axum::http::StatusCode::CREATED, Json(json!({ "path": relative, "files": ["summary.json", "metrics.prom"] }))))
+}

@@ -1,0 +1,172 @@
+//! The MCP routes against a real MCP server (server-everything over stdio): direct calls, ping,
+//! enqueue, configuration, health, and the MCP figures computed from the store.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use model::config::{ConfigFile, RoutePolicies, parse};
+
+struct Fixture {
+    app: axum::Router,
+    t: test_support::TestStore,
+    data_dir: std::path::PathBuf,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+async fn fixture() -> Fixture {
+    let t = test_support::sqlite().await;
+    let data_dir = std::env::temp_dir().join(format!("cogo-api-mcp-{}", model::new_id().simple()));
+    let config: model::config::McpConfig = serde_json::from_value(json!({ "toolsets": {
+        "everything": { "command": "node", "args": [test_support::everything_js(), "stdio"], "env": { "API_KEY": "sk-very-secret" } }
+    }}))
+    .expect("mcp config");
+    let policies = Arc::new(resilience::Policies::seed());
+    let breakers = Arc::new(resilience::Breakers::new(policies.clone(), None));
+    let gateway = Arc::new(mcp::Gateway::new(config.toolsets.clone(), breakers, data_dir.clone(), "api"));
+    let routes: RoutePolicies = parse("route_policies.json", ConfigFile::Routes.seed()).expect("seed routes");
+    let state = server::AppState {
+        store: t.store.clone(),
+        routes: Arc::new(routes),
+        admin_token: Some(Arc::from("admin-secret")),
+        api_tokens: Arc::new(vec!["reader-token".to_owned()]),
+        metrics: Arc::new(|| "# TYPE cogo_mcp_calls_total counter\n".to_owned()),
+        agent_id: Arc::from("agent-test"),
+        mcp: Some(Arc::new(server::McpApi { gateway, policies, config, data_dir: data_dir.clone() })),
+    };
+    Fixture { app: server::router(state, server::Limits::default()), t, data_dir }
+}
+
+async fn send(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(method).uri(uri).header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response =
+        app.clone().oneshot(request.body(Body::from(body.to_owned())).expect("request")).await.expect("response");
+    let status = response.status();
+    let bytes = response.into_body().collect().await.expect("body").to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    assert!(!text.contains("sk-very-secret"), "a secret leaked into a response: {text}");
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+const TOKEN: (&str, &str) = ("authorization", "Bearer reader-token");
+const ADMIN: (&str, &str) = ("x-admin-token", "admin-secret");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_calls_answer_and_show_up_in_the_mcp_figures() {
+    let f = fixture().await;
+    let (status, body) =
+        send(&f.app, "POST", "/api/mcp/everything/echo", &[ADMIN], r#"{"params": {"message": "via the API"}}"#).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["ok"], true, "{body}");
+    assert!(body["result"].to_string().contains("via the API"), "{body}");
+    assert!(body["latency_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{body}");
+    let trace_id = body["trace_id"].as_str().expect("trace id").to_owned();
+    // a tool the server does not have: the answer says so, it is not a 5xx
+    let (status, body) = send(&f.app, "POST", "/api/mcp/everything/no-such-tool", &[ADMIN], "{}").await;
+    assert_eq!((status, body["ok"].as_bool()), (StatusCode::OK, Some(false)), "{body}");
+    // the summary comes from the store's events
+    let (status, body) = send(&f.app, "GET", "/api/metrics/mcp/summary", &[TOKEN], "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let echo = &body["mcp"]["detail"]["everything.echo"];
+    assert_eq!((echo["calls"].as_u64(), echo["fails"].as_u64()), (Some(1), Some(0)), "{body}");
+    assert!(echo["p50"].as_f64().is_some() && body["mcp"]["calls"].as_u64() == Some(2), "{body}");
+    assert_eq!(body["mcp"]["detail"]["everything.no-such-tool"]["fails"].as_u64(), Some(1), "{body}");
+    let (_, whole) = send(&f.app, "GET", "/api/metrics/summary", &[TOKEN], "").await;
+    assert_eq!(whole["summary"]["mcp"]["calls"].as_u64(), Some(2), "{whole}");
+    let (_, events) = send(&f.app, "GET", &format!("/api/metrics/mcp/events?trace_id={trace_id}"), &[TOKEN], "").await;
+    let types: Vec<&str> =
+        events["items"].as_array().expect("items").iter().filter_map(|e| e["event_type"].as_str()).collect();
+    assert_eq!(types, ["mcp_call_succeeded"], "{events}");
+    let (_, artifacts) = send(&f.app, "GET", "/api/metrics/mcp/artifacts/summary", &[TOKEN], "").await;
+    assert_eq!(artifacts["artifacts"]["toolsets"]["everything"]["calls"].as_u64(), Some(2), "{artifacts}");
+    // a snapshot artifact holds the same summary
+    let (status, snapshot) = send(&f.app, "POST", "/api/metrics/snapshot", &[ADMIN], "").await;
+    assert_eq!(status, StatusCode::CREATED, "{snapshot}");
+    let path = f.data_dir.join(snapshot["path"].as_str().expect("path")).join("summary.json");
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("snapshot file")).expect("json");
+    assert_eq!(written["summary"]["mcp"]["calls"].as_u64(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_calls_refuse_bad_input_and_missing_admin() {
+    let f = fixture().await;
+    let (status, body) = send(&f.app, "POST", "/api/mcp/everything/echo", &[TOKEN], "{}").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = send(&f.app, "POST", "/api/mcp/everything/echo", &[], "{}").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, body) = send(&f.app, "POST", "/api/mcp/everything/echo", &[ADMIN], "{oops").await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")), "{body}");
+    let (status, body) = send(&f.app, "POST", "/api/mcp/everything/echo", &[ADMIN], r#"{"params": [1]}"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["message"].as_str().unwrap_or_default().contains("params must be a JSON object"), "{body}");
+    let (status, body) =
+        send(&f.app, "POST", "/api/mcp/everything/echo", &[ADMIN], r#"{"params": {}, "extra": 1}"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = send(&f.app, "POST", "/api/mcp/nowhere/echo", &[ADMIN], "{}").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(body["message"].as_str().unwrap_or_default().contains("configured: everything"), "{body}");
+    let (status, body) = send(&f.app, "POST", "/api/mcp/everything/bad%20tool", &[ADMIN], "{}").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let big = format!(r#"{{"params": {{"message": "{}"}}}}"#, "x".repeat(3 * 1024 * 1024));
+    let (status, body) = send(&f.app, "POST", "/api/mcp/everything/echo", &[ADMIN], &big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_health_config_and_enqueue() {
+    let f = fixture().await;
+    let (status, body) = send(&f.app, "GET", "/api/mcp/ping/everything/echo", &[TOKEN], "").await;
+    assert_eq!((status, body["ok"].as_bool()), (StatusCode::OK, Some(true)), "{body}");
+    let (_, body) = send(&f.app, "GET", "/api/mcp/ping/everything/no-such-tool", &[TOKEN], "").await;
+    assert_eq!(body["ok"], false, "{body}");
+    assert!(body["error"].as_str().unwrap_or_default().contains("has no tool \"no-such-tool\""), "{body}");
+    let (status, body) = send(&f.app, "GET", "/api/mcp/health", &[TOKEN], "").await;
+    assert_eq!((status, body["ok"].as_bool()), (StatusCode::OK, Some(true)), "{body}");
+    assert_eq!(body["toolsets"][0]["toolset"], "everything");
+    // the configuration is shown with its secrets redacted (send() also checks every answer)
+    let (status, body) = send(&f.app, "GET", "/api/mcp/config", &[TOKEN], "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["toolsets"]["everything"]["env"]["API_KEY"], "***", "{body}");
+    // enqueue: a message for the gateway role; an idempotency key makes a repeat return the same id
+    let request =
+        r#"{"toolset": "everything", "tool": "echo", "params": {"message": "queued"}, "idempotency_key": "k-1"}"#;
+    let (status, first) = send(&f.app, "POST", "/api/mcp/enqueue", &[ADMIN], request).await;
+    assert_eq!((status, first["duplicate"].as_bool()), (StatusCode::CREATED, Some(false)), "{first}");
+    let (status, again) = send(&f.app, "POST", "/api/mcp/enqueue", &[ADMIN], request).await;
+    assert_eq!(
+        (status, again["duplicate"].as_bool(), &again["id"]),
+        (StatusCode::OK, Some(true), &first["id"]),
+        "{again}"
+    );
+    let id: model::MessageId = first["id"].as_str().expect("id").parse().expect("uuid");
+    let message = f.t.store.message(id).await.expect("stored");
+    assert_eq!(
+        (message.service.as_str(), message.role.as_str(), message.intent.as_str()),
+        ("mcp", "gateway", "mcp_call")
+    );
+    assert_eq!(message.payload["params"]["message"], "queued");
+    let (status, body) =
+        send(&f.app, "POST", "/api/mcp/enqueue", &[ADMIN], r#"{"toolset": "nowhere", "tool": "echo"}"#).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = send(&f.app, "POST", "/api/mcp/enqueue", &[ADMIN], r#"{"tool": "echo"}"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["message"].as_str().unwrap_or_default().contains("toolset"), "{body}");
+}
