@@ -236,4 +236,9 @@ async fn a_server_killed_mid_call_is_retried_through_the_bus_and_reconnected() {
         events.items.iter().all(|e| e.trace_id.as_deref() == Some(message.trace_id.as_str())),
         "every event carries the trace"
     );
+    // the summary, computed from the store, shows the failed attempt and the success
+    let summary = t.store.mcp_summary(test_support::epoch() - chrono::Duration::hours(1)).await.expect("summary");
+    let tool = &summary.detail["everything.trigger-long-running-operation"];
+    assert_eq!((tool.calls, tool.fails), (message.attempts as u64, message.attempts as u64 - 1), "{summary:?}");
+    assert!(tool.p50.is_some_and(|ms| ms > 0.0), "{summary:?}");
 }
