@@ -8,12 +8,13 @@ use model::config::{BreakerFile, ConfigError, ConfigFile, McpConfig, RetryFile, 
 use crate::ExitWith;
 use crate::args::{Global, LogFormat};
 
-/// Sets up `tracing`: human or JSON lines on stderr, filtered by `--log`, else `RUST_LOG`, else `info`.
+/// Sets up `tracing`: human or JSON lines on stderr, filtered by `--log`, else `RUST_LOG`, else
+/// `info` (`warn` for sqlx and rmcp).
 pub fn init_logging(global: &Global) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = match &global.log {
         Some(filter) => EnvFilter::try_new(filter).with_context(|| format!("invalid --log filter {filter:?}"))?,
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,rmcp=warn")),
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match global.log_format {
