@@ -131,6 +131,12 @@ pub enum McpCommand {
         #[arg(long)]
         timeout_ms: Option<u64>,
     },
+    /// Act as the client under test of the MCP conformance suite (`scripts/mcp-conformance`):
+    /// the scenario comes from `MCP_CONFORMANCE_SCENARIO`, the server URL is the argument.
+    Conformance {
+        /// The scenario server's URL (streamable HTTP).
+        url: String,
+    },
     /// Run the example MCP servers (page server, browser, figma) on loopback until stopped.
     Examples {
         /// Where they come from and listen.

@@ -48,6 +48,7 @@ pub async fn run(global: &Global, command: McpCommand) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match command {
         McpCommand::Examples { .. } => {}
+        McpCommand::Conformance { url } => conformance(&url).await?,
         McpCommand::Ping { toolset: only, timeout_ms, json } => {
             if let Some(name) = &only {
                 toolset(&configs, name)?;
@@ -159,4 +160,40 @@ async fn examples(global: &Global, args: &ExamplesArgs, stop: bool) -> anyhow::R
     crate::node::wait_for_signal().await;
     drop(servers);
     Ok(())
+}
+
+/// The client side of the MCP conformance suite's scenarios that COGO's client covers.
+async fn conformance(url: &str) -> anyhow::Result<()> {
+    let scenario = std::env::var("MCP_CONFORMANCE_SCENARIO").unwrap_or_default();
+    let timeout = Duration::from_secs(20);
+    let toolset = model::config::mcp::Toolset::at_url(url, 20_000);
+    let client = mcp::McpClient::connect("conformance", &toolset, timeout).await?;
+    let outcome = async {
+        match scenario.as_str() {
+            "initialize" => {
+                client.tools(timeout).await?;
+            }
+            "tools_call" => {
+                let tools = client.tools(timeout).await?;
+                anyhow::ensure!(tools.iter().any(|t| t.name == "add_numbers"), "the server lists no add_numbers tool");
+                let answer = client.call("add_numbers", json!({ "a": 2, "b": 3 }), timeout).await?;
+                anyhow::ensure!(!answer.is_error, "add_numbers reported an error: {}", answer.result);
+                writeln!(std::io::stdout(), "{}", answer.result)?;
+            }
+            "sse-retry" => {
+                // the answer arrives on the stream the client reopens with Last-Event-ID
+                let answer = client.call("test_reconnection", json!({}), timeout).await?;
+                anyhow::ensure!(!answer.is_error, "test_reconnection reported an error: {}", answer.result);
+            }
+            other => {
+                return Err(
+                    ExitWith(2, format!("error: scenario {other:?} is not covered by COGO's MCP client")).into()
+                );
+            }
+        }
+        Ok(())
+    }
+    .await;
+    client.close().await;
+    outcome
 }

@@ -136,6 +136,15 @@ struct Watch {
 struct Handler(Arc<Watch>);
 
 impl rmcp::ClientHandler for Handler {
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        let mut info = rmcp::model::ClientConfig::default();
+        info.client_info.name = "cogo".to_owned();
+        info.client_info.version = env!("CARGO_PKG_VERSION").to_owned();
+        // the newest revision with an `initialize` handshake, which every server here speaks
+        info.protocol_version = rmcp::model::ProtocolVersion::LATEST_WITH_INITIALIZE;
+        info
+    }
+
     fn on_tool_list_changed(
         &self,
         _context: rmcp::service::NotificationContext<RoleClient>,
