@@ -14,7 +14,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use model::event::NewEvent;
-use store::{EventFilter, PageRequest};
 
 use crate::routes::query;
 use crate::{ApiError, AppState, ErrorCode};
@@ -257,33 +256,15 @@ async fn summary(
     Ok(Json(json!({ "mcp": state.store.mcp_summary(since).await? })))
 }
 
-/// Query of `GET /api/metrics/mcp/events`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct McpEventsQuery {
-    event_type: Option<String>,
-    trace_id: Option<String>,
-    since: Option<DateTime<Utc>>,
-    until: Option<DateTime<Utc>>,
-    after: Option<String>,
-    limit: Option<u32>,
-}
-
-/// `GET /api/metrics/mcp/events`: the events of the MCP service (calls, retries, dead letters).
+/// `GET /api/metrics/mcp/events`: the events of the MCP service (calls, retries, dead letters),
+/// with the filters of `/api/events`.
 async fn events(
     State(state): State<AppState>,
-    q: Result<Query<McpEventsQuery>, QueryRejection>,
+    q: Result<Query<crate::routes::EventQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let q = query(q)?;
-    let filter = EventFilter {
-        service: Some("mcp".into()),
-        event_type: q.event_type,
-        trace_id: q.trace_id,
-        since: q.since,
-        until: q.until,
-        ..EventFilter::default()
-    };
-    Ok(Json(state.store.events(&filter, &PageRequest { after: q.after, limit: q.limit.unwrap_or(100) }).await?))
+    let (mut filter, page) = query(q)?.split()?;
+    filter.service = Some("mcp".into());
+    Ok(Json(state.store.events(&filter, &page).await?))
 }
 
 /// The most call directories one artifacts summary looks at per toolset.

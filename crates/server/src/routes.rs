@@ -116,7 +116,7 @@ async fn message(State(state): State<AppState>, Path(id): Path<String>) -> Resul
 /// Query of event listings.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EventQuery {
+pub(crate) struct EventQuery {
     tenant: Option<String>,
     service: Option<String>,
     role: Option<String>,
@@ -129,22 +129,29 @@ struct EventQuery {
     limit: Option<u32>,
 }
 
+impl EventQuery {
+    /// The store's filter and page.
+    pub(crate) fn split(self) -> Result<(EventFilter, PageRequest), ApiError> {
+        let filter = EventFilter {
+            tenant: self.tenant,
+            service: self.service,
+            role: self.role,
+            event_type: self.event_type,
+            message_id: self.message_id.as_deref().map(parse_id).transpose()?,
+            trace_id: self.trace_id,
+            since: self.since,
+            until: self.until,
+        };
+        Ok((filter, PageRequest { after: self.after, limit: self.limit.unwrap_or(100) }))
+    }
+}
+
 async fn events(
     State(state): State<AppState>,
     q: Result<Query<EventQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let q = query(q)?;
-    let filter = EventFilter {
-        tenant: q.tenant,
-        service: q.service,
-        role: q.role,
-        event_type: q.event_type,
-        message_id: q.message_id.as_deref().map(parse_id).transpose()?,
-        trace_id: q.trace_id,
-        since: q.since,
-        until: q.until,
-    };
-    Ok(Json(state.store.events(&filter, &PageRequest { after: q.after, limit: q.limit.unwrap_or(100) }).await?))
+    let (filter, page) = query(q)?.split()?;
+    Ok(Json(state.store.events(&filter, &page).await?))
 }
 
 /// Query of the live event stream.

@@ -764,14 +764,7 @@ SELECT count(*) FROM upd"#
         .await
         .map_err(db("reading MCP call events"))?;
         rows.iter()
-            .map(|row| -> Result<McpCallRecord, sqlx::Error> {
-                Ok(McpCallRecord {
-                    tool: row.try_get("tool")?,
-                    failed: row.try_get("failed")?,
-                    error_kind: row.try_get("error_kind")?,
-                    latency_ms: row.try_get("latency_ms")?,
-                })
-            })
+            .map(crate::lifecycle::mcp_call_record)
             .collect::<Result<_, _>>()
             .map_err(db("reading MCP call events"))
     }

@@ -12,19 +12,23 @@ use tower::ServiceExt;
 
 use model::config::{ConfigFile, RoutePolicies, parse};
 
-async fn app() -> (axum::Router, test_support::TestStore) {
-    let t = test_support::sqlite().await;
+/// The app over `store` with the seed route policies, an admin and a reader token, and `mcp`.
+fn state(store: &store::Store, mcp: Option<Arc<server::McpApi>>) -> server::AppState {
     let routes: RoutePolicies = parse("route_policies.json", ConfigFile::Routes.seed()).expect("seed routes");
-    let state = server::AppState {
-        store: t.store.clone(),
+    server::AppState {
+        store: store.clone(),
         routes: Arc::new(routes),
         admin_token: Some(Arc::from("admin-secret")),
         api_tokens: Arc::new(vec!["reader-token".to_owned()]),
         metrics: Arc::new(|| "# TYPE cogo_bus_claimed_total counter\n".to_owned()),
         agent_id: Arc::from("agent-test"),
-        mcp: None,
-    };
-    (server::router(state, server::Limits::default()), t)
+        mcp,
+    }
+}
+
+async fn app() -> (axum::Router, test_support::TestStore) {
+    let t = test_support::sqlite().await;
+    (server::router(state(&t.store, None), server::Limits::default()), t)
 }
 
 async fn call(

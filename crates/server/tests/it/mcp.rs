@@ -9,8 +9,6 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use model::config::{ConfigFile, RoutePolicies, parse};
-
 struct Fixture {
     app: axum::Router,
     t: test_support::TestStore,
@@ -33,16 +31,8 @@ async fn fixture() -> Fixture {
     let policies = Arc::new(resilience::Policies::seed());
     let breakers = Arc::new(resilience::Breakers::new(policies.clone(), None));
     let gateway = Arc::new(mcp::Gateway::new(config.toolsets.clone(), breakers, data_dir.clone(), "api"));
-    let routes: RoutePolicies = parse("route_policies.json", ConfigFile::Routes.seed()).expect("seed routes");
-    let state = server::AppState {
-        store: t.store.clone(),
-        routes: Arc::new(routes),
-        admin_token: Some(Arc::from("admin-secret")),
-        api_tokens: Arc::new(vec!["reader-token".to_owned()]),
-        metrics: Arc::new(|| "# TYPE cogo_mcp_calls_total counter\n".to_owned()),
-        agent_id: Arc::from("agent-test"),
-        mcp: Some(Arc::new(server::McpApi { gateway, policies, config, data_dir: data_dir.clone() })),
-    };
+    let mcp = server::McpApi { gateway, policies, config, data_dir: data_dir.clone() };
+    let state = super::state(&t.store, Some(Arc::new(mcp)));
     Fixture { app: server::router(state, server::Limits::default()), t, data_dir }
 }
 
@@ -66,8 +56,7 @@ async fn send(
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
-const TOKEN: (&str, &str) = ("authorization", "Bearer reader-token");
-const ADMIN: (&str, &str) = ("x-admin-token", "admin-secret");
+use super::{ADMIN, TOKEN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_calls_answer_and_show_up_in_the_mcp_figures() {
