@@ -406,7 +406,7 @@ impl Gateway {
         let dir = self.data_dir.join(&artifact_dir);
         detail["artifacts"] = json!(artifact_dir);
         let request = json!({ "toolset": call.toolset, "tool": call.tool, "params": redact(&call.params), "trace_id": context.trace_id, "message_id": context.message_id, "attempt": context.attempt });
-        write_json(&dir, mcp_files::REQUEST, &request).await;
+        write_artifacts(dir.clone(), vec![json_file(mcp_files::REQUEST, &request)]).await;
         metrics::counter!(model::metrics::MCP_CALLS_TOTAL, &labels).increment(1);
         let started = Instant::now();
         let outcome = async {
@@ -449,19 +449,24 @@ impl Gateway {
         });
         match outcome {
             Ok(answer) => {
-                let (result, images) = keep_images_as_files(&dir, answer.result).await;
-                summary["images"] = json!(images);
-                write_json(&dir, mcp_files::SUMMARY, &summary).await;
-                write_json(&dir, mcp_files::RESPONSE, &result).await;
+                let (result, images) = take_images(answer.result);
+                let names: Vec<String> = images.iter().map(|(name, _)| name.clone()).collect();
+                summary["images"] = json!(names);
+                let mut files = vec![json_file(mcp_files::SUMMARY, &summary), json_file(mcp_files::RESPONSE, &result)];
                 if answer.is_error {
-                    write_json(&dir, mcp_files::ERROR, &json!({ "kind": "tool_error", "result": result })).await;
+                    files.push(json_file(mcp_files::ERROR, &json!({ "kind": "tool_error", "result": result })));
                 }
-                Ok(GatewayAnswer { result, is_error: answer.is_error, latency_ms, artifact_dir, images })
+                files.extend(images);
+                write_artifacts(dir, files).await;
+                Ok(GatewayAnswer { result, is_error: answer.is_error, latency_ms, artifact_dir, images: names })
             }
             Err(err) => {
-                write_json(&dir, mcp_files::SUMMARY, &summary).await;
-                write_json(&dir, mcp_files::ERROR, &json!({ "kind": err.kind().as_str(), "error": err.to_string() }))
-                    .await;
+                let error = json!({ "kind": err.kind().as_str(), "error": err.to_string() });
+                write_artifacts(
+                    dir,
+                    vec![json_file(mcp_files::SUMMARY, &summary), json_file(mcp_files::ERROR, &error)],
+                )
+                .await;
                 Err(err)
             }
         }
@@ -471,9 +476,9 @@ impl Gateway {
 /// Largest image kept from one answer (decoded bytes); larger ones are dropped with a note.
 const MAX_IMAGE_BYTES: usize = 32 * 1024 * 1024;
 
-/// Moves the base64 images of an answer (`content[].type == "image"`) into files beside the JSON
-/// (`image-<n>.<ext>`), leaving `{"type": "image", "mimeType", "file", "bytes"}` in their place.
-async fn keep_images_as_files(dir: &std::path::Path, mut result: Value) -> (Value, Vec<String>) {
+/// Takes the base64 images out of an answer (`content[].type == "image"`) as files to write beside
+/// the JSON (`image-<n>.<ext>`), leaving `{"type": "image", "mimeType", "file", "bytes"}` in their place.
+fn take_images(mut result: Value) -> (Value, Vec<(String, Vec<u8>)>) {
     use base64::Engine as _;
     let mut files = Vec::new();
     let Some(content) = result.get_mut("content").and_then(Value::as_array_mut) else {
@@ -493,42 +498,43 @@ async fn keep_images_as_files(dir: &std::path::Path, mut result: Value) -> (Valu
             "image/svg+xml" => "svg",
             _ => "bin",
         };
-        let bytes = match base64::engine::general_purpose::STANDARD.decode(data) {
-            Ok(bytes) if bytes.len() <= MAX_IMAGE_BYTES => bytes,
+        match base64::engine::general_purpose::STANDARD.decode(data) {
+            Ok(bytes) if bytes.len() <= MAX_IMAGE_BYTES => {
+                let name = format!("image-{}.{ext}", files.len());
+                *item = json!({ "type": "image", "mimeType": mime, "file": name, "bytes": bytes.len() });
+                files.push((name, bytes));
+            }
             Ok(bytes) => {
                 *item = json!({ "type": "image", "mimeType": mime, "dropped": format!("{} bytes is over the {MAX_IMAGE_BYTES}-byte limit", bytes.len()) });
-                continue;
             }
             Err(err) => {
                 *item = json!({ "type": "image", "mimeType": mime, "dropped": format!("not base64: {err}") });
-                continue;
             }
-        };
-        let name = format!("image-{}.{ext}", files.len());
-        let written = async {
-            tokio::fs::create_dir_all(dir).await?;
-            tokio::fs::write(dir.join(&name), &bytes).await
-        };
-        match written.await {
-            Ok(()) => {
-                *item = json!({ "type": "image", "mimeType": mime, "file": name, "bytes": bytes.len() });
-                files.push(name);
-            }
-            Err(err) => tracing::warn!(dir = %dir.display(), error = %err, "could not write an MCP image artifact"),
         }
     }
     (result, files)
 }
 
-async fn write_json(dir: &std::path::Path, name: &str, value: &Value) {
-    let write = async {
-        tokio::fs::create_dir_all(dir).await?;
-        let text = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-        tokio::fs::write(dir.join(name), text).await
-    };
-    if let Err(err) = write.await {
-        // an artifact that cannot be written must not fail the call; it is logged
-        tracing::warn!(dir = %dir.display(), file = name, error = %err, "could not write an MCP artifact");
+/// A JSON artifact file, pretty-printed.
+fn json_file(name: &str, value: &Value) -> (String, Vec<u8>) {
+    (name.to_owned(), serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"null".to_vec()))
+}
+
+/// Writes `files` into `dir` (created if needed) in one blocking task, off the async workers. An
+/// artifact that cannot be written must not fail the call: the failure is logged.
+async fn write_artifacts(dir: PathBuf, files: Vec<(String, Vec<u8>)>) {
+    let written = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| files.iter().try_for_each(|(name, bytes)| std::fs::write(dir.join(name), bytes)))
+            .map_err(|err| (dir, err))
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err((dir, err))) => {
+            tracing::warn!(dir = %dir.display(), error = %err, "could not write MCP artifacts");
+        }
+        Err(err) => tracing::warn!(error = %err, "the MCP artifact writer stopped"),
     }
 }
 
