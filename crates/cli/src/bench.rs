@@ -39,7 +39,7 @@ fn elapsed_ms(started: Instant) -> f64 {
 }
 
 /// `bench gateway`: server-everything behind supergateway (WebSocket) on loopback; `echo` called
-/// directly with rmcp and through the gateway, alternately; calls/s through the gateway at
+/// directly with rmcp and through the gateway, alternately (overhead = the paired difference); calls/s through the gateway at
 /// concurrency 1, 8 and 64 on one session; enqueue→succeeded through the bus and the gateway worker.
 async fn gateway(global: &Global, args: BenchGatewayArgs) -> anyhow::Result<()> {
     let _metrics = crate::node::metrics_render()?;
@@ -84,15 +84,24 @@ async fn gateway(global: &Global, args: BenchGatewayArgs) -> anyhow::Result<()> 
         gateway_ms.push(elapsed_ms(started));
     }
     direct.close().await;
+    // the overhead of each call is its gateway time minus the direct call made right before it
+    let mut overhead_ms: Vec<f64> = gateway_ms.iter().zip(&direct_ms).map(|(g, d)| g - d).collect();
+    let overhead = spread(&mut overhead_ms);
     let direct_spread = spread(&mut direct_ms);
     let gateway_spread = spread(&mut gateway_ms);
-    let overhead = ["p50", "p95", "p99"]
-        .iter()
-        .map(|p| {
-            let difference = gateway_spread[p].as_f64().unwrap_or(0.0) - direct_spread[p].as_f64().unwrap_or(0.0);
-            (p.to_string(), json!((difference * 1000.0).round() / 1000.0))
-        })
-        .collect::<serde_json::Map<_, _>>();
+    // the file system's share: one call's artifact files (a directory and three small files)
+    let mut artifact_fs_ms = Vec::with_capacity(500);
+    let fs_dir = work.path().join("fs-probe");
+    for n in 0..500 {
+        let started = Instant::now();
+        let dir = fs_dir.join(n.to_string());
+        std::fs::create_dir_all(&dir)?;
+        for name in ["request.json", "summary.json", "response.json"] {
+            std::fs::write(dir.join(name), [b' '; 300])?;
+        }
+        artifact_fs_ms.push(elapsed_ms(started));
+    }
+    let artifact_fs = spread(&mut artifact_fs_ms);
     // 2. calls in flight on one session
     let mut calls_per_s = serde_json::Map::new();
     for concurrency in [1usize, 8, 64] {
@@ -142,6 +151,7 @@ async fn gateway(global: &Global, args: BenchGatewayArgs) -> anyhow::Result<()> 
         "overhead_ms": overhead,
         "direct_ms": direct_spread,
         "gateway_ms": gateway_spread,
+        "artifact_fs_ms": artifact_fs,
         "calls_per_s": calls_per_s,
         "end_to_end_ms": end_to_end_ms,
         "end_to_end_calls": end_to_end_calls,
