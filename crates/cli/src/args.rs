@@ -180,6 +180,13 @@ pub struct ServeArgs {
     /// Handlers running at once per role (up only).
     #[arg(long, env = "COGO_CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
+    /// Requests per second allowed to one client address and, separately, to one token; 0 turns
+    /// rate limiting off. Over it the API answers 429 with Retry-After.
+    #[arg(long, env = "COGO_RATE_LIMIT", default_value_t = 100)]
+    pub rate_limit: u32,
+    /// Requests a client or token may make at once above the steady rate.
+    #[arg(long, env = "COGO_RATE_BURST", default_value_t = 200)]
+    pub rate_burst: u32,
     /// Do not start the example MCP servers (up only).
     #[arg(long, env = "COGO_NO_EXAMPLES")]
     pub no_examples: bool,

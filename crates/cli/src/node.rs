@@ -221,7 +221,9 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
     } else {
         "no admin token: mutating routes are refused (set COGO_ADMIN_TOKEN)"
     };
-    let app = server::router(state, server::Limits::default());
+    let limits =
+        server::Limits { rate_per_second: args.rate_limit, rate_burst: args.rate_burst, ..server::Limits::default() };
+    let app = server::router(state, limits);
     {
         let mut out = std::io::stdout().lock();
         writeln!(
@@ -255,7 +257,10 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
         out.flush()?;
     }
     let _policies = node.policies.clone();
-    axum::serve(listener, app).with_graceful_shutdown(wait_for_signal()).await.context("serving HTTP")?;
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(wait_for_signal())
+        .await
+        .context("serving HTTP")?;
     stop(node).await;
     drop(examples);
     Ok(())

@@ -6,6 +6,7 @@
 //! constant time and never logged.
 
 mod error;
+mod limit;
 mod mcp_routes;
 mod routes;
 mod security;
@@ -56,18 +57,31 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Longest a request may take.
     pub request_timeout: Duration,
+    /// Requests per second allowed to one client address and, separately, to one token
+    /// (0 turns rate limiting off).
+    pub rate_per_second: u32,
+    /// Requests a client or token may make at once above the steady rate.
+    pub rate_burst: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_body_bytes: 2 * 1024 * 1024, request_timeout: Duration::from_secs(30) }
+        Self {
+            max_body_bytes: 2 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            rate_per_second: 100,
+            rate_burst: 200,
+        }
     }
 }
 
-/// The whole application router.
+/// The whole application router. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()` so rate limits apply per client address.
 pub fn router(state: AppState, limits: Limits) -> Router {
+    let limiter = limit::RateLimits::new(limits.rate_per_second, limits.rate_burst).map(Arc::new);
     routes::router(state.clone())
         .layer(axum::middleware::from_fn_with_state(state, security::guard))
+        .layer(axum::middleware::from_fn_with_state(limiter, limit::rate_limit))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,

@@ -184,3 +184,36 @@ async fn live_events_arrive_on_the_sse_stream() {
     let (status, _, body) = call(&app, "GET", "/api/events/stream?after=abc", &[TOKEN]).await;
     assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")));
 }
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after_per_client_and_per_token() {
+    let t = test_support::sqlite().await;
+    let limits = server::Limits { rate_per_second: 1, rate_burst: 2, ..server::Limits::default() };
+    let app = server::router(state(&t.store, None), limits);
+    let from = |ip: [u8; 4], token: Option<&str>| {
+        let mut request = Request::builder().uri("/api/agents");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let mut request = request.body(Body::empty()).expect("request");
+        request.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((ip, 40000))));
+        request
+    };
+    for _ in 0..2 {
+        let response = app.clone().oneshot(from([10, 0, 0, 1], Some("reader-token"))).await.expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let refused = app.clone().oneshot(from([10, 0, 0, 1], Some("reader-token"))).await.expect("response");
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = refused.headers()["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+    assert!(wait >= 1, "Retry-After {wait}");
+    let body: Value =
+        serde_json::from_slice(&refused.into_body().collect().await.expect("body").to_bytes()).expect("json");
+    assert_eq!(body["code"], "rate_limited", "{body}");
+    // the same token from another address is still over its own limit
+    let same_token = app.clone().oneshot(from([10, 0, 0, 2], Some("reader-token"))).await.expect("response");
+    assert_eq!(same_token.status(), StatusCode::TOO_MANY_REQUESTS);
+    // another address without that token has its own bucket (the route then asks for a token)
+    let other = app.clone().oneshot(from([10, 0, 0, 3], None)).await.expect("response");
+    assert_eq!(other.status(), StatusCode::UNAUTHORIZED);
+}
