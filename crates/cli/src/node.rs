@@ -51,6 +51,16 @@ pub fn metrics_render() -> anyhow::Result<server::MetricsRender> {
             .install_recorder()
             .context("installing the Prometheus recorder")?;
         let _ = HANDLE.set(handle);
+        // `# HELP` lines: counters end in `_total`, latency histograms in `_ms`, the rest are gauges
+        for (name, help) in model::metrics::HELP {
+            if name.ends_with("_total") {
+                metrics::describe_counter!(name, help);
+            } else if name.ends_with("_ms") {
+                metrics::describe_histogram!(name, help);
+            } else {
+                metrics::describe_gauge!(name, help);
+            }
+        }
     }
     let handle = HANDLE.get().cloned().context("the Prometheus recorder is missing")?;
     Ok(Arc::new(move || handle.render()))

@@ -64,6 +64,40 @@ pub const ALL: [&str; 19] = [
     CONFIG_RELOADS_TOTAL,
 ];
 
+/// The `# HELP` text of every metric, in the order of [`ALL`].
+pub const HELP: [(&str, &str); 19] = [
+    (MCP_CALLS_TOTAL, "MCP tool calls made (attempts), by toolset and tool."),
+    (MCP_FAIL_TOTAL, "MCP tool calls that failed, by toolset, tool and error kind."),
+    (MCP_LATENCY_MS, "MCP tool call latency in milliseconds, by toolset and tool."),
+    (CIRCUIT_OPEN_CURRENT, "Circuit breakers open now in this process."),
+    (CIRCUIT_OPEN_TOTAL, "Circuit breaker openings, by key."),
+    (CIRCUIT_CLOSE_TOTAL, "Circuit breaker closings, by key."),
+    (BUS_ENQUEUED_TOTAL, "Messages enqueued on the bus, by service and role."),
+    (BUS_CLAIMED_TOTAL, "Messages claimed by workers, by service and role."),
+    (BUS_SUCCEEDED_TOTAL, "Messages completed successfully, by service and role."),
+    (BUS_FAILED_TOTAL, "Failed attempts (retried or dead-lettered), by service and role."),
+    (BUS_DEAD_LETTERED_TOTAL, "Messages moved to the dead-letter queue, by service and role."),
+    (BUS_QUEUE_DEPTH, "Messages waiting (ready or delayed), by service and role."),
+    (BUS_OLDEST_QUEUED_AGE_SECONDS, "Age in seconds of the oldest ready message, by service and role."),
+    (BUS_CLAIM_LATENCY_MS, "Enqueue to claim latency in milliseconds, by service and role."),
+    (BUS_LEASES_EXPIRED_TOTAL, "Expired leases taken back by the reaper."),
+    (LLM_CALLS_TOTAL, "LLM calls, by provider, model and outcome."),
+    (LLM_LATENCY_MS, "LLM call latency in milliseconds, by provider and model."),
+    (LLM_TOKENS_TOTAL, "LLM tokens, by provider, model and direction."),
+    (CONFIG_RELOADS_TOTAL, "Policy file reloads, by file and outcome."),
+];
+
 /// Bucket bounds (ms) for latency histograms: 0.1 ms to 60 s.
 pub const LATENCY_BUCKETS_MS: [f64; 16] =
     [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0, 15000.0, 60000.0];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_metric_has_help_text_in_order() {
+        let described: Vec<&str> = super::HELP.iter().map(|(name, _)| *name).collect();
+        assert_eq!(described, super::ALL);
+        assert!(super::HELP.iter().all(|(_, help)| help.ends_with('.') && help.len() > 20));
+        assert!(super::ALL.iter().all(|n| n.starts_with("cogo_") && !n.contains("__")));
+    }
+}

@@ -69,6 +69,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Breakers {
     /// Breakers configured by `policies`; transitions are sent to `transitions` when given.
     pub fn new(policies: Arc<Policies>, transitions: Option<mpsc::UnboundedSender<TransitionRecord>>) -> Self {
+        // the gauge exists from the start, at 0, so "no open circuit" is visible, not absent
+        metrics::gauge!(model::metrics::CIRCUIT_OPEN_CURRENT).set(0.0);
         Self { policies, map: RwLock::default(), started: Instant::now(), started_wall: Utc::now(), transitions }
     }
 

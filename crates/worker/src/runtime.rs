@@ -98,6 +98,16 @@ impl Runtime {
     /// Runs until `shutdown` turns true, then drains gracefully.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let config = self.config.clone();
+        // the queue's counters exist from the start at 0, so `increase()` sees their first step
+        let labels = [("service", config.service.clone()), ("role", config.role.clone())];
+        for name in [
+            model::metrics::BUS_CLAIMED_TOTAL,
+            model::metrics::BUS_SUCCEEDED_TOTAL,
+            model::metrics::BUS_FAILED_TOTAL,
+            model::metrics::BUS_DEAD_LETTERED_TOTAL,
+        ] {
+            metrics::counter!(name, &labels).increment(0);
+        }
         let in_flight: Arc<Mutex<HashSet<MessageId>>> = Arc::default();
         let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
         let (finished_tx, finished_rx) = mpsc::unbounded_channel::<Finished>();
