@@ -204,7 +204,7 @@ fn reconnect_delay(failures: u32, random: f64) -> Duration {
 }
 
 /// One toolset's answer to a health ping.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ToolsetHealth {
     /// Toolset name.

@@ -32,7 +32,7 @@ pub fn is_valid_event_type(event_type: &str) -> bool {
 }
 
 /// One row of `bus_events`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Event {
     /// Insertion order within the store (pagination cursor).
     pub seq: i64,

@@ -27,7 +27,7 @@ pub const MAX_ATTEMPTS_LIMIT: i32 = 100;
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1000..=1000;
 
 /// A message as stored and as returned by the API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Message {
     /// UUIDv7.
     pub id: MessageId,
@@ -82,7 +82,7 @@ pub struct Message {
 }
 
 /// Lifecycle state of a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageStatus {
     /// Waiting to be claimed (possibly not before `run_at`).
@@ -141,7 +141,7 @@ impl fmt::Display for MessageStatus {
 }
 
 /// What a message asks for: lower-case ASCII letters, digits and `_`, starting with a letter.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(try_from = "String", into = "String")]
 pub struct Intent(String);
 
@@ -202,7 +202,7 @@ impl fmt::Display for Intent {
 }
 
 /// A lifecycle phase; with an intent it names an event: `<intent>_<phase>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Enqueued.

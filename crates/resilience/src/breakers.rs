@@ -217,7 +217,7 @@ pub async fn record_transitions(
 }
 
 /// One open breaker key across processes.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OpenCircuit {
     /// Processes where it is open.
@@ -227,7 +227,7 @@ pub struct OpenCircuit {
 }
 
 /// `summary.circuits` of the metrics summary.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CircuitSummary {
     /// Open breakers by key.

@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 /// The stable error codes of the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// 400: the request is malformed or breaks a rule.
@@ -16,6 +16,8 @@ pub enum ErrorCode {
     Forbidden,
     /// 404: no such thing, or the route is not allowed.
     NotFound,
+    /// 405: the path exists, for other methods (see `Allow`).
+    MethodNotAllowed,
     /// 409: the thing is in a state that forbids the operation.
     Conflict,
     /// 413: body too large.
@@ -36,6 +38,7 @@ impl ErrorCode {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -62,8 +65,9 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// The body of every error answer.
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct Body<'a> {
     code: ErrorCode,
     message: &'a str,
 }

@@ -8,6 +8,7 @@
 mod error;
 mod limit;
 mod mcp_routes;
+mod openapi;
 mod routes;
 mod security;
 

@@ -83,10 +83,11 @@ fn valid_tool(tool: &str) -> Result<(), ApiError> {
 }
 
 /// Body of a direct call.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct CallBody {
+pub(crate) struct CallBody {
     #[serde(default)]
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     params: Value,
 }
 
@@ -170,12 +171,14 @@ async fn ping(
 }
 
 /// Body of `POST /api/mcp/enqueue`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct EnqueueBody {
+pub(crate) struct EnqueueBody {
     toolset: String,
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_.-]{1,128}$"), length(min = 1, max = 128))]
     tool: String,
     #[serde(default)]
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     params: Value,
     #[serde(default)]
     shard: Option<String>,
@@ -183,8 +186,23 @@ struct EnqueueBody {
     idempotency_key: Option<String>,
     #[serde(default)]
     tenant: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schemars(range(min = -1000, max = 1000))]
     priority: Option<i32>,
+}
+
+/// An optional whole number that JSON may write as `7` or `7.0`.
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i32>, D::Error> {
+    let value: Option<f64> = serde::Deserialize::deserialize(deserializer)?;
+    value
+        .map(|v| {
+            if v.fract() == 0.0 && v >= f64::from(i32::MIN) && v <= f64::from(i32::MAX) {
+                Ok(v as i32)
+            } else {
+                Err(serde::de::Error::custom(format!("{v} is not a whole number")))
+            }
+        })
+        .transpose()
 }
 
 /// `POST /api/mcp/enqueue` → the message id: an `mcp_call` for `service=mcp, role=gateway`.
@@ -236,9 +254,9 @@ async fn health(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
 }
 
 /// Window of the MCP figures.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct WindowQuery {
+pub(crate) struct WindowQuery {
     /// Start of the window (default: 24 hours ago).
     since: Option<DateTime<Utc>>,
 }

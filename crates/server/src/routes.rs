@@ -29,6 +29,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/dlq/{id}/requeue", post(requeue))
         .route("/api/agents", get(agents))
         .route("/api/metrics/summary", get(summary))
+        .route("/api/openapi.json", get(crate::openapi::openapi))
         .merge(crate::mcp_routes::router())
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .with_state(state)
@@ -50,6 +51,20 @@ async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], (state.metrics)())
 }
 
+/// Largest page a listing serves.
+const MAX_PAGE: u32 = 1000;
+
+fn page(after: Option<String>, limit: Option<u32>) -> Result<PageRequest, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if limit > MAX_PAGE {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("limit {limit} is over the maximum of {MAX_PAGE}"),
+        ));
+    }
+    Ok(PageRequest { after, limit })
+}
+
 pub(crate) fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     query.map(|Query(q)| q).map_err(|rejection| {
         ApiError::new(ErrorCode::InvalidRequest, format!("bad query string: {}", rejection.body_text()))
@@ -61,18 +76,26 @@ fn parse_id(id: &str) -> Result<MessageId, ApiError> {
 }
 
 /// Query of message and dead-letter listings.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct MessageQuery {
+pub(crate) struct MessageQuery {
     tenant: Option<String>,
     service: Option<String>,
     role: Option<String>,
+    #[schemars(with = "Option<MessageStatus>")]
     status: Option<String>,
     intent: Option<String>,
     trace_id: Option<String>,
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
+    /// The `next` cursor of the previous page (a message id).
+    #[schemars(
+        regex(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"),
+        length(min = 36, max = 36)
+    )]
     after: Option<String>,
+    /// Items per page (at most 1000).
+    #[schemars(range(max = 1000))]
     limit: Option<u32>,
 }
 
@@ -97,7 +120,7 @@ impl MessageQuery {
             since: self.since,
             until: self.until,
         };
-        Ok((filter, PageRequest { after: self.after, limit: self.limit.unwrap_or(100) }))
+        Ok((filter, page(self.after, self.limit)?))
     }
 }
 
@@ -114,18 +137,26 @@ async fn message(State(state): State<AppState>, Path(id): Path<String>) -> Resul
 }
 
 /// Query of event listings.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EventQuery {
     tenant: Option<String>,
     service: Option<String>,
     role: Option<String>,
     event_type: Option<String>,
+    #[schemars(
+        regex(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"),
+        length(min = 36, max = 36)
+    )]
     message_id: Option<String>,
     trace_id: Option<String>,
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
+    /// The `next` cursor of the previous page (an event sequence number).
+    #[schemars(pattern(r"^[0-9]{1,18}$"))]
     after: Option<String>,
+    /// Items per page (at most 1000).
+    #[schemars(range(max = 1000))]
     limit: Option<u32>,
 }
 
@@ -142,7 +173,7 @@ impl EventQuery {
             since: self.since,
             until: self.until,
         };
-        Ok((filter, PageRequest { after: self.after, limit: self.limit.unwrap_or(100) }))
+        Ok((filter, page(self.after, self.limit)?))
     }
 }
 
@@ -155,15 +186,16 @@ async fn events(
 }
 
 /// Query of the live event stream.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct StreamQuery {
+pub(crate) struct StreamQuery {
     tenant: Option<String>,
     service: Option<String>,
     role: Option<String>,
     event_type: Option<String>,
     trace_id: Option<String>,
     /// Start after this event sequence number (default: only new events).
+    #[schemars(pattern(r"^[0-9]{1,18}$"))]
     after: Option<String>,
 }
 

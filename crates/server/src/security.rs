@@ -22,7 +22,17 @@ pub(crate) async fn guard(State(state): State<AppState>, request: Request, next:
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let Some(access) = state.routes.decide(method.as_str(), &path) else {
-        return ApiError::new(ErrorCode::NotFound, format!("no route {method} {path}")).into_response();
+        let allowed = state.routes.methods_for(&path);
+        if allowed.is_empty() {
+            return ApiError::new(ErrorCode::NotFound, format!("no route {method} {path}")).into_response();
+        }
+        let allow = allowed.join(", ");
+        let mut response =
+            ApiError::new(ErrorCode::MethodNotAllowed, format!("{path} answers {allow}, not {method}")).into_response();
+        if let Ok(value) = HeaderValue::from_str(&allow) {
+            response.headers_mut().insert(header::ALLOW, value);
+        }
+        return response;
     };
     let admin = request.headers().get("x-admin-token").and_then(|v| v.to_str().ok());
     let bearer = request

@@ -204,7 +204,7 @@ impl PageRequest {
 }
 
 /// One page of results.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Page<T> {
     /// The items.
     pub items: Vec<T>,
@@ -213,7 +213,7 @@ pub struct Page<T> {
 }
 
 /// One dead-letter entry.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct DeadLetter {
     /// The message.
     pub message_id: MessageId,
@@ -238,7 +238,7 @@ pub struct DeadLetter {
 }
 
 /// A breaker's state in one process.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct CircuitState {
     /// Breaker key (`mcp.call.browser.get_title.0`).
     pub key: String,
@@ -253,7 +253,7 @@ pub struct CircuitState {
 }
 
 /// Live queue figures for one service and role.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct QueueStats {
     /// Service.
     pub service: String,
@@ -283,7 +283,7 @@ pub struct McpCallRecord {
 }
 
 /// MCP call figures of one tool or of all: calls, failures, latency percentiles.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct McpFigures {
     /// Attempts recorded.
@@ -299,7 +299,7 @@ pub struct McpFigures {
 }
 
 /// The MCP part of the metrics summary, computed from the store's events.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct McpSummary {
     /// All tools together.
     #[serde(flatten)]

@@ -77,6 +77,21 @@ impl RoutePolicies {
     }
 }
 
+impl RoutePolicies {
+    /// The methods allowed for `path` (to answer 405 with `Allow` for another method).
+    pub fn methods_for(&self, path: &str) -> Vec<String> {
+        let mut methods: Vec<String> = self
+            .routes
+            .iter()
+            .filter(|rule| rule.method != "*" && template_matches(&rule.path, path))
+            .map(|rule| rule.method.to_ascii_uppercase())
+            .collect();
+        methods.sort();
+        methods.dedup();
+        methods
+    }
+}
+
 /// Whether a path template (`/api/mcp/:toolset/:tool`, `/assets/*`) matches a request path.
 pub fn template_matches(template: &str, path: &str) -> bool {
     let mut template_segments = template.trim_start_matches('/').split('/');

@@ -217,3 +217,46 @@ async fn rate_limits_answer_429_with_retry_after_per_client_and_per_token() {
     let other = app.clone().oneshot(from([10, 0, 0, 3], None)).await.expect("response");
     assert_eq!(other.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// The OpenAPI document, the router and the route policies agree: every documented operation is a
+/// route of the router and allowed by a policy; every policy route is documented, except the ones
+/// that are not built yet (and those reach the router's fallback).
+#[tokio::test]
+async fn the_openapi_document_covers_every_route() {
+    let (app, _t) = app().await;
+    let (status, _, doc) = call(&app, "GET", "/api/openapi.json", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, methods) in doc["paths"].as_object().expect("paths") {
+        for (method, operation) in methods.as_object().expect("methods") {
+            assert_ne!(operation["x-cogo-access"], "denied", "{method} {path} is documented but denied");
+            assert!(operation["responses"].as_object().is_some_and(|r| r.contains_key("400")), "{method} {path}");
+            let template = path.replace('{', ":").replace('}', "");
+            documented.insert((method.to_ascii_uppercase(), template));
+            if path == "/api/events/stream" {
+                continue; // a stream that stays open
+            }
+            let concrete: String =
+                path.split('/').map(|s| if s.starts_with('{') { "x" } else { s }).collect::<Vec<_>>().join("/");
+            let (_, _, body) = call(&app, &method.to_ascii_uppercase(), &concrete, &[ADMIN]).await;
+            assert_ne!(body["message"], "no such route", "{method} {path} is documented but not routed");
+        }
+    }
+    let not_built = [("GET", "/"), ("GET", "/assets/*"), ("POST", "/api/goals"), ("GET", "/api/goals/:id")];
+    let policies: RoutePolicies = parse("route_policies.json", ConfigFile::Routes.seed()).expect("seed routes");
+    for route in &policies.routes {
+        let key = (route.method.clone(), route.path.clone());
+        if not_built.contains(&(route.method.as_str(), route.path.as_str())) {
+            assert!(!documented.contains(&key), "{key:?} is built now: take it off the not-built list");
+            continue;
+        }
+        assert!(documented.contains(&key), "{} {} is allowed by the policies but not documented", key.0, key.1);
+    }
+    // schemas are shared through components
+    assert!(
+        doc["components"]["schemas"].as_object().is_some_and(|s| s.contains_key("Message")),
+        "{}",
+        doc["components"]
+    );
+}
