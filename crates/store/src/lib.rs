@@ -333,6 +333,26 @@ impl Store {
         dispatch!(self, bus => bus.presence_mark_stale(timeout).await)
     }
 
+    /// Stores a sealed secret, replacing one of the same name.
+    pub async fn put_secret(&self, secret: SealedSecret) -> Result<(), Error> {
+        dispatch!(self, bus => bus.put_secret(&secret).await)
+    }
+
+    /// The sealed secret `name`, if any.
+    pub async fn secret(&self, name: &str) -> Result<Option<SealedSecret>, Error> {
+        dispatch!(self, bus => bus.secret(name).await)
+    }
+
+    /// Every sealed secret, by name.
+    pub async fn secrets(&self) -> Result<Vec<SealedSecret>, Error> {
+        dispatch!(self, bus => bus.secrets().await)
+    }
+
+    /// Removes the secret `name`; false when there was none.
+    pub async fn delete_secret(&self, name: &str) -> Result<bool, Error> {
+        dispatch!(self, bus => bus.delete_secret(name).await)
+    }
+
     /// Every known process, newest heartbeat first.
     pub async fn presence(&self) -> Result<Vec<Presence>, Error> {
         dispatch!(self, bus => bus.presence().await)
@@ -427,5 +447,28 @@ mod tests {
     fn urls_are_redacted() {
         assert_eq!(super::redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert_eq!(super::redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}
+
+#[cfg(test)]
+mod migration_tests {
+    /// Every file in `migrations/<backend>/` is embedded, in order (a new file must be listed).
+    #[test]
+    fn every_migration_file_is_embedded() {
+        for (backend, embedded) in [("sqlite", &crate::sqlite::MIGRATIONS), ("postgres", &crate::postgres::MIGRATIONS)]
+        {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations").join(backend);
+            let mut files: Vec<String> = std::fs::read_dir(&dir)
+                .expect("migrations dir")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            files.sort();
+            assert_eq!(files.len(), embedded.len(), "{backend}: {files:?}");
+            for (file, (version, _, sql)) in files.iter().zip(embedded.iter()) {
+                assert!(file.starts_with(&format!("{version:04}_")), "{backend}: {file} is not version {version}");
+                let text = std::fs::read_to_string(dir.join(file)).expect("read");
+                assert_eq!(&text, sql, "{backend}: {file} is embedded as written");
+            }
+        }
     }
 }

@@ -16,7 +16,6 @@ use model::event::{Event, NewEvent};
 use model::presence::{Presence, PresenceStatus};
 use model::{Intent, Message, MessageId, MessageStatus, NewMessage};
 
-use crate::McpCallRecord;
 use crate::error::db;
 use crate::lifecycle::push_text_filters;
 use crate::lifecycle::{
@@ -26,10 +25,15 @@ use crate::{
     CircuitState, ClaimRequest, Completion, DeadLetter, Enqueued, Error, EventFilter, FailAction, Failure,
     MessageFilter, Outcome, Page, PageRequest, QueueStats, StoreOptions, Wakeups,
 };
+use crate::{McpCallRecord, SealedSecret};
 
 const BUS_CHANNEL: &str = "cogo_bus";
 
-const MIGRATIONS: [(i64, &str, &str); 1] = [(1, "bus", include_str!("../../../migrations/postgres/0001_bus.sql"))];
+pub(crate) const MIGRATIONS: [(i64, &str, &str); 3] = [
+    (1, "bus", include_str!("../../../migrations/postgres/0001_bus.sql")),
+    (2, "mcp events", include_str!("../../../migrations/postgres/0002_mcp_events.sql")),
+    (3, "secrets", include_str!("../../../migrations/postgres/0003_secrets.sql")),
+];
 
 #[derive(Debug, Clone)]
 pub(crate) struct PgBus {
@@ -769,6 +773,49 @@ SELECT count(*) FROM upd"#
             .map_err(db("reading MCP call events"))
     }
 
+    pub(crate) async fn put_secret(&self, secret: &SealedSecret) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO secrets (name, key_id, nonce, ciphertext, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5) \
+             ON CONFLICT (name) DO UPDATE SET key_id = EXCLUDED.key_id, nonce = EXCLUDED.nonce, \
+               ciphertext = EXCLUDED.ciphertext, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(&secret.name)
+        .bind(&secret.key_id)
+        .bind(&secret.nonce)
+        .bind(&secret.ciphertext)
+        .bind(secret.updated_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db("storing a secret"))?;
+        Ok(())
+    }
+
+    pub(crate) async fn secret(&self, name: &str) -> Result<Option<SealedSecret>, Error> {
+        let row = sqlx::query("SELECT * FROM secrets WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading a secret"))?;
+        row.as_ref().map(sealed_secret).transpose().map_err(db("reading a secret"))
+    }
+
+    pub(crate) async fn secrets(&self) -> Result<Vec<SealedSecret>, Error> {
+        let rows = sqlx::query("SELECT * FROM secrets ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing secrets"))?;
+        rows.iter().map(sealed_secret).collect::<Result<_, _>>().map_err(db("listing secrets"))
+    }
+
+    pub(crate) async fn delete_secret(&self, name: &str) -> Result<bool, Error> {
+        let done = sqlx::query("DELETE FROM secrets WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db("removing a secret"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
     pub(crate) async fn circuits(&self) -> Result<Vec<CircuitState>, Error> {
         let rows = sqlx::query("SELECT * FROM circuit_states ORDER BY key, agent_id")
             .fetch_all(&self.pool)
@@ -1105,4 +1152,14 @@ fn spawn_listener(pool: PgPool, wakeups: Wakeups) {
             }
         }
     });
+}
+
+fn sealed_secret(row: &PgRow) -> Result<SealedSecret, sqlx::Error> {
+    Ok(SealedSecret {
+        name: row.try_get("name")?,
+        key_id: row.try_get("key_id")?,
+        nonce: row.try_get("nonce")?,
+        ciphertext: row.try_get("ciphertext")?,
+        updated_at: row.try_get("updated_at")?,
+    })
 }

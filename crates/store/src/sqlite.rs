@@ -20,7 +20,6 @@ use model::event::{Event, NewEvent};
 use model::presence::{Presence, PresenceStatus};
 use model::{Intent, Message, MessageId, MessageStatus, NewMessage};
 
-use crate::McpCallRecord;
 use crate::error::db;
 use crate::lifecycle::push_text_filters;
 use crate::lifecycle::{
@@ -30,8 +29,13 @@ use crate::{
     CircuitState, ClaimRequest, Completion, DeadLetter, Enqueued, Error, EventFilter, FailAction, Failure,
     MessageFilter, Outcome, Page, PageRequest, QueueStats, StoreOptions, Wakeups,
 };
+use crate::{McpCallRecord, SealedSecret};
 
-const MIGRATIONS: [(i64, &str, &str); 1] = [(1, "bus", include_str!("../../../migrations/sqlite/0001_bus.sql"))];
+pub(crate) const MIGRATIONS: [(i64, &str, &str); 3] = [
+    (1, "bus", include_str!("../../../migrations/sqlite/0001_bus.sql")),
+    (2, "mcp events", include_str!("../../../migrations/sqlite/0002_mcp_events.sql")),
+    (3, "secrets", include_str!("../../../migrations/sqlite/0003_secrets.sql")),
+];
 
 type Tx = sqlx::Transaction<'static, Sqlite>;
 
@@ -780,6 +784,50 @@ impl SqliteBus {
             .map_err(db("reading MCP call events"))
     }
 
+    pub(crate) async fn put_secret(&self, secret: &SealedSecret) -> Result<(), Error> {
+        let now = us(secret.updated_at);
+        sqlx::query(
+            "INSERT INTO secrets (name, key_id, nonce, ciphertext, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5) \
+             ON CONFLICT (name) DO UPDATE SET key_id = excluded.key_id, nonce = excluded.nonce, \
+               ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
+        )
+        .bind(&secret.name)
+        .bind(&secret.key_id)
+        .bind(&secret.nonce)
+        .bind(&secret.ciphertext)
+        .bind(now)
+        .execute(&self.writer)
+        .await
+        .map_err(db("storing a secret"))?;
+        Ok(())
+    }
+
+    pub(crate) async fn secret(&self, name: &str) -> Result<Option<SealedSecret>, Error> {
+        let row = sqlx::query("SELECT * FROM secrets WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db("reading a secret"))?;
+        row.as_ref().map(sealed_secret).transpose().map_err(db("reading a secret"))
+    }
+
+    pub(crate) async fn secrets(&self) -> Result<Vec<SealedSecret>, Error> {
+        let rows = sqlx::query("SELECT * FROM secrets ORDER BY name")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db("listing secrets"))?;
+        rows.iter().map(sealed_secret).collect::<Result<_, _>>().map_err(db("listing secrets"))
+    }
+
+    pub(crate) async fn delete_secret(&self, name: &str) -> Result<bool, Error> {
+        let done = sqlx::query("DELETE FROM secrets WHERE name = ?")
+            .bind(name)
+            .execute(&self.writer)
+            .await
+            .map_err(db("removing a secret"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
     pub(crate) async fn circuits(&self) -> Result<Vec<CircuitState>, Error> {
         let rows = sqlx::query("SELECT * FROM circuit_states ORDER BY key, agent_id")
             .fetch_all(&self.reader)
@@ -1051,4 +1099,14 @@ fn presence_from_row(row: &SqliteRow) -> Result<Presence, Error> {
         })
     };
     read().map_err(|e| Error::Corrupt { what: "agent presence", detail: e.to_string() })
+}
+
+fn sealed_secret(row: &SqliteRow) -> Result<SealedSecret, sqlx::Error> {
+    Ok(SealedSecret {
+        name: row.try_get("name")?,
+        key_id: row.try_get("key_id")?,
+        nonce: row.try_get("nonce")?,
+        ciphertext: row.try_get("ciphertext")?,
+        updated_at: at(row.try_get("updated_at")?),
+    })
 }

@@ -353,3 +353,24 @@ impl McpSummary {
         }
     }
 }
+
+/// A secret as stored: sealed by the `secrets` crate, opaque here.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedSecret {
+    /// Name (an environment variable name).
+    pub name: String,
+    /// Fingerprint of the master key that sealed it.
+    pub key_id: String,
+    /// The nonce.
+    pub nonce: Vec<u8>,
+    /// The sealed value.
+    pub ciphertext: Vec<u8>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for SealedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedSecret").field("name", &self.name).field("key_id", &self.key_id).finish_non_exhaustive()
+    }
+}

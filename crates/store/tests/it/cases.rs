@@ -712,3 +712,26 @@ pub async fn handler_detail_reaches_events_and_the_mcp_summary(t: TestStore) {
     let later = s.mcp_summary(test_support::epoch() + chrono::Duration::hours(1)).await.expect("summary");
     assert_eq!(later.total.calls, 0);
 }
+
+/// Sealed secrets are stored opaque, replaced by name, listed by name and removed.
+pub async fn sealed_secrets_are_stored_replaced_and_removed(t: TestStore) {
+    let s = &t.store;
+    let sealed = |name: &str, byte: u8| store::SealedSecret {
+        name: name.into(),
+        key_id: "k1".into(),
+        nonce: vec![byte; 24],
+        ciphertext: vec![byte, 0, 255, byte],
+        updated_at: test_support::epoch(),
+    };
+    s.put_secret(sealed("B_TOKEN", 1)).await.expect("put");
+    s.put_secret(sealed("A_TOKEN", 2)).await.expect("put");
+    assert_eq!(s.secret("B_TOKEN").await.expect("get"), Some(sealed("B_TOKEN", 1)));
+    s.put_secret(sealed("B_TOKEN", 3)).await.expect("replace");
+    assert_eq!(s.secret("B_TOKEN").await.expect("get"), Some(sealed("B_TOKEN", 3)));
+    let names: Vec<String> = s.secrets().await.expect("list").into_iter().map(|x| x.name).collect();
+    assert_eq!(names, ["A_TOKEN", "B_TOKEN"]);
+    assert!(s.delete_secret("A_TOKEN").await.expect("delete"));
+    assert!(!s.delete_secret("A_TOKEN").await.expect("delete again"));
+    assert_eq!(s.secret("A_TOKEN").await.expect("get"), None);
+    assert!(!format!("{:?}", sealed("X", 9)).contains("ciphertext"), "Debug shows no sealed bytes");
+}
