@@ -81,6 +81,9 @@ pub enum Command {
     Events(EventsCommand),
     /// List processes (presence).
     Agents,
+    /// Secrets, sealed in the store under the master key (COGO_MASTER_KEY or DATA_DIR/master.key).
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// Show what happened in a trace: its messages and their events, in order.
     Trace {
         /// Trace id (32 lower-case hex digits).
@@ -396,4 +399,25 @@ pub struct BenchJson {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Store a secret; the value is read from standard input (one trailing newline is dropped) and
+    /// never printed. Example: `printf %s "$TOKEN" | cogo secrets set FIGMA_API_KEY`.
+    Set {
+        /// Name: upper-case letters, digits and '_' (it becomes an environment variable).
+        name: String,
+    },
+    /// List secret names, the key that sealed each and when it changed (never values).
+    List {
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a secret.
+    Rm {
+        /// Name.
+        name: String,
+    },
 }

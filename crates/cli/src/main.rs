@@ -8,6 +8,7 @@ mod doctor;
 mod mcp_cmd;
 mod node;
 mod reference;
+mod secrets_cmd;
 mod settings;
 
 use std::process::ExitCode;
@@ -59,6 +60,7 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
         Command::Dlq(command) => runtime()?.block_on(bus_cmd::dlq(&cli.global, command)),
         Command::Events(command) => runtime()?.block_on(bus_cmd::events(&cli.global, command)),
         Command::Agents => runtime()?.block_on(bus_cmd::agents(&cli.global)),
+        Command::Secrets(command) => runtime()?.block_on(secrets_cmd::run(&cli.global, command)),
         Command::Trace { trace_id, json } => runtime()?.block_on(bus_cmd::trace(&cli.global, &trace_id, json)),
         Command::Up(command) => runtime()?.block_on(node::up(&cli.global, command)),
         Command::Serve(command) => runtime()?.block_on(node::serve(&cli.global, command)),

@@ -137,8 +137,13 @@ async fn start_node(
     let recorder = tokio::spawn(resilience::record_transitions(store.clone(), agent_id.clone(), transitions_rx));
     let breakers = Arc::new(resilience::Breakers::new(policies.clone(), Some(transitions)));
     let instance = agent_id.rsplit('-').next().unwrap_or("0");
-    let gateway =
-        Arc::new(mcp::Gateway::new(configs.mcp.toolsets.clone(), breakers, global.data_dir.clone(), instance));
+    let opened = crate::secrets_cmd::open_all(global, &store).await?;
+    let toolsets = crate::secrets_cmd::with_secret_env(configs.mcp.toolsets.clone(), &opened);
+    let gateway = Arc::new(
+        mcp::Gateway::new(toolsets, breakers, global.data_dir.clone(), instance)
+            .with_scrubbed_values(opened.iter().map(|(_, value)| value.to_string())),
+    );
+    drop(opened);
     let role_context = RoleContext { gateway: gateway.clone() };
     let maintenance =
         worker::Maintenance::new(store.clone(), worker::MaintenanceConfig::default(), presence, retry.clone());

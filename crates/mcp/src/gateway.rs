@@ -107,6 +107,8 @@ impl GatewayError {
 /// The MCP gateway of one process.
 pub struct Gateway {
     toolsets: BTreeMap<String, Arc<Session>>,
+    /// Secret values replaced by `***` wherever they appear in answers and artifacts.
+    scrub: Vec<String>,
     breakers: Arc<resilience::Breakers>,
     data_dir: PathBuf,
     stamps: TsAllocator,
@@ -268,7 +270,39 @@ impl Gateway {
                 (name, Arc::new(session))
             })
             .collect();
-        Self { toolsets, breakers, data_dir, stamps: TsAllocator::new(instance) }
+        Self { toolsets, scrub: Vec::new(), breakers, data_dir, stamps: TsAllocator::new(instance) }
+    }
+
+    /// Replaces these values (secrets) by `***` wherever they appear in answers, errors and
+    /// artifacts. Values shorter than 4 characters are ignored (they would blank ordinary text).
+    pub fn with_scrubbed_values(mut self, values: impl IntoIterator<Item = String>) -> Self {
+        self.scrub = values.into_iter().filter(|v| v.chars().count() >= 4).collect();
+        // longest first, so a value that contains another is replaced whole
+        self.scrub.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        self
+    }
+
+    /// `text` with the scrubbed values replaced by `***`.
+    pub fn scrub_text(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for value in &self.scrub {
+            if text.contains(value.as_str()) {
+                text = text.replace(value.as_str(), "***");
+            }
+        }
+        text
+    }
+
+    fn scrub_json(&self, value: Value) -> Value {
+        if self.scrub.is_empty() {
+            return value;
+        }
+        match value {
+            Value::String(text) => Value::String(self.scrub_text(&text)),
+            Value::Array(items) => Value::Array(items.into_iter().map(|v| self.scrub_json(v)).collect()),
+            Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, self.scrub_json(v))).collect()),
+            other => other,
+        }
     }
 
     /// Names of the enabled toolsets.
@@ -405,7 +439,7 @@ impl Gateway {
             .map_err(|_| GatewayError::UnknownToolset(call.toolset.clone()))?;
         let dir = self.data_dir.join(&artifact_dir);
         detail["artifacts"] = json!(artifact_dir);
-        let request = json!({ "toolset": call.toolset, "tool": call.tool, "params": redact(&call.params), "trace_id": context.trace_id, "message_id": context.message_id, "attempt": context.attempt });
+        let request = json!({ "toolset": call.toolset, "tool": call.tool, "params": self.scrub_json(redact(&call.params)), "trace_id": context.trace_id, "message_id": context.message_id, "attempt": context.attempt });
         write_artifacts(dir.clone(), vec![json_file(mcp_files::REQUEST, &request)]).await;
         metrics::counter!(model::metrics::MCP_CALLS_TOTAL, &labels).increment(1);
         let started = Instant::now();
@@ -449,7 +483,7 @@ impl Gateway {
         });
         match outcome {
             Ok(answer) => {
-                let (result, images) = take_images(answer.result);
+                let (result, images) = take_images(self.scrub_json(answer.result));
                 let names: Vec<String> = images.iter().map(|(name, _)| name.clone()).collect();
                 summary["images"] = json!(names);
                 let mut files = vec![json_file(mcp_files::SUMMARY, &summary), json_file(mcp_files::RESPONSE, &result)];
@@ -461,7 +495,7 @@ impl Gateway {
                 Ok(GatewayAnswer { result, is_error: answer.is_error, latency_ms, artifact_dir, images: names })
             }
             Err(err) => {
-                let error = json!({ "kind": err.kind().as_str(), "error": err.to_string() });
+                let error = json!({ "kind": err.kind().as_str(), "error": self.scrub_text(&err.to_string()) });
                 write_artifacts(
                     dir,
                     vec![json_file(mcp_files::SUMMARY, &summary), json_file(mcp_files::ERROR, &error)],
@@ -587,7 +621,9 @@ impl worker::Handler for GatewayHandler {
                     let result_url = (!inline).then(|| format!("{}/{}", answer.artifact_dir, mcp_files::RESPONSE));
                     Ok(worker::HandlerOutput { result: Some(result), result_url, detail: Some(detail) })
                 }
-                Err(err) => Err(worker::HandlerError::new(err.kind(), err.to_string()).with_detail(detail)),
+                Err(err) => {
+                    Err(worker::HandlerError::new(err.kind(), gateway.scrub_text(&err.to_string())).with_detail(detail))
+                }
             }
         })
     }

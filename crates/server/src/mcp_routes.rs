@@ -135,7 +135,7 @@ async fn call(
         Err(err) => json!({
             "ok": false,
             "result": null,
-            "error": err.to_string(),
+            "error": api.gateway.scrub_text(&err.to_string()),
             "error_kind": err.kind().as_str(),
             "latency_ms": null,
             "trace_id": trace_id,

@@ -278,6 +278,7 @@ fn crate_boundaries_hold() {
         ("mcp", &["sqlx", "axum", "clap", "anyhow", "store", "server"]),
         ("cli", &["rmcp", "sqlx"]),
         ("test-support", &["axum", "clap", "anyhow"]),
+        ("secrets", &["axum", "rmcp", "clap", "anyhow", "server", "worker", "mcp", "sqlx"]),
     ];
     for (krate, banned) in forbidden {
         let actual = deps(krate);
@@ -313,4 +314,128 @@ fn mcp_ping_tools_and_call_against_a_real_server() {
     assert!(text(&unknown).contains("no toolset \"nope\""), "{}", text(&unknown));
     let bad = cogo(&["--config-dir", configs, "mcp", "call", "everything", "echo", "--params", "{oops"]);
     assert_eq!(bad.status.code(), Some(2));
+}
+
+/// One HTTP/1.1 request over a plain socket (`Connection: close`); returns the whole answer.
+fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    answer
+}
+
+/// Secrets: set from stdin and never printed; sealed in the store; handed to stdio MCP servers;
+/// scrubbed from tool answers, artifacts and logs; a wrong master key is refused at start-up.
+#[test]
+fn secrets_are_sealed_never_shown_and_reach_stdio_servers_scrubbed() {
+    let data = tempfile::tempdir().expect("data dir");
+    let configs = tempfile::tempdir().expect("config dir");
+    let value = "sk-live-3f9c2a7be1d04c58";
+    let data_dir = data.path().to_str().expect("path");
+    let set = |name: &str, input: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cogo"))
+            .args(["--data-dir", data_dir, "secrets", "set", name])
+            .env_remove("COGO_DATABASE_URL")
+            .env_remove("COGO_MASTER_KEY")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cogo secrets set");
+        std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), input.as_bytes()).expect("value");
+        child.wait_with_output().expect("output")
+    };
+    let stored = set("COGO_TEST_API_TOKEN", &format!("{value}\n"));
+    assert!(stored.status.success(), "{}", text(&stored));
+    assert!(text(&stored).contains("stored secret COGO_TEST_API_TOKEN") && !text(&stored).contains(value));
+    let bad = set("lower-case", "x");
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert!(text(&bad).contains("secret name \"lower-case\" is not allowed"), "{}", text(&bad));
+    let list = cogo(&["--data-dir", data_dir, "secrets", "list"]);
+    assert!(text(&list).contains("COGO_TEST_API_TOKEN") && !text(&list).contains(value), "{}", text(&list));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.path().join("master.key")).expect("key file").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // a stdio MCP server gets the secret in its environment; its answer comes back scrubbed
+    let mcp = serde_json::json!({ "toolsets": { "everything": { "command": "node", "args": [test_support::everything_js(), "stdio"] } } });
+    std::fs::write(configs.path().join("mcp.json"), mcp.to_string()).expect("mcp.json");
+    let port = test_support::free_port();
+    let log = data.path().join("up.log");
+    let mut up = Command::new(env!("CARGO_BIN_EXE_cogo"))
+        .args(["--data-dir", data_dir, "--config-dir", configs.path().to_str().expect("path")])
+        .args(["--log", "debug", "up", "--no-examples", "--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("COGO_DATABASE_URL")
+        .env_remove("COGO_MASTER_KEY")
+        .env_remove("COGO_TEST_API_TOKEN")
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .stderr(std::fs::File::create(data.path().join("up.err")).expect("log"))
+        .spawn()
+        .expect("cogo up");
+    let token_path = data.path().join("admin-token");
+    let mut ready = false;
+    for _ in 0..100 {
+        if token_path.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        ready,
+        "cogo up did not start: {}",
+        std::fs::read_to_string(data.path().join("up.err")).unwrap_or_default()
+    );
+    let admin = std::fs::read_to_string(&token_path).expect("token").trim().to_owned();
+    let answer = http(port, "POST", "/api/mcp/everything/get-env", &[("x-admin-token", &admin)], "{}");
+    let _ = up.kill();
+    let _ = up.wait();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("COGO_TEST_API_TOKEN"), "the server saw the secret's name: {answer}");
+    assert!(!answer.contains(value), "the value is scrubbed from the answer: {answer}");
+    let mut seen = String::new();
+    for entry in walk(&data.path().join("artifacts")) {
+        seen.push_str(&std::fs::read_to_string(entry).unwrap_or_default());
+    }
+    assert!(seen.contains("COGO_TEST_API_TOKEN") && !seen.contains(value), "artifacts are scrubbed");
+    for file in ["up.log", "up.err"] {
+        let logged = std::fs::read_to_string(data.path().join(file)).unwrap_or_default();
+        assert!(!logged.contains(value), "{file} holds the secret");
+    }
+    // another master key is refused, naming the key to use
+    let wrong = Command::new(env!("CARGO_BIN_EXE_cogo"))
+        .args(["--data-dir", data_dir, "--config-dir", configs.path().to_str().expect("path")])
+        .args(["up", "--no-examples", "--listen", "127.0.0.1:0"])
+        .env_remove("COGO_DATABASE_URL")
+        .env("COGO_MASTER_KEY", "11".repeat(32))
+        .output()
+        .expect("cogo up");
+    assert_eq!(wrong.status.code(), Some(2), "{}", text(&wrong));
+    assert!(text(&wrong).contains("set COGO_MASTER_KEY to the key it was sealed with"), "{}", text(&wrong));
+    let removed = cogo(&["--data-dir", data_dir, "secrets", "rm", "COGO_TEST_API_TOKEN"]);
+    assert!(removed.status.success(), "{}", text(&removed));
+    assert!(!text(&cogo(&["--data-dir", data_dir, "secrets", "list"])).contains("COGO_TEST_API_TOKEN"));
+    assert_eq!(cogo(&["--data-dir", data_dir, "secrets", "rm", "COGO_TEST_API_TOKEN"]).status.code(), Some(1));
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
