@@ -47,6 +47,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/metrics/mcp/events", get(events))
         .route("/api/metrics/mcp/artifacts/summary", get(artifacts_summary))
         .route("/api/metrics/snapshot", post(snapshot))
+        .route("/api/artifacts/{*path}", get(artifact))
 }
 
 fn api(state: &AppState) -> Result<&Arc<McpApi>, ApiError> {
@@ -352,4 +353,73 @@ async fn snapshot(State(state): State<AppState>) -> Result<impl IntoResponse, Ap
         ApiError::new(ErrorCode::Internal, "the snapshot could not be written; see the server log")
     })?;
     Ok((axum::http::StatusCode::CREATED, Json(json!({ "path": relative, "files": ["summary.json", "metrics.prom"] }))))
+}
+
+/// Artifact families that may be read through the API.
+const ARTIFACT_FAMILIES: [&str; 6] = ["mcp", "metrics", "gate-run", "full-scenario", "docker-scenario", "decisions"];
+
+/// Largest artifact file served.
+const MAX_ARTIFACT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// `GET /api/artifacts/<family>/…`: a file's bytes, or a directory's listing. Every segment must be
+/// a plain name (no `..`, no separators, no hidden names) and the resolved path must stay inside
+/// the artifacts directory (symbolic links included).
+async fn artifact(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    let api = api(&state)?;
+    let segments: Vec<&str> = path.split('/').collect();
+    let refused =
+        || ApiError::new(ErrorCode::InvalidRequest, "an artifact path is <family>/<name>/…: plain names only");
+    if segments.len() > 8
+        || !ARTIFACT_FAMILIES.contains(&segments[0])
+        || segments.iter().any(|s| s.starts_with('.') || model::artifact::safe_segment(s).is_err())
+    {
+        return Err(refused());
+    }
+    let root = api.data_dir.join("artifacts");
+    let not_found = || ApiError::new(ErrorCode::NotFound, format!("no artifact {path}"));
+    let (root, target) = match (tokio::fs::canonicalize(&root).await, tokio::fs::canonicalize(root.join(&path)).await) {
+        (Ok(root), Ok(target)) => (root, target),
+        _ => return Err(not_found()),
+    };
+    if !target.starts_with(&root) {
+        return Err(refused());
+    }
+    let meta = tokio::fs::metadata(&target).await.map_err(|_| not_found())?;
+    if meta.is_dir() {
+        let mut files = Vec::new();
+        let mut entries = tokio::fs::read_dir(&target).await.map_err(|_| not_found())?;
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let meta = entry.metadata().await.ok();
+            files.push(json!({
+                "name": entry.file_name().to_string_lossy(),
+                "dir": meta.as_ref().is_some_and(|m| m.is_dir()),
+                "bytes": meta.as_ref().map_or(0, |m| m.len()),
+            }));
+            if files.len() >= 10_000 {
+                break;
+            }
+        }
+        files.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        return Ok(Json(json!({ "path": path, "entries": files })).into_response());
+    }
+    if meta.len() > MAX_ARTIFACT_BYTES {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("artifact {path} is larger than {MAX_ARTIFACT_BYTES} bytes"),
+        ));
+    }
+    let bytes = tokio::fs::read(&target).await.map_err(|_| not_found())?;
+    let kind = match target.extension().and_then(|e| e.to_str()) {
+        Some("json") => "application/json",
+        Some("png") => "image/png",
+        Some("jpg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("webp") => "image/webp",
+        Some("prom" | "txt" | "log") => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    };
+    Ok(([(axum::http::header::CONTENT_TYPE, kind)], bytes).into_response())
 }

@@ -76,6 +76,7 @@ fn parameters(path: &str, query: Option<&Value>) -> Vec<Value> {
                 "trace_id" => json!({ "type": "string", "pattern": "^[0-9a-f]{32}$", "minLength": 32, "maxLength": 32, "not": { "pattern": "^0{32}$" } }),
                 "toolset" => json!({ "type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$", "not": { "pattern": "\n" } }),
                 "tool" => json!({ "type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$", "not": { "pattern": "\n" } }),
+                "path" => json!({ "type": "string", "pattern": "^(mcp|metrics|gate-run|full-scenario|docker-scenario|decisions)(/[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127})*$" }),
                 _ => json!({ "type": "string" }),
             };
             json!({ "name": name, "in": "path", "required": true, "schema": schema })
@@ -305,6 +306,18 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             None,
             200,
             Reply::Json(object(json!({ "artifacts": { "type": "object" } }), &["artifacts"])),
+        ),
+        op(
+            "get",
+            "/api/artifacts/{path}",
+            "An artifact file (JSON, image, text), or a directory's entries; `path` is <family>/<name>/… with plain names",
+            None,
+            None,
+            200,
+            Reply::Json(object(
+                json!({ "path": { "type": "string" }, "entries": { "type": "array", "items": object(json!({ "name": { "type": "string" }, "dir": { "type": "boolean" }, "bytes": { "type": "integer" } }), &["name", "dir", "bytes"]) } }),
+                &["path", "entries"],
+            )),
         ),
         op(
             "post",

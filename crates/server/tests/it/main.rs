@@ -232,13 +232,24 @@ async fn the_openapi_document_covers_every_route() {
         for (method, operation) in methods.as_object().expect("methods") {
             assert_ne!(operation["x-cogo-access"], "denied", "{method} {path} is documented but denied");
             assert!(operation["responses"].as_object().is_some_and(|r| r.contains_key("400")), "{method} {path}");
-            let template = path.replace('{', ":").replace('}', "");
+            let template = path.replace("{path}", "*").replace('{', ":").replace('}', "");
             documented.insert((method.to_ascii_uppercase(), template));
             if path == "/api/events/stream" {
                 continue; // a stream that stays open
             }
-            let concrete: String =
-                path.split('/').map(|s| if s.starts_with('{') { "x" } else { s }).collect::<Vec<_>>().join("/");
+            let concrete: String = path
+                .split('/')
+                .map(|s| {
+                    if s == "{path}" {
+                        "mcp"
+                    } else if s.starts_with('{') {
+                        "x"
+                    } else {
+                        s
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("/");
             let (_, _, body) = call(&app, &method.to_ascii_uppercase(), &concrete, &[ADMIN]).await;
             assert_ne!(body["message"], "no such route", "{method} {path} is documented but not routed");
         }

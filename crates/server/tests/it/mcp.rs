@@ -159,3 +159,47 @@ async fn ping_health_config_and_enqueue() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body["message"].as_str().unwrap_or_default().contains("toolset"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_download_by_path_and_traversal_is_refused() {
+    let f = fixture().await;
+    let (_, body) =
+        send(&f.app, "POST", "/api/mcp/everything/echo", &[ADMIN], r#"{"params": {"message": "keep me"}}"#).await;
+    let dir = body["artifacts"].as_str().expect("artifact dir").trim_start_matches("artifacts/").to_owned();
+    let (status, listing) = send(&f.app, "GET", &format!("/api/artifacts/{dir}"), &[TOKEN], "").await;
+    assert_eq!(status, StatusCode::OK, "{listing}");
+    let names: Vec<&str> =
+        listing["entries"].as_array().expect("entries").iter().filter_map(|e| e["name"].as_str()).collect();
+    assert_eq!(names, ["request.json", "response.json", "summary.json"], "{listing}");
+    let (status, response) = send(&f.app, "GET", &format!("/api/artifacts/{dir}/response.json"), &[TOKEN], "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(response.to_string().contains("keep me"), "{response}");
+    // no token, no artifact
+    let (status, _) = send(&f.app, "GET", &format!("/api/artifacts/{dir}/response.json"), &[], "").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // traversal and odd names are refused; a file outside the artifacts dir is never read
+    std::fs::write(f.data_dir.join("outside.json"), r#"{"secret": "outside"}"#).expect("outside file");
+    for path in [
+        "/api/artifacts/mcp/../outside.json",
+        "/api/artifacts/mcp/%2e%2e/%2e%2e/outside.json",
+        "/api/artifacts/mcp/..%2F..%2Foutside.json",
+        "/api/artifacts/../../etc/passwd",
+        "/api/artifacts/secrets/x",
+        "/api/artifacts/mcp/.hidden",
+        "/api/artifacts/mcp//x",
+    ] {
+        let (status, body) = send(&f.app, "GET", path, &[TOKEN], "").await;
+        assert!(matches!(status, StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND), "{path}: {status} {body}");
+        assert!(!body.to_string().contains("outside\""), "{path} leaked a file: {body}");
+    }
+    // a symbolic link out of the artifacts dir is not followed
+    #[cfg(unix)]
+    {
+        let link = f.data_dir.join("artifacts/mcp/escape");
+        std::os::unix::fs::symlink(&f.data_dir, &link).expect("symlink");
+        let (status, body) = send(&f.app, "GET", "/api/artifacts/mcp/escape/outside.json", &[TOKEN], "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    }
+    let (status, _) = send(&f.app, "GET", "/api/artifacts/mcp/everything/nope/response.json", &[TOKEN], "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
