@@ -84,6 +84,9 @@ pub enum Command {
     /// Secrets, sealed in the store under the master key (COGO_MASTER_KEY or DATA_DIR/master.key).
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// API tokens that see one tenant's messages, events, traces and dead letters.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Show what happened in a trace: its messages and their events, in order.
     Trace {
         /// Trace id (32 lower-case hex digits).
@@ -419,5 +422,29 @@ pub enum SecretsCommand {
     Rm {
         /// Name.
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Make a token for one tenant and print it once (only its hash is kept).
+    Create {
+        /// The tenant it sees.
+        #[arg(long)]
+        tenant: String,
+        /// What it is for.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List tokens (ids, tenants, names, state; never the tokens).
+    List {
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id (the API refuses it within 10 seconds).
+    Revoke {
+        /// The token id (the part after `cogo_`).
+        id: String,
     },
 }

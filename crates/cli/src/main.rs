@@ -61,6 +61,7 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
         Command::Events(command) => runtime()?.block_on(bus_cmd::events(&cli.global, command)),
         Command::Agents => runtime()?.block_on(bus_cmd::agents(&cli.global)),
         Command::Secrets(command) => runtime()?.block_on(secrets_cmd::run(&cli.global, command)),
+        Command::Tokens(command) => runtime()?.block_on(secrets_cmd::tokens(&cli.global, command)),
         Command::Trace { trace_id, json } => runtime()?.block_on(bus_cmd::trace(&cli.global, &trace_id, json)),
         Command::Up(command) => runtime()?.block_on(node::up(&cli.global, command)),
         Command::Serve(command) => runtime()?.block_on(node::serve(&cli.global, command)),

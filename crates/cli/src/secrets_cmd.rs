@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use anyhow::Context;
 
 use crate::ExitWith;
-use crate::args::{Global, SecretsCommand};
+use crate::args::{Global, SecretsCommand, TokensCommand};
 use crate::settings::open_store;
 
 /// The vault of this data dir / database.
@@ -83,4 +83,43 @@ pub fn with_secret_env(
         }
     }
     toolsets
+}
+
+pub async fn tokens(global: &Global, command: TokensCommand) -> anyhow::Result<()> {
+    let store = open_store(global).await?;
+    let mut out = std::io::stdout().lock();
+    match command {
+        TokensCommand::Create { tenant, name } => {
+            if !secrets::tokens::valid_tenant(&tenant) {
+                return Err(ExitWith(
+                    2,
+                    format!("error: tenant {tenant:?} is not allowed: use 1 to 64 letters, digits, '-', '_' or '.'"),
+                )
+                .into());
+            }
+            let (text, row) = secrets::tokens::generate(&tenant, &name, chrono::Utc::now());
+            let id = row.id.clone();
+            store.create_api_token(row).await?;
+            writeln!(out, "{}", text.as_str())?;
+            eprintln!("token {id} for tenant {tenant}: shown once, keep it; revoke with `cogo tokens revoke {id}`");
+        }
+        TokensCommand::List { json } => {
+            for token in store.api_tokens().await? {
+                let state = if token.revoked_at.is_some() { "revoked" } else { "active" };
+                if json {
+                    let line = serde_json::json!({ "id": token.id, "tenant": token.tenant, "name": token.name, "state": state, "created_at": token.created_at, "revoked_at": token.revoked_at });
+                    writeln!(out, "{line}")?;
+                } else {
+                    writeln!(out, "{:<14} {:<20} {:<8} {}", token.id, token.tenant, state, token.name)?;
+                }
+            }
+        }
+        TokensCommand::Revoke { id } => {
+            if !store.revoke_api_token(&id).await? {
+                return Err(ExitWith(1, format!("error: no active token {id}")).into());
+            }
+            writeln!(out, "revoked token {id}")?;
+        }
+    }
+    Ok(())
 }

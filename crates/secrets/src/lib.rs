@@ -7,6 +7,8 @@
 //! fingerprint of the key that sealed it, so a wrong key is named as such, not as corruption; the
 //! key file is created readable by its owner only and refused when others can read it.
 
+pub mod tokens;
+
 use std::path::{Path, PathBuf};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};

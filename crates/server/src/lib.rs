@@ -19,6 +19,7 @@ use axum::Router;
 
 pub use error::{ApiError, ErrorCode};
 pub use mcp_routes::McpApi;
+pub use security::Scope;
 
 /// Renders the Prometheus text of this process.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
@@ -80,8 +81,9 @@ impl Default for Limits {
 /// `into_make_service_with_connect_info::<SocketAddr>()` so rate limits apply per client address.
 pub fn router(state: AppState, limits: Limits) -> Router {
     let limiter = limit::RateLimits::new(limits.rate_per_second, limits.rate_burst).map(Arc::new);
+    let tokens = Arc::new(security::TokenCache::default());
     routes::router(state.clone())
-        .layer(axum::middleware::from_fn_with_state(state, security::guard))
+        .layer(axum::middleware::from_fn_with_state((state, tokens), security::guard))
         .layer(axum::middleware::from_fn_with_state(limiter, limit::rate_limit))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

@@ -279,9 +279,11 @@ async fn summary(
 /// with the filters of `/api/events`.
 async fn events(
     State(state): State<AppState>,
+    axum::extract::Extension(scope): axum::extract::Extension<crate::Scope>,
     q: Result<Query<crate::routes::EventQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (mut filter, page) = query(q)?.split()?;
+    crate::routes::limit_to(&scope, &mut filter.tenant);
     filter.service = Some("mcp".into());
     Ok(Json(state.store.events(&filter, &page).await?))
 }

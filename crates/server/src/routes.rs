@@ -1,7 +1,7 @@
 //! The route handlers: health, Prometheus, messages, events, traces, dead letters, agents, summary.
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use model::{MessageId, MessageStatus};
 use store::{EventFilter, MessageFilter, PageRequest};
 
-use crate::{ApiError, AppState, ErrorCode};
+use crate::{ApiError, AppState, ErrorCode, Scope};
 
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
@@ -126,14 +126,31 @@ impl MessageQuery {
 
 async fn messages(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
     q: Result<Query<MessageQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (filter, page) = query(q)?.split()?;
+    let (mut filter, page) = query(q)?.split()?;
+    limit_to(&scope, &mut filter.tenant);
     Ok(Json(state.store.messages(&filter, &page).await?))
 }
 
-async fn message(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(state.store.message(parse_id(&id)?).await?))
+/// A tenant token's listings are limited to its tenant, whatever the query asks.
+pub(crate) fn limit_to(scope: &Scope, tenant: &mut Option<String>) {
+    if let Some(only) = scope.tenant() {
+        *tenant = Some(only.to_owned());
+    }
+}
+
+async fn message(
+    State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let message = state.store.message(parse_id(&id)?).await?;
+    if scope.tenant().is_some_and(|tenant| tenant != message.tenant) {
+        return Err(ApiError::new(ErrorCode::NotFound, format!("no message {id}")));
+    }
+    Ok(Json(message))
 }
 
 /// Query of event listings.
@@ -179,9 +196,11 @@ impl EventQuery {
 
 async fn events(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
     q: Result<Query<EventQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (filter, page) = query(q)?.split()?;
+    let (mut filter, page) = query(q)?.split()?;
+    limit_to(&scope, &mut filter.tenant);
     Ok(Json(state.store.events(&filter, &page).await?))
 }
 
@@ -203,6 +222,7 @@ pub(crate) struct StreamQuery {
 /// client that reconnects with `Last-Event-ID` misses nothing.
 async fn event_stream(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
     headers: axum::http::HeaderMap,
     q: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -223,8 +243,10 @@ async fn event_stream(
         Some(cursor) => Some(cursor),
         None => state.store.latest_event_cursor().await?,
     };
+    let mut tenant = q.tenant;
+    limit_to(&scope, &mut tenant);
     let filter = EventFilter {
-        tenant: q.tenant,
+        tenant,
         service: q.service,
         role: q.role,
         event_type: q.event_type,
@@ -252,16 +274,21 @@ async fn event_stream(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-async fn trace(State(state): State<AppState>, Path(trace_id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+async fn trace(
+    State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
+    Path(trace_id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
     if !model::trace::is_valid_trace_id(&trace_id) {
         return Err(ApiError::new(ErrorCode::InvalidRequest, "a trace id is 32 lower-case hex digits"));
     }
-    let filter = EventFilter { trace_id: Some(trace_id.clone()), ..EventFilter::default() };
+    let tenant = scope.tenant().map(str::to_owned);
+    let filter = EventFilter { trace_id: Some(trace_id.clone()), tenant: tenant.clone(), ..EventFilter::default() };
     let events = state.store.events(&filter, &PageRequest::first(1000)).await?;
     let messages = state
         .store
         .messages(
-            &MessageFilter { trace_id: Some(trace_id.clone()), ..MessageFilter::default() },
+            &MessageFilter { trace_id: Some(trace_id.clone()), tenant, ..MessageFilter::default() },
             &PageRequest::first(1000),
         )
         .await?;
@@ -270,9 +297,11 @@ async fn trace(State(state): State<AppState>, Path(trace_id): Path<String>) -> R
 
 async fn dead_letters(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
     q: Result<Query<MessageQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (mut filter, page) = query(q)?.split()?;
+    limit_to(&scope, &mut filter.tenant);
     filter.status = Some(filter.status.unwrap_or(MessageStatus::Failed));
     Ok(Json(state.store.dead_letters(&filter, &page).await?))
 }

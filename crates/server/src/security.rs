@@ -9,6 +9,72 @@ use model::config::routes::Access;
 
 use crate::{ApiError, AppState, ErrorCode};
 
+/// What a request may see: everything (admin and static API tokens, public routes) or one tenant
+/// (a tenant token). Put on every request that passes the guard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every tenant.
+    All,
+    /// Only this tenant.
+    Tenant(String),
+}
+
+impl Scope {
+    /// The tenant a listing must be limited to, if any.
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            Self::All => None,
+            Self::Tenant(tenant) => Some(tenant),
+        }
+    }
+}
+
+/// Routes a tenant token may use: the ones whose answers can be limited to its tenant.
+const TENANT_ROUTES: [&str; 7] = [
+    "/api/messages",
+    "/api/messages/:id",
+    "/api/events",
+    "/api/events/stream",
+    "/api/traces/:trace_id",
+    "/api/dlq",
+    "/api/metrics/mcp/events",
+];
+
+/// How long a looked-up tenant token is trusted before it is read again (a revocation takes
+/// effect within this time).
+const TOKEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Tenant tokens read from the store, kept briefly (unknown ids too, so guessing costs no queries).
+#[derive(Debug, Default)]
+pub(crate) struct TokenCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (Option<store::ApiToken>, std::time::Instant)>>,
+}
+
+impl TokenCache {
+    async fn lookup(&self, store: &store::Store, id: &str) -> Result<Option<store::ApiToken>, store::Error> {
+        let now = std::time::Instant::now();
+        if let Some((token, at)) = self.lock().get(id)
+            && now.duration_since(*at) < TOKEN_CACHE_TTL
+        {
+            return Ok(token.clone());
+        }
+        let token = store.api_token(id).await?;
+        let mut entries = self.lock();
+        if entries.len() >= 10_000 {
+            entries.retain(|_, (_, at)| now.duration_since(*at) < TOKEN_CACHE_TTL);
+        }
+        entries.insert(id.to_owned(), (token.clone(), now));
+        Ok(token)
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (Option<store::ApiToken>, std::time::Instant)>>
+    {
+        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Compares two secrets in time that depends only on their lengths.
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -18,7 +84,11 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Deny by default: the route must be in the allowlist and the caller must hold what it needs.
-pub(crate) async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn guard(
+    State((state, tokens)): State<(AppState, std::sync::Arc<TokenCache>)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let Some(access) = state.routes.decide(method.as_str(), &path) else {
@@ -44,9 +114,20 @@ pub(crate) async fn guard(State(state): State<AppState>, request: Request, next:
         (Some(expected), Some(given)) => constant_time_eq(expected.as_bytes(), given.as_bytes()),
         _ => false,
     };
-    let has_token = is_admin
+    let mut scope = Scope::All;
+    let mut has_token = is_admin
         || bearer
             .is_some_and(|given| state.api_tokens.iter().any(|t| constant_time_eq(t.as_bytes(), given.as_bytes())));
+    if !has_token && let Some((id, secret)) = bearer.and_then(secrets::tokens::split) {
+        match tokens.lookup(&state.store, id).await {
+            Ok(Some(token)) if secrets::tokens::verify(secret, &token) => {
+                has_token = true;
+                scope = Scope::Tenant(token.tenant);
+            }
+            Ok(_) => {}
+            Err(err) => return ApiError::from(err).into_response(),
+        }
+    }
     let allowed = match access {
         Access::Public => true,
         Access::Token => has_token,
@@ -73,6 +154,17 @@ pub(crate) async fn guard(State(state): State<AppState>, request: Request, next:
         };
         return ApiError::new(code, format!("{method} {path} needs {what}")).into_response();
     }
+    if let Scope::Tenant(tenant) = &scope
+        && access != Access::Public
+        && !TENANT_ROUTES.iter().any(|template| model::config::routes::template_matches(template, &path))
+    {
+        return ApiError::new(
+            ErrorCode::Forbidden,
+            format!("the token of tenant {tenant} reads only that tenant's messages, events, traces and dead letters"),
+        )
+        .into_response();
+    }
+    request.extensions_mut().insert(scope);
     next.run(request).await
 }
 

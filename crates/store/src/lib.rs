@@ -353,6 +353,26 @@ impl Store {
         dispatch!(self, bus => bus.delete_secret(name).await)
     }
 
+    /// Stores a new API token.
+    pub async fn create_api_token(&self, token: ApiToken) -> Result<(), Error> {
+        dispatch!(self, bus => bus.create_api_token(&token).await)
+    }
+
+    /// The API token `id`, revoked or not.
+    pub async fn api_token(&self, id: &str) -> Result<Option<ApiToken>, Error> {
+        dispatch!(self, bus => bus.api_token(id).await)
+    }
+
+    /// Every API token, by tenant and id.
+    pub async fn api_tokens(&self) -> Result<Vec<ApiToken>, Error> {
+        dispatch!(self, bus => bus.api_tokens().await)
+    }
+
+    /// Revokes the API token `id`; false when there is no such token or it was already revoked.
+    pub async fn revoke_api_token(&self, id: &str) -> Result<bool, Error> {
+        dispatch!(self, bus => bus.revoke_api_token(id).await)
+    }
+
     /// Every known process, newest heartbeat first.
     pub async fn presence(&self) -> Result<Vec<Presence>, Error> {
         dispatch!(self, bus => bus.presence().await)

@@ -25,16 +25,17 @@ use crate::lifecycle::push_text_filters;
 use crate::lifecycle::{
     enqueued_message, message_event, parse_seq_cursor, parse_uuid_cursor, presence_event, truncate, with_detail,
 };
+use crate::{ApiToken, McpCallRecord, SealedSecret};
 use crate::{
     CircuitState, ClaimRequest, Completion, DeadLetter, Enqueued, Error, EventFilter, FailAction, Failure,
     MessageFilter, Outcome, Page, PageRequest, QueueStats, StoreOptions, Wakeups,
 };
-use crate::{McpCallRecord, SealedSecret};
 
-pub(crate) const MIGRATIONS: [(i64, &str, &str); 3] = [
+pub(crate) const MIGRATIONS: [(i64, &str, &str); 4] = [
     (1, "bus", include_str!("../../../migrations/sqlite/0001_bus.sql")),
     (2, "mcp events", include_str!("../../../migrations/sqlite/0002_mcp_events.sql")),
     (3, "secrets", include_str!("../../../migrations/sqlite/0003_secrets.sql")),
+    (4, "api tokens", include_str!("../../../migrations/sqlite/0004_api_tokens.sql")),
 ];
 
 type Tx = sqlx::Transaction<'static, Sqlite>;
@@ -784,6 +785,49 @@ impl SqliteBus {
             .map_err(db("reading MCP call events"))
     }
 
+    pub(crate) async fn create_api_token(&self, token: &ApiToken) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, tenant, name, hash, created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&token.id)
+        .bind(&token.tenant)
+        .bind(&token.name)
+        .bind(&token.hash)
+        .bind(us(token.created_at))
+        .bind(token.revoked_at.map(us))
+        .execute(&self.writer)
+        .await
+        .map_err(db("storing an API token"))?;
+        Ok(())
+    }
+
+    pub(crate) async fn api_token(&self, id: &str) -> Result<Option<ApiToken>, Error> {
+        let row = sqlx::query("SELECT * FROM api_tokens WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db("reading an API token"))?;
+        row.as_ref().map(api_token).transpose().map_err(db("reading an API token"))
+    }
+
+    pub(crate) async fn api_tokens(&self) -> Result<Vec<ApiToken>, Error> {
+        let rows = sqlx::query("SELECT * FROM api_tokens ORDER BY tenant, id")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db("listing API tokens"))?;
+        rows.iter().map(api_token).collect::<Result<_, _>>().map_err(db("listing API tokens"))
+    }
+
+    pub(crate) async fn revoke_api_token(&self, id: &str) -> Result<bool, Error> {
+        let done = sqlx::query("UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+            .bind(us(self.now()))
+            .bind(id)
+            .execute(&self.writer)
+            .await
+            .map_err(db("revoking an API token"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
     pub(crate) async fn put_secret(&self, secret: &SealedSecret) -> Result<(), Error> {
         let now = us(secret.updated_at);
         sqlx::query(
@@ -1108,5 +1152,16 @@ fn sealed_secret(row: &SqliteRow) -> Result<SealedSecret, sqlx::Error> {
         nonce: row.try_get("nonce")?,
         ciphertext: row.try_get("ciphertext")?,
         updated_at: at(row.try_get("updated_at")?),
+    })
+}
+
+fn api_token(row: &SqliteRow) -> Result<ApiToken, sqlx::Error> {
+    Ok(ApiToken {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        name: row.try_get("name")?,
+        hash: row.try_get("hash")?,
+        created_at: at(row.try_get("created_at")?),
+        revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(at),
     })
 }

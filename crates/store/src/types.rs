@@ -374,3 +374,31 @@ impl std::fmt::Debug for SealedSecret {
         f.debug_struct("SealedSecret").field("name", &self.name).field("key_id", &self.key_id).finish_non_exhaustive()
     }
 }
+
+/// A tenant-scoped API token as stored: a hash of its secret part, never the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    /// Public id (the token's middle part).
+    pub id: String,
+    /// The one tenant the token sees.
+    pub tenant: String,
+    /// What it is for.
+    pub name: String,
+    /// SHA-256 of the secret part.
+    pub hash: Vec<u8>,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiToken")
+            .field("id", &self.id)
+            .field("tenant", &self.tenant)
+            .field("name", &self.name)
+            .field("revoked_at", &self.revoked_at)
+            .finish_non_exhaustive()
+    }
+}

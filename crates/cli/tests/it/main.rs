@@ -439,3 +439,22 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[test]
+fn tenant_tokens_are_shown_once_listed_without_secret_and_revoked() {
+    let data = tempfile::tempdir().expect("data dir");
+    let data_dir = data.path().to_str().expect("path");
+    let created = cogo(&["--data-dir", data_dir, "tokens", "create", "--tenant", "acme", "--name", "ci"]);
+    assert!(created.status.success(), "{}", text(&created));
+    let token = String::from_utf8_lossy(&created.stdout).trim().to_owned();
+    assert!(token.starts_with("cogo_") && token.len() == 5 + 12 + 1 + 48, "{token}");
+    let id = &token[5..17];
+    let list = text(&cogo(&["--data-dir", data_dir, "tokens", "list"]));
+    assert!(list.contains(id) && list.contains("acme") && list.contains("active"), "{list}");
+    assert!(!list.contains(&token[18..]), "the secret part is never listed");
+    let bad = cogo(&["--data-dir", data_dir, "tokens", "create", "--tenant", "a b"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert!(cogo(&["--data-dir", data_dir, "tokens", "revoke", id]).status.success());
+    assert!(text(&cogo(&["--data-dir", data_dir, "tokens", "list"])).contains("revoked"));
+    assert_eq!(cogo(&["--data-dir", data_dir, "tokens", "revoke", id]).status.code(), Some(1));
+}

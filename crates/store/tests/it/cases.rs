@@ -735,3 +735,27 @@ pub async fn sealed_secrets_are_stored_replaced_and_removed(t: TestStore) {
     assert_eq!(s.secret("A_TOKEN").await.expect("get"), None);
     assert!(!format!("{:?}", sealed("X", 9)).contains("ciphertext"), "Debug shows no sealed bytes");
 }
+
+/// API tokens are stored by id with their hash, listed, and revoked once.
+pub async fn api_tokens_are_stored_listed_and_revoked_once(t: TestStore) {
+    let s = &t.store;
+    let token = |id: &str, tenant: &str| store::ApiToken {
+        id: id.into(),
+        tenant: tenant.into(),
+        name: "ci".into(),
+        hash: vec![7; 32],
+        created_at: test_support::epoch(),
+        revoked_at: None,
+    };
+    s.create_api_token(token("b2", "beta")).await.expect("create");
+    s.create_api_token(token("a1", "acme")).await.expect("create");
+    assert!(s.create_api_token(token("a1", "acme")).await.is_err(), "ids are unique");
+    assert_eq!(s.api_token("a1").await.expect("get"), Some(token("a1", "acme")));
+    let ids: Vec<String> = s.api_tokens().await.expect("list").into_iter().map(|t| t.id).collect();
+    assert_eq!(ids, ["a1", "b2"]);
+    assert!(s.revoke_api_token("a1").await.expect("revoke"));
+    assert!(!s.revoke_api_token("a1").await.expect("revoke again"));
+    assert!(!s.revoke_api_token("zz").await.expect("revoke unknown"));
+    assert_eq!(s.api_token("a1").await.expect("get").and_then(|t| t.revoked_at), Some(test_support::epoch()));
+    assert!(!format!("{:?}", token("x", "y")).contains("hash"), "Debug shows no hash");
+}

@@ -32,6 +32,7 @@ conformance!(
     retry_waits_for_its_backoff,
     handler_detail_reaches_events_and_the_mcp_summary,
     sealed_secrets_are_stored_replaced_and_removed,
+    api_tokens_are_stored_listed_and_revoked_once,
     dead_letters_after_max_attempts_and_requeues_once,
     cancel_only_queued_messages,
     bad_input_is_rejected_with_clear_errors,
