@@ -281,6 +281,9 @@ pub struct EnqueueArgs {
     /// Attempts before dead-lettering.
     #[arg(long, default_value_t = 3)]
     pub max_attempts: i32,
+    /// Enqueue this many copies (in batches of 1000; not with --idempotency-key).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub count: u32,
 }
 
 /// Options of `messages`.

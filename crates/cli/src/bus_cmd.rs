@@ -41,6 +41,22 @@ pub async fn enqueue(global: &Global, args: EnqueueArgs) -> anyhow::Result<()> {
         return Err(usage(err.to_string()));
     }
     let store = open_store(global).await?;
+    if args.count > 1 {
+        if message.idempotency_key.is_some() {
+            return Err(usage("--count and --idempotency-key exclude each other: copies would be one message".into()));
+        }
+        let started = std::time::Instant::now();
+        let mut left = args.count as usize;
+        while left > 0 {
+            let batch = left.min(1000);
+            store.enqueue_batch(vec![message.clone(); batch]).await.context("enqueueing a batch")?;
+            left -= batch;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        writeln!(std::io::stdout(), "enqueued {} messages in {seconds:.2} s", args.count)?;
+        store.close().await;
+        return Ok(());
+    }
     let enqueued = store.enqueue(message).await.context("enqueueing")?;
     let verb = if enqueued.created { "enqueued" } else { "already enqueued (same idempotency key)" };
     writeln!(std::io::stdout(), "{verb} {} trace {}", enqueued.message.id, enqueued.message.trace_id)?;
