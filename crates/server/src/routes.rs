@@ -32,6 +32,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/openapi.json", get(crate::openapi::openapi))
         .merge(crate::mcp_routes::router())
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
+        .layer(Extension(std::sync::Arc::new(SummaryCache::default())))
         .with_state(state)
 }
 
@@ -316,8 +317,27 @@ async fn agents(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
     Ok(Json(json!({ "agents": state.store.presence().await? })))
 }
 
-async fn summary(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(summary_value(&state).await?))
+/// How long a computed summary is served before it is computed again: callers that poll (the
+/// dashboard, many at once) share one computation per interval.
+const SUMMARY_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The last summary computed, shared by concurrent callers (one computes, the others wait for it).
+#[derive(Debug, Default)]
+pub(crate) struct SummaryCache(tokio::sync::Mutex<Option<(std::time::Instant, Value)>>);
+
+async fn summary(
+    State(state): State<AppState>,
+    Extension(cache): Extension<std::sync::Arc<SummaryCache>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let mut slot = cache.0.lock().await;
+    if let Some((at, value)) = slot.as_ref()
+        && at.elapsed() < SUMMARY_TTL
+    {
+        return Ok(Json(value.clone()));
+    }
+    let value = summary_value(&state).await?;
+    *slot = Some((std::time::Instant::now(), value.clone()));
+    Ok(Json(value))
 }
 
 /// The whole summary: MCP (last 24 hours), circuits, bus, agents, all from the store.
