@@ -21,7 +21,7 @@ cogo() { "$bin" --data-dir "$data" --log error "$@"; }
 # ~100k events: 34,000 messages for the noop role (intent mcp_call, so the MCP summary reads them),
 # each scheduled, claimed and succeeded
 messages=34000
-echo "seeding: $messages noop messages through a worker (3 events each)"
+echo "seeding: $messages messages for the noop role through a worker (3 events each)"
 cogo enqueue --service bus --role noop --intent mcp_call --count "$messages" >/dev/null
 cogo worker --roles noop --concurrency 32 >/dev/null 2>&1 &
 worker=$!
