@@ -193,6 +193,12 @@ pub struct ServeArgs {
     /// Requests a client or token may make at once above the steady rate.
     #[arg(long, env = "COGO_RATE_BURST", default_value_t = 200)]
     pub rate_burst: u32,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "COGO_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "COGO_TLS_KEY", requires = "tls_cert", hide_env_values = true)]
+    pub tls_key: Option<PathBuf>,
     /// Do not start the example MCP servers (up only).
     #[arg(long, env = "COGO_NO_EXAMPLES")]
     pub no_examples: bool,

@@ -212,6 +212,12 @@ async fn stop(node: Node) {
 async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mode: &str) -> anyhow::Result<()> {
     let metrics = metrics_render()?;
     let configs = load_configs_or_exit(&global.config_dir)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(server::tls::server_config(cert, key).map_err(|e| ExitWith(2, format!("error: {e}")))?)
+        }
+        _ => None,
+    };
     let listener = bind(args.listen).await?;
     let examples =
         if mode == "embedded" && !args.no_examples { Some(start_examples(global, &args).await) } else { None };
@@ -248,9 +254,10 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
             node.store.kind().name(),
             store::redact_url(&database_url(global))
         )?;
-        writeln!(out, "  API        http://{address}/api/metrics/summary")?;
-        writeln!(out, "  health     http://{address}/healthz  http://{address}/readyz")?;
-        writeln!(out, "  metrics    http://{address}/metrics")?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        writeln!(out, "  API        {scheme}://{address}/api/metrics/summary")?;
+        writeln!(out, "  health     {scheme}://{address}/healthz  {scheme}://{address}/readyz")?;
+        writeln!(out, "  metrics    {scheme}://{address}/metrics")?;
         writeln!(
             out,
             "  agent      {}  roles: {}",
@@ -272,10 +279,16 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
         out.flush()?;
     }
     let _policies = node.policies.clone();
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(wait_for_signal())
-        .await
-        .context("serving HTTP")?;
+    let service = app.into_make_service_with_connect_info::<server::ClientAddr>();
+    match tls {
+        Some(config) => {
+            let listener = server::tls::TlsListener::new(listener, config).context("starting TLS")?;
+            axum::serve(listener, service).with_graceful_shutdown(wait_for_signal()).await.context("serving HTTPS")?;
+        }
+        None => {
+            axum::serve(listener, service).with_graceful_shutdown(wait_for_signal()).await.context("serving HTTP")?
+        }
+    }
     stop(node).await;
     drop(examples);
     Ok(())

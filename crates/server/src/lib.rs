@@ -11,6 +11,7 @@ mod mcp_routes;
 mod openapi;
 mod routes;
 mod security;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,8 +78,24 @@ impl Default for Limits {
     }
 }
 
+/// The address of the client of a connection, over plain TCP or TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for ClientAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tls::TlsListener>> for ClientAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tls::TlsListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
 /// The whole application router. Serve it with
-/// `into_make_service_with_connect_info::<SocketAddr>()` so rate limits apply per client address.
+/// `into_make_service_with_connect_info::<ClientAddr>()` so rate limits apply per client address.
 pub fn router(state: AppState, limits: Limits) -> Router {
     let limiter = limit::RateLimits::new(limits.rate_per_second, limits.rate_burst).map(Arc::new);
     let tokens = Arc::new(security::TokenCache::default());

@@ -2,7 +2,6 @@
 //! a request over either gets 429 with `Retry-After`.
 
 use std::hash::{Hash, Hasher};
-use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,7 +75,7 @@ pub(crate) async fn rate_limit(
     next: Next,
 ) -> Response {
     let Some(limits) = limits else { return next.run(request).await };
-    let client = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+    let client = request.extensions().get::<ConnectInfo<crate::ClientAddr>>().map(|info| info.0.0.ip());
     if let Err(wait) = limits.check(hashed(client), token_key(&request)) {
         let mut response = ApiError::new(
             ErrorCode::RateLimited,

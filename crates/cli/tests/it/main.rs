@@ -458,3 +458,69 @@ fn tenant_tokens_are_shown_once_listed_without_secret_and_revoked() {
     assert!(text(&cogo(&["--data-dir", data_dir, "tokens", "list"])).contains("revoked"));
     assert_eq!(cogo(&["--data-dir", data_dir, "tokens", "revoke", id]).status.code(), Some(1));
 }
+
+/// `--tls-cert/--tls-key` serve HTTPS: a client that trusts the certificate gets answers; plain
+/// HTTP on that port gets none; a missing certificate file stops start-up with exit code 2.
+#[test]
+fn the_api_serves_https_with_the_given_certificate() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("dir");
+    let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, issued.cert.pem()).expect("cert");
+    std::fs::write(&key, issued.signing_key.serialize_pem()).expect("key");
+    let port = test_support::free_port();
+    let data = dir.path().join("data");
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_cogo"))
+        .args(["--data-dir", data.to_str().expect("path"), "serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--tls-cert", cert.to_str().expect("path"), "--tls-key", key.to_str().expect("path")])
+        .env_remove("COGO_DATABASE_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("cogo serve");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(issued.cert.der().clone()).expect("trust the certificate");
+    let config = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let mut answer = String::new();
+    for _ in 0..100 {
+        let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            continue;
+        };
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut connection = rustls::ClientConnection::new(config.clone(), name).expect("client");
+        let mut tls = rustls::Stream::new(&mut connection, &mut tcp);
+        tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("send");
+        let _ = tls.read_to_string(&mut answer);
+        break;
+    }
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("\"status\":\"ok\""), "{answer}");
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    plain.set_read_timeout(Some(std::time::Duration::from_secs(15))).expect("timeout");
+    let _ = plain.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut refused = Vec::new();
+    let _ = plain.read_to_end(&mut refused);
+    assert!(!String::from_utf8_lossy(&refused).contains("200 OK"), "plain HTTP is not served");
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let missing = cogo(&[
+        "--data-dir",
+        data.to_str().expect("path"),
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        "/nonexistent/cert.pem",
+        "--tls-key",
+        key.to_str().expect("path"),
+    ]);
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
+    assert!(text(&missing).contains("TLS certificate /nonexistent/cert.pem"), "{}", text(&missing));
+}

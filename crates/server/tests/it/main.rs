@@ -196,7 +196,9 @@ async fn rate_limits_answer_429_with_retry_after_per_client_and_per_token() {
             request = request.header("authorization", format!("Bearer {token}"));
         }
         let mut request = request.body(Body::empty()).expect("request");
-        request.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((ip, 40000))));
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(server::ClientAddr(std::net::SocketAddr::from((ip, 40000)))));
         request
     };
     for _ in 0..2 {
