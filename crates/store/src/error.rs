@@ -80,6 +80,21 @@ pub enum Error {
         /// Why it failed.
         detail: String,
     },
+    /// A knowledge write or query breaks the index's rules (wrong dimension, too large, bad filter).
+    #[error("knowledge index: {detail}")]
+    InvalidKnowledge {
+        /// What is wrong and what to do.
+        detail: String,
+    },
+    /// The PostgreSQL server has no pgvector, which the knowledge tables need.
+    #[error(
+        "the PostgreSQL server has no pgvector extension, which the knowledge index needs: install pgvector on it (scripts/pgvector starts a local PostgreSQL with pgvector)"
+    )]
+    NoVectorExtension {
+        /// The server's answer.
+        #[source]
+        source: sqlx::Error,
+    },
     /// A broken internal expectation.
     #[error("internal store error: {what}")]
     Internal {

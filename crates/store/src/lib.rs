@@ -8,10 +8,12 @@
 //! - every time comparison uses the injected clock, never the database's.
 
 mod error;
+pub mod knowledge;
 mod lifecycle;
 mod postgres;
 mod sqlite;
 mod types;
+mod vector_index;
 mod wake;
 
 use std::sync::Arc;
@@ -405,6 +407,147 @@ impl Store {
         dispatch!(self, bus => bus.prune(older_than).await)
     }
 
+    /// Records the embedding model of the knowledge index (on PostgreSQL also creates the vector
+    /// table and its HNSW index). An index built with another model is refused unless `reset`,
+    /// which empties the index first.
+    pub async fn knowledge_prepare(&self, model: &str, dim: usize, reset: bool) -> Result<(), Error> {
+        dispatch!(self, bus => bus.kb_prepare(model, dim, reset).await)
+    }
+
+    /// The documents of a scope, by source.
+    pub async fn knowledge_documents(
+        &self,
+        scope: &knowledge::KnowledgeScope,
+    ) -> Result<Vec<knowledge::StoredDocument>, Error> {
+        dispatch!(self, bus => bus.kb_documents(scope).await)
+    }
+
+    /// Embeddings already stored for chunks with these content hashes (to skip embedding them again).
+    pub async fn knowledge_embeddings_by_hash(
+        &self,
+        hashes: &[String],
+    ) -> Result<std::collections::HashMap<String, Vec<f32>>, Error> {
+        dispatch!(self, bus => bus.kb_embeddings_by_hash(hashes).await)
+    }
+
+    /// Writes a document with its chunks, embeddings, entities, relations and mentions, replacing
+    /// an earlier version of the same source, in one transaction. Returns the document's id.
+    pub async fn knowledge_put_document(&self, document: knowledge::NewDocument) -> Result<i64, Error> {
+        dispatch!(self, bus => bus.kb_put_document(document).await)
+    }
+
+    /// Deletes documents (and what was derived from them) by source; returns how many.
+    pub async fn knowledge_delete_documents(
+        &self,
+        scope: &knowledge::KnowledgeScope,
+        sources: &[String],
+    ) -> Result<u64, Error> {
+        dispatch!(self, bus => bus.kb_delete_documents(scope, sources).await)
+    }
+
+    /// Full-text search: the best `limit` chunks for the words of `query` (any of them), best first.
+    pub async fn knowledge_fulltext(
+        &self,
+        filter: &knowledge::KnowledgeFilter,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<knowledge::ScoredChunk>, Error> {
+        check_knowledge_filter(filter)?;
+        if query.chars().count() > knowledge::limits::MAX_QUERY_CHARS {
+            return Err(Error::InvalidKnowledge {
+                detail: format!("the query is over {} characters", knowledge::limits::MAX_QUERY_CHARS),
+            });
+        }
+        dispatch!(self, bus => bus.kb_fulltext(filter, query, limit).await)
+    }
+
+    /// Vector search: the `limit` chunks nearest to `vector` by cosine similarity, best first.
+    /// `exact` scans every vector instead of using the index (to measure the index's recall).
+    pub async fn knowledge_vector(
+        &self,
+        filter: &knowledge::KnowledgeFilter,
+        vector: &[f32],
+        limit: usize,
+        exact: bool,
+    ) -> Result<Vec<knowledge::ScoredChunk>, Error> {
+        check_knowledge_filter(filter)?;
+        dispatch!(self, bus => bus.kb_vector(filter, vector, limit, exact).await)
+    }
+
+    /// Chunks by id, with their documents; only those of `tenant` (order not kept).
+    pub async fn knowledge_chunks(&self, tenant: &str, ids: &[i64]) -> Result<Vec<knowledge::StoredChunk>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        dispatch!(self, bus => bus.kb_chunks(tenant, ids).await)
+    }
+
+    /// Entities named exactly `name` (of `kind`, if given) within the filter's tenant and project.
+    pub async fn knowledge_find_entities(
+        &self,
+        filter: &knowledge::KnowledgeFilter,
+        name: &str,
+        kind: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<knowledge::Entity>, Error> {
+        check_knowledge_filter(filter)?;
+        dispatch!(self, bus => bus.kb_find_entities(filter, name, kind, limit).await)
+    }
+
+    /// Entities by id; only those of `tenant`.
+    pub async fn knowledge_entities(&self, tenant: &str, ids: &[i64]) -> Result<Vec<knowledge::Entity>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        dispatch!(self, bus => bus.kb_entities(tenant, ids).await)
+    }
+
+    /// Relations touching `ids` in `direction` (of `kinds`, all when empty), at most `limit`.
+    pub async fn knowledge_edges(
+        &self,
+        tenant: &str,
+        ids: &[i64],
+        direction: knowledge::Direction,
+        kinds: &[String],
+        limit: usize,
+    ) -> Result<Vec<knowledge::Edge>, Error> {
+        if ids.len() > knowledge::limits::MAX_FRONTIER {
+            return Err(Error::InvalidKnowledge {
+                detail: format!(
+                    "a graph step from {} entities, over the limit of {}: lower the depth or fan-out",
+                    ids.len(),
+                    knowledge::limits::MAX_FRONTIER
+                ),
+            });
+        }
+        dispatch!(self, bus => bus.kb_edges(tenant, ids, direction, kinds, limit).await)
+    }
+
+    /// (chunk, entity) pairs: the entities these chunks mention.
+    pub async fn knowledge_chunk_entities(&self, chunk_ids: &[i64]) -> Result<Vec<(i64, i64)>, Error> {
+        if chunk_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        dispatch!(self, bus => bus.kb_chunk_entities(chunk_ids).await)
+    }
+
+    /// (entity, chunk) pairs: chunks that mention these entities, at most `limit`.
+    pub async fn knowledge_entity_chunks(&self, entity_ids: &[i64], limit: usize) -> Result<Vec<(i64, i64)>, Error> {
+        if entity_ids.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        dispatch!(self, bus => bus.kb_entity_chunks(entity_ids, limit).await)
+    }
+
+    /// What the index holds within the filter.
+    pub async fn knowledge_stats(
+        &self,
+        filter: &knowledge::KnowledgeFilter,
+    ) -> Result<knowledge::KnowledgeStats, Error> {
+        check_knowledge_filter(filter)?;
+        dispatch!(self, bus => bus.kb_stats(filter).await)
+    }
+
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<(), Error> {
         dispatch!(self, bus => bus.ping().await)
@@ -414,6 +557,16 @@ impl Store {
     pub async fn close(&self) {
         dispatch!(self, bus => bus.close().await)
     }
+}
+
+fn check_knowledge_filter(filter: &knowledge::KnowledgeFilter) -> Result<(), Error> {
+    if filter.tenant.is_empty() {
+        return Err(Error::InvalidKnowledge { detail: "a knowledge query must name its tenant".into() });
+    }
+    if filter.source_prefix.as_ref().is_some_and(|p| p.len() > 2048) {
+        return Err(Error::InvalidKnowledge { detail: "the source prefix is over 2048 bytes".into() });
+    }
+    Ok(())
 }
 
 fn check_database_name(name: &str) -> Result<(), Error> {

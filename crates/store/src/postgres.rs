@@ -27,13 +27,16 @@ use crate::{
     MessageFilter, Outcome, Page, PageRequest, QueueStats, StoreOptions, Wakeups,
 };
 
+mod knowledge;
+
 const BUS_CHANNEL: &str = "cogo_bus";
 
-pub(crate) const MIGRATIONS: [(i64, &str, &str); 4] = [
+pub(crate) const MIGRATIONS: [(i64, &str, &str); 5] = [
     (1, "bus", include_str!("../../../migrations/postgres/0001_bus.sql")),
     (2, "mcp events", include_str!("../../../migrations/postgres/0002_mcp_events.sql")),
     (3, "secrets", include_str!("../../../migrations/postgres/0003_secrets.sql")),
     (4, "api tokens", include_str!("../../../migrations/postgres/0004_api_tokens.sql")),
+    (5, "knowledge", include_str!("../../../migrations/postgres/0005_knowledge.sql")),
 ];
 
 #[derive(Debug, Clone)]

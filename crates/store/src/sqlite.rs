@@ -31,12 +31,15 @@ use crate::{
     MessageFilter, Outcome, Page, PageRequest, QueueStats, StoreOptions, Wakeups,
 };
 
-pub(crate) const MIGRATIONS: [(i64, &str, &str); 4] = [
+pub(crate) const MIGRATIONS: [(i64, &str, &str); 5] = [
     (1, "bus", include_str!("../../../migrations/sqlite/0001_bus.sql")),
     (2, "mcp events", include_str!("../../../migrations/sqlite/0002_mcp_events.sql")),
     (3, "secrets", include_str!("../../../migrations/sqlite/0003_secrets.sql")),
     (4, "api tokens", include_str!("../../../migrations/sqlite/0004_api_tokens.sql")),
+    (5, "knowledge", include_str!("../../../migrations/sqlite/0005_knowledge.sql")),
 ];
+
+mod knowledge;
 
 type Tx = sqlx::Transaction<'static, Sqlite>;
 
@@ -46,6 +49,7 @@ pub(crate) struct SqliteBus {
     reader: SqlitePool,
     options: StoreOptions,
     wakeups: Wakeups,
+    vectors: std::sync::Arc<knowledge::VectorCache>,
 }
 
 fn us(at: DateTime<Utc>) -> i64 {
@@ -89,7 +93,7 @@ impl SqliteBus {
                 .await
                 .map_err(db("opening SQLite readers"))?
         };
-        Ok(Self { writer, reader, options, wakeups: Wakeups::default() })
+        Ok(Self { writer, reader, options, wakeups: Wakeups::default(), vectors: Default::default() })
     }
 
     pub(crate) fn options(&self) -> &StoreOptions {

@@ -77,13 +77,29 @@ pub async fn sqlite() -> TestStore {
 
 /// A fresh PostgreSQL database with the real migrations.
 pub async fn postgres() -> TestStore {
-    let admin_url = postgres_admin_url();
+    postgres_on(
+        &postgres_admin_url(),
+        "Start it (pg_ctlcluster --skip-systemctl-redirect 15 main start) or set COGO_TEST_DATABASE_URL.",
+    )
+    .await
+}
+
+/// The PostgreSQL server with pgvector the knowledge tests use: `COGO_TEST_PGVECTOR_URL`, or the
+/// one `scripts/pgvector start` runs on port 5433.
+pub fn pgvector_admin_url() -> String {
+    std::env::var("COGO_TEST_PGVECTOR_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/postgres".to_owned())
+}
+
+/// A fresh database with the real migrations on the PostgreSQL server that has pgvector.
+pub async fn postgres_vector() -> TestStore {
+    postgres_on(&pgvector_admin_url(), "Start it with scripts/pgvector start or set COGO_TEST_PGVECTOR_URL.").await
+}
+
+async fn postgres_on(admin_url: &str, hint: &str) -> TestStore {
+    let admin_url = admin_url.to_owned();
     let database = format!("cogo_t_{}", model::new_id().simple());
     let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap_or_else(|err| {
-        panic!(
-            "PostgreSQL is required for this test and is not reachable at {admin_url}: {err}. \
-             Start it (pg_ctlcluster --skip-systemctl-redirect 15 main start) or set COGO_TEST_DATABASE_URL."
-        )
+        panic!("PostgreSQL is required for this test and is not reachable at {admin_url}: {err}. {hint}")
     });
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{database}\"")))
         .execute(&mut admin)
@@ -91,7 +107,7 @@ pub async fn postgres() -> TestStore {
         .expect("creating a test database");
     let url = match admin_url.rfind('/') {
         Some(slash) => format!("{}/{database}", &admin_url[..slash]),
-        None => panic!("COGO_TEST_DATABASE_URL must end with /DATABASE"),
+        None => panic!("the test database URL must end with /DATABASE"),
     };
     let clock = Arc::new(ManualClock::new(epoch()));
     let guard = Guard::Postgres { admin_url, database };
@@ -100,6 +116,20 @@ pub async fn postgres() -> TestStore {
         .expect("opening PostgreSQL");
     store.migrate().await.expect("migrating PostgreSQL");
     TestStore { store, clock, url, _guard: guard }
+}
+
+/// The directory of the local models installed by `scripts/models install` (`COGO_MODELS_DIR`, or
+/// `.cogo/models` at the repository root).
+pub fn models_dir() -> std::path::PathBuf {
+    let dir = std::env::var("COGO_MODELS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cogo/models"));
+    assert!(
+        dir.join("all-MiniLM-L6-v2/model.safetensors").is_file(),
+        "the embedding model is not installed in {}: run scripts/models install",
+        dir.display()
+    );
+    dir
 }
 
 /// The example MCP servers installed by `scripts/mcp-servers install` (`mcp-servers/node_modules`).

@@ -1,0 +1,595 @@
+//! The knowledge tables on PostgreSQL: documents written whole in one transaction with array
+//! inserts, `tsvector` full text, and pgvector's HNSW index for vectors (its table created with the
+//! model's dimension when the index first records its model).
+
+use std::collections::{HashMap, HashSet};
+
+use pgvector::Vector;
+use sqlx::postgres::PgRow;
+use sqlx::{Postgres, QueryBuilder, Row};
+
+use super::PgBus;
+use crate::Error;
+use crate::error::db;
+use crate::knowledge::{
+    Direction, Edge, Entity, KnowledgeFilter, KnowledgeScope, KnowledgeStats, NewDocument, ScoredChunk, StoredChunk,
+    StoredDocument, check_model, checked_graph, limits, query_terms,
+};
+
+/// The advisory lock that serialises preparing the knowledge index across processes.
+const PREPARE_LOCK: i64 = 0x636f_676f_6b62;
+
+type Tx = sqlx::Transaction<'static, Postgres>;
+
+fn push_filter(builder: &mut QueryBuilder<Postgres>, filter: &KnowledgeFilter) {
+    builder.push(" AND d.tenant = ").push_bind(filter.tenant.clone());
+    if let Some(project) = &filter.project {
+        builder.push(" AND d.project = ").push_bind(project.clone());
+    }
+    if let Some(prefix) = &filter.source_prefix {
+        builder.push(" AND starts_with(d.source, ").push_bind(prefix.clone()).push(")");
+    }
+}
+
+fn is_missing_extension(err: &sqlx::Error) -> bool {
+    match err {
+        // undefined_file (no control file), feature_not_supported, undefined_object
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("58P01" | "0A000" | "42704")),
+        _ => false,
+    }
+}
+
+impl PgBus {
+    async fn kb_recorded_model(&self) -> Result<Option<(String, i64)>, Error> {
+        let row = sqlx::query("SELECT embedding_model, embedding_dim FROM knowledge_settings WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("reading the knowledge settings"))?;
+        let model: Option<String> = row.try_get(0).map_err(db("reading the knowledge settings"))?;
+        let dim: Option<i64> = row.try_get(1).map_err(db("reading the knowledge settings"))?;
+        Ok(model.zip(dim))
+    }
+
+    async fn kb_dim(&self) -> Result<usize, Error> {
+        match self.kb_recorded_model().await? {
+            Some((_, dim)) => Ok(usize::try_from(dim).unwrap_or(0)),
+            None => Err(Error::InvalidKnowledge {
+                detail: "the index has no embedding model yet: prepare it before writing documents".into(),
+            }),
+        }
+    }
+
+    pub(crate) async fn kb_prepare(&self, model: &str, dim: usize, reset: bool) -> Result<(), Error> {
+        if !reset && check_model(self.kb_recorded_model().await?, model, dim)? {
+            return Ok(());
+        }
+        if dim == 0 || dim > 16_000 {
+            return Err(Error::InvalidKnowledge { detail: format!("embedding dimension {dim} is outside 1..16000") });
+        }
+        let mut tx = self.pool.begin().await.map_err(db("preparing the knowledge index"))?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(PREPARE_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("locking the knowledge settings"))?;
+        sqlx::query("CREATE EXTENSION IF NOT EXISTS vector").execute(&mut *tx).await.map_err(|err| {
+            if is_missing_extension(&err) {
+                Error::NoVectorExtension { source: err }
+            } else {
+                db("enabling pgvector")(err)
+            }
+        })?;
+        let recorded: Option<(Option<String>, Option<i64>)> =
+            sqlx::query_as("SELECT embedding_model, embedding_dim FROM knowledge_settings WHERE id = 1 FOR UPDATE")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("reading the knowledge settings"))?;
+        let recorded = recorded.and_then(|(model, dim)| model.zip(dim));
+        if !reset && check_model(recorded.clone(), model, dim)? {
+            return tx.commit().await.map_err(db("committing the knowledge settings"));
+        }
+        if reset || recorded.is_some_and(|(_, recorded_dim)| recorded_dim != dim as i64) {
+            sqlx::query("DROP TABLE IF EXISTS knowledge_embeddings")
+                .execute(&mut *tx)
+                .await
+                .map_err(db("dropping the old embeddings"))?;
+            for table in ["knowledge_documents", "knowledge_entities"] {
+                sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("clearing the knowledge index"))?;
+            }
+        }
+        let create = format!(
+            "CREATE TABLE IF NOT EXISTS knowledge_embeddings (
+                 chunk_id   BIGINT PRIMARY KEY REFERENCES knowledge_chunks (id) ON DELETE CASCADE,
+                 embedding  vector({dim}) NOT NULL
+             )"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&mut *tx)
+            .await
+            .map_err(db("creating the embeddings table"))?;
+        sqlx::query(
+            "CREATE INDEX IF NOT EXISTS knowledge_embeddings_hnsw ON knowledge_embeddings
+             USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(db("creating the HNSW index"))?;
+        sqlx::query(
+            "UPDATE knowledge_settings SET embedding_model = $1, embedding_dim = $2, generation = generation + 1 WHERE id = 1",
+        )
+        .bind(model)
+        .bind(dim as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("recording the embedding model"))?;
+        tx.commit().await.map_err(db("committing the knowledge settings"))
+    }
+
+    pub(crate) async fn kb_documents(&self, scope: &KnowledgeScope) -> Result<Vec<StoredDocument>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, tenant, project, source, kind, title, content_hash, bytes, chunk_count, indexed_at
+             FROM knowledge_documents WHERE tenant = $1 AND project = $2 ORDER BY source",
+        )
+        .bind(&scope.tenant)
+        .bind(&scope.project)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing knowledge documents"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredDocument {
+                    id: row.try_get("id")?,
+                    scope: KnowledgeScope { tenant: row.try_get("tenant")?, project: row.try_get("project")? },
+                    source: row.try_get("source")?,
+                    kind: row.try_get("kind")?,
+                    title: row.try_get("title")?,
+                    content_hash: row.try_get("content_hash")?,
+                    bytes: row.try_get("bytes")?,
+                    chunk_count: row.try_get("chunk_count")?,
+                    indexed_at: row.try_get("indexed_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db("reading knowledge documents"))
+    }
+
+    pub(crate) async fn kb_embeddings_by_hash(&self, hashes: &[String]) -> Result<HashMap<String, Vec<f32>>, Error> {
+        if hashes.is_empty() || self.kb_recorded_model().await?.is_none() {
+            return Ok(HashMap::new());
+        }
+        let rows = sqlx::query(
+            "SELECT DISTINCT ON (c.content_hash) c.content_hash, e.embedding
+             FROM knowledge_chunks c JOIN knowledge_embeddings e ON e.chunk_id = c.id
+             WHERE c.content_hash = ANY($1)",
+        )
+        .bind(hashes)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("looking up known embeddings"))?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let hash: String = row.try_get(0).map_err(db("reading known embeddings"))?;
+            let vector: Vector = row.try_get(1).map_err(db("reading known embeddings"))?;
+            found.insert(hash, vector.to_vec());
+        }
+        Ok(found)
+    }
+
+    pub(crate) async fn kb_put_document(&self, document: NewDocument) -> Result<i64, Error> {
+        let dim = self.kb_dim().await?;
+        let (relations, mentions) = checked_graph(&document, dim)?;
+        let scope = &document.scope;
+        let mut tx = self.pool.begin().await.map_err(db("writing a knowledge document"))?;
+        let stale_entities = delete_document(&mut tx, scope, &document.source).await?;
+        let document_id: i64 = sqlx::query_scalar(
+            "INSERT INTO knowledge_documents (tenant, project, source, kind, title, content_hash, bytes, chunk_count, indexed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+        )
+        .bind(&scope.tenant)
+        .bind(&scope.project)
+        .bind(&document.source)
+        .bind(&document.kind)
+        .bind(&document.title)
+        .bind(&document.content_hash)
+        .bind(document.bytes)
+        .bind(document.chunks.len() as i64)
+        .bind(self.now())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("inserting a knowledge document"))?;
+
+        let ordinals: Vec<i64> = (0..document.chunks.len() as i64).collect();
+        let headings: Vec<Option<String>> = document.chunks.iter().map(|c| c.heading.clone()).collect();
+        let texts: Vec<String> = document.chunks.iter().map(|c| c.text.clone()).collect();
+        let starts: Vec<i64> = document.chunks.iter().map(|c| c.start).collect();
+        let ends: Vec<i64> = document.chunks.iter().map(|c| c.end).collect();
+        let hashes: Vec<String> = document.chunks.iter().map(|c| c.content_hash.clone()).collect();
+        let rows = sqlx::query(
+            "INSERT INTO knowledge_chunks (document_id, ordinal, heading, text, start_offset, end_offset, content_hash)
+             SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::text[])
+             RETURNING id, ordinal",
+        )
+        .bind(document_id)
+        .bind(&ordinals)
+        .bind(&headings)
+        .bind(&texts)
+        .bind(&starts)
+        .bind(&ends)
+        .bind(&hashes)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("inserting knowledge chunks"))?;
+        let mut chunk_ids: Vec<i64> = vec![0; document.chunks.len()];
+        for row in rows {
+            let id: i64 = row.try_get(0).map_err(db("reading chunk ids"))?;
+            let ordinal: i64 = row.try_get(1).map_err(db("reading chunk ids"))?;
+            if let Some(slot) = usize::try_from(ordinal).ok().and_then(|o| chunk_ids.get_mut(o)) {
+                *slot = id;
+            }
+        }
+        let vectors: Vec<Vector> = document.chunks.iter().map(|c| Vector::from(c.embedding.clone())).collect();
+        sqlx::query(
+            "INSERT INTO knowledge_embeddings (chunk_id, embedding) SELECT * FROM UNNEST($1::bigint[], $2::vector[])",
+        )
+        .bind(&chunk_ids)
+        .bind(&vectors)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("inserting embeddings"))?;
+
+        let kinds: Vec<String> = document.entities.iter().map(|e| e.kind.clone()).collect();
+        let names: Vec<String> = document.entities.iter().map(|e| e.name.clone()).collect();
+        let rows = sqlx::query(
+            "INSERT INTO knowledge_entities (tenant, project, kind, name)
+             SELECT $1, $2, * FROM UNNEST($3::text[], $4::text[])
+             ON CONFLICT (tenant, project, kind, name) DO UPDATE SET name = EXCLUDED.name
+             RETURNING id, kind, name",
+        )
+        .bind(&scope.tenant)
+        .bind(&scope.project)
+        .bind(&kinds)
+        .bind(&names)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("recording knowledge entities"))?;
+        let mut by_key: HashMap<(String, String), i64> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = row.try_get(0).map_err(db("reading entity ids"))?;
+            by_key.insert(
+                (row.try_get(1).map_err(db("reading entity ids"))?, row.try_get(2).map_err(db("reading entity ids"))?),
+                id,
+            );
+        }
+        let entity_ids: Vec<i64> = document
+            .entities
+            .iter()
+            .map(|e| by_key.get(&(e.kind.clone(), e.name.clone())).copied())
+            .collect::<Option<_>>()
+            .ok_or(Error::Internal { what: "an upserted entity was not returned" })?;
+
+        let sources: Vec<i64> = relations.iter().map(|r| entity_ids[r.source]).collect();
+        let targets: Vec<i64> = relations.iter().map(|r| entity_ids[r.target]).collect();
+        let relation_kinds: Vec<String> = relations.iter().map(|r| r.kind.clone()).collect();
+        sqlx::query(
+            "INSERT INTO knowledge_relations (source_id, target_id, kind, document_id)
+             SELECT *, $4 FROM UNNEST($1::bigint[], $2::bigint[], $3::text[])",
+        )
+        .bind(&sources)
+        .bind(&targets)
+        .bind(&relation_kinds)
+        .bind(document_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("recording knowledge relations"))?;
+        let mentions: HashSet<(i64, i64)> =
+            mentions.iter().map(|m| (chunk_ids[m.chunk], entity_ids[m.entity])).collect();
+        let (mention_chunks, mention_entities): (Vec<i64>, Vec<i64>) = mentions.into_iter().unzip();
+        sqlx::query(
+            "INSERT INTO knowledge_mentions (chunk_id, entity_id) SELECT * FROM UNNEST($1::bigint[], $2::bigint[])",
+        )
+        .bind(&mention_chunks)
+        .bind(&mention_entities)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("recording knowledge mentions"))?;
+        let kept: HashSet<i64> = entity_ids.iter().copied().collect();
+        let stale: Vec<i64> = stale_entities.into_iter().filter(|id| !kept.contains(id)).collect();
+        delete_orphans(&mut tx, &stale).await?;
+        tx.commit().await.map_err(db("committing a knowledge document"))?;
+        Ok(document_id)
+    }
+
+    pub(crate) async fn kb_delete_documents(&self, scope: &KnowledgeScope, sources: &[String]) -> Result<u64, Error> {
+        if sources.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await.map_err(db("deleting knowledge documents"))?;
+        let mut deleted = 0;
+        for source in sources {
+            let stale = delete_document(&mut tx, scope, source).await?;
+            delete_orphans(&mut tx, &stale).await?;
+            deleted += 1;
+        }
+        tx.commit().await.map_err(db("committing deleted knowledge documents"))?;
+        Ok(deleted)
+    }
+
+    pub(crate) async fn kb_fulltext(
+        &self,
+        filter: &KnowledgeFilter,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<ScoredChunk>, Error> {
+        let terms = query_terms(query);
+        if terms.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut builder = QueryBuilder::<Postgres>::new(
+            "SELECT c.id, ts_rank_cd(c.tsv, q, 1)::real AS score
+             FROM knowledge_chunks c JOIN knowledge_documents d ON d.id = c.document_id, to_tsquery('english', ",
+        );
+        builder.push_bind(terms.join(" | "));
+        builder.push(") q WHERE c.tsv @@ q");
+        push_filter(&mut builder, filter);
+        builder.push(" ORDER BY score DESC LIMIT ").push_bind(limit.min(limits::MAX_CANDIDATES) as i64);
+        let rows = builder.build().fetch_all(&self.pool).await.map_err(db("searching the full-text index"))?;
+        rows.iter()
+            .map(|row| Ok(ScoredChunk { chunk_id: row.try_get(0)?, score: row.try_get(1)? }))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db("reading full-text hits"))
+    }
+
+    pub(crate) async fn kb_vector(
+        &self,
+        filter: &KnowledgeFilter,
+        vector: &[f32],
+        limit: usize,
+        exact: bool,
+    ) -> Result<Vec<ScoredChunk>, Error> {
+        let dim = self.kb_dim().await?;
+        if vector.len() != dim || limit == 0 {
+            return Err(Error::InvalidKnowledge {
+                detail: format!("a {}-dimensional query against a {dim}-dimensional index", vector.len()),
+            });
+        }
+        let limit = limit.min(limits::MAX_CANDIDATES);
+        let mut tx = self.pool.begin().await.map_err(db("searching vectors"))?;
+        // candidates the graph walks: a few times the results wanted; iterative scans keep filtered
+        // searches from coming back short
+        let ef_search = (limit * 4).clamp(64, 1000);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "SET LOCAL hnsw.ef_search = {ef_search}; SET LOCAL hnsw.iterative_scan = relaxed_order"
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("tuning the vector search"))?;
+        // the query vector is bound first, so it is $1 wherever the text names it
+        let order = if exact { "(e.embedding <=> $1) + 0" } else { "e.embedding <=> $1" };
+        let mut builder = QueryBuilder::<Postgres>::new("SELECT e.chunk_id, (1 - (e.embedding <=> ");
+        builder.push_bind(Vector::from(vector.to_vec()));
+        builder.push(
+            "))::real AS score FROM knowledge_embeddings e
+             JOIN knowledge_chunks c ON c.id = e.chunk_id JOIN knowledge_documents d ON d.id = c.document_id
+             WHERE true",
+        );
+        push_filter(&mut builder, filter);
+        builder.push(format!(" ORDER BY {order} LIMIT ")).push_bind(limit as i64);
+        let rows = builder.build().fetch_all(&mut *tx).await.map_err(db("searching vectors"))?;
+        tx.commit().await.map_err(db("finishing the vector search"))?;
+        let mut hits = rows
+            .iter()
+            .map(|row| Ok(ScoredChunk { chunk_id: row.try_get(0)?, score: row.try_get(1)? }))
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(db("reading vector hits"))?;
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+        Ok(hits)
+    }
+
+    pub(crate) async fn kb_chunks(&self, tenant: &str, ids: &[i64]) -> Result<Vec<StoredChunk>, Error> {
+        let rows = sqlx::query(
+            "SELECT c.id, c.document_id, d.source, d.title, d.tenant, d.project, c.ordinal, c.heading, c.text,
+                    c.start_offset, c.end_offset
+             FROM knowledge_chunks c JOIN knowledge_documents d ON d.id = c.document_id
+             WHERE d.tenant = $1 AND c.id = ANY($2)",
+        )
+        .bind(tenant)
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading knowledge chunks"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredChunk {
+                    id: row.try_get(0)?,
+                    document_id: row.try_get(1)?,
+                    source: row.try_get(2)?,
+                    title: row.try_get(3)?,
+                    scope: KnowledgeScope { tenant: row.try_get(4)?, project: row.try_get(5)? },
+                    ordinal: row.try_get(6)?,
+                    heading: row.try_get(7)?,
+                    text: row.try_get(8)?,
+                    start: row.try_get(9)?,
+                    end: row.try_get(10)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db("reading knowledge chunks"))
+    }
+
+    pub(crate) async fn kb_find_entities(
+        &self,
+        filter: &KnowledgeFilter,
+        name: &str,
+        kind: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Entity>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, kind, name FROM knowledge_entities
+             WHERE tenant = $1 AND ($2::text IS NULL OR project = $2) AND name = $3 AND ($4::text IS NULL OR kind = $4)
+             ORDER BY id LIMIT $5",
+        )
+        .bind(&filter.tenant)
+        .bind(&filter.project)
+        .bind(name)
+        .bind(kind)
+        .bind(limit.min(limits::MAX_CANDIDATES) as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("finding entities"))?;
+        rows.iter().map(entity_from).collect::<Result<_, _>>().map_err(db("reading entities"))
+    }
+
+    pub(crate) async fn kb_entities(&self, tenant: &str, ids: &[i64]) -> Result<Vec<Entity>, Error> {
+        let rows = sqlx::query("SELECT id, kind, name FROM knowledge_entities WHERE tenant = $1 AND id = ANY($2)")
+            .bind(tenant)
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading entities"))?;
+        rows.iter().map(entity_from).collect::<Result<_, _>>().map_err(db("reading entities"))
+    }
+
+    pub(crate) async fn kb_edges(
+        &self,
+        tenant: &str,
+        ids: &[i64],
+        direction: Direction,
+        kinds: &[String],
+        limit: usize,
+    ) -> Result<Vec<Edge>, Error> {
+        if ids.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (outgoing, incoming) = match direction {
+            Direction::Out => (true, false),
+            Direction::In => (false, true),
+            Direction::Both => (true, true),
+        };
+        let rows = sqlx::query(
+            "SELECT r.source_id, r.target_id, r.kind, r.document_id FROM knowledge_relations r
+             JOIN knowledge_documents d ON d.id = r.document_id
+             WHERE $3 AND r.source_id = ANY($1) AND d.tenant = $2 AND (cardinality($5::text[]) = 0 OR r.kind = ANY($5))
+             UNION ALL
+             SELECT r.source_id, r.target_id, r.kind, r.document_id FROM knowledge_relations r
+             JOIN knowledge_documents d ON d.id = r.document_id
+             WHERE $4 AND r.target_id = ANY($1) AND d.tenant = $2 AND (cardinality($5::text[]) = 0 OR r.kind = ANY($5))
+             LIMIT $6",
+        )
+        .bind(ids)
+        .bind(tenant)
+        .bind(outgoing)
+        .bind(incoming)
+        .bind(kinds)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("following relations"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(Edge {
+                    source: row.try_get(0)?,
+                    target: row.try_get(1)?,
+                    kind: row.try_get(2)?,
+                    document_id: row.try_get(3)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db("reading relations"))
+    }
+
+    pub(crate) async fn kb_chunk_entities(&self, chunk_ids: &[i64]) -> Result<Vec<(i64, i64)>, Error> {
+        sqlx::query_as("SELECT chunk_id, entity_id FROM knowledge_mentions WHERE chunk_id = ANY($1)")
+            .bind(chunk_ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading mentions"))
+    }
+
+    pub(crate) async fn kb_entity_chunks(&self, entity_ids: &[i64], limit: usize) -> Result<Vec<(i64, i64)>, Error> {
+        sqlx::query_as("SELECT entity_id, chunk_id FROM knowledge_mentions WHERE entity_id = ANY($1) LIMIT $2")
+            .bind(entity_ids)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading mentions"))
+    }
+
+    pub(crate) async fn kb_stats(&self, filter: &KnowledgeFilter) -> Result<KnowledgeStats, Error> {
+        let mut builder = QueryBuilder::<Postgres>::new(
+            "SELECT count(*), coalesce(sum(d.chunk_count), 0)::bigint,
+                    (SELECT count(*) FROM knowledge_relations r WHERE r.document_id = ANY(array_agg(d.id)))
+             FROM knowledge_documents d WHERE true",
+        );
+        push_filter(&mut builder, filter);
+        let row = builder.build().fetch_one(&self.pool).await.map_err(db("counting knowledge documents"))?;
+        let entities: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM knowledge_entities WHERE tenant = $1 AND ($2::text IS NULL OR project = $2)",
+        )
+        .bind(&filter.tenant)
+        .bind(&filter.project)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("counting entities"))?;
+        let recorded = self.kb_recorded_model().await?;
+        Ok(KnowledgeStats {
+            documents: row.try_get(0).map_err(db("counting knowledge documents"))?,
+            chunks: row.try_get(1).map_err(db("counting knowledge documents"))?,
+            relations: row.try_get(2).map_err(db("counting knowledge documents"))?,
+            entities,
+            embedding_model: recorded.as_ref().map(|(model, _)| model.clone()),
+            embedding_dim: recorded.map(|(_, dim)| dim),
+        })
+    }
+}
+
+fn entity_from(row: &PgRow) -> Result<Entity, sqlx::Error> {
+    Ok(Entity { id: row.try_get(0)?, kind: row.try_get(1)?, name: row.try_get(2)? })
+}
+
+async fn delete_document(tx: &mut Tx, scope: &KnowledgeScope, source: &str) -> Result<Vec<i64>, Error> {
+    let id: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM knowledge_documents WHERE tenant = $1 AND project = $2 AND source = $3 FOR UPDATE",
+    )
+    .bind(&scope.tenant)
+    .bind(&scope.project)
+    .bind(source)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db("finding a knowledge document"))?;
+    let Some(id) = id else { return Ok(Vec::new()) };
+    let touched: Vec<i64> = sqlx::query_scalar(
+        "SELECT source_id FROM knowledge_relations WHERE document_id = $1
+         UNION SELECT target_id FROM knowledge_relations WHERE document_id = $1
+         UNION SELECT m.entity_id FROM knowledge_mentions m JOIN knowledge_chunks c ON c.id = m.chunk_id WHERE c.document_id = $1",
+    )
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db("finding the entities of a knowledge document"))?;
+    sqlx::query("DELETE FROM knowledge_documents WHERE id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("deleting a knowledge document"))?;
+    Ok(touched)
+}
+
+async fn delete_orphans(tx: &mut Tx, candidates: &[i64]) -> Result<(), Error> {
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "DELETE FROM knowledge_entities e WHERE e.id = ANY($1)
+           AND NOT EXISTS (SELECT 1 FROM knowledge_mentions m WHERE m.entity_id = e.id)
+           AND NOT EXISTS (SELECT 1 FROM knowledge_relations r WHERE r.source_id = e.id)
+           AND NOT EXISTS (SELECT 1 FROM knowledge_relations r WHERE r.target_id = e.id)",
+    )
+    .bind(candidates)
+    .execute(&mut **tx)
+    .await
+    .map_err(db("removing orphaned entities"))
+    .map(drop)
+}

@@ -1,0 +1,275 @@
+//! The in-process vector index of the SQLite backend: every embedding of the database in memory,
+//! quantised to 8 bits for a fast scan over all of them on both cores, the best candidates re-scored
+//! with their full 32-bit vectors. Invariant: the index describes exactly one generation of the
+//! knowledge tables; a search first checks the generation and reloads when another writer moved it.
+
+use std::collections::HashMap;
+
+use crate::knowledge::ScoredChunk;
+
+/// How many candidates per wanted result the 8-bit scan keeps for exact re-scoring.
+const RESCORE_FACTOR: usize = 8;
+/// At least this many candidates are re-scored.
+const MIN_RESCORE: usize = 64;
+
+/// One document's place in the index, for filters.
+#[derive(Debug, Clone)]
+pub(crate) struct IndexedDocument {
+    pub(crate) tenant: String,
+    pub(crate) project: String,
+    pub(crate) source: String,
+}
+
+/// The vectors of one generation.
+#[derive(Debug, Default)]
+pub(crate) struct VectorIndex {
+    pub(crate) generation: i64,
+    dim: usize,
+    chunk_ids: Vec<i64>,
+    documents_of_chunks: Vec<u32>,
+    documents: Vec<IndexedDocument>,
+    /// Row-major, `dim` per chunk, unit vectors scaled by 127.
+    quantized: Vec<i8>,
+    /// Row-major, `dim` per chunk.
+    full: Vec<f32>,
+}
+
+/// Builds an index from rows of (chunk id, document id, embedding).
+pub(crate) struct VectorIndexBuilder {
+    index: VectorIndex,
+    document_slots: HashMap<i64, u32>,
+}
+
+impl VectorIndexBuilder {
+    pub(crate) fn new(generation: i64, dim: usize, documents: Vec<(i64, IndexedDocument)>) -> Self {
+        let mut index = VectorIndex { generation, dim, ..VectorIndex::default() };
+        let mut document_slots = HashMap::with_capacity(documents.len());
+        for (id, document) in documents {
+            let slot = u32::try_from(index.documents.len()).unwrap_or(u32::MAX);
+            document_slots.insert(id, slot);
+            index.documents.push(document);
+        }
+        Self { index, document_slots }
+    }
+
+    /// Adds one chunk; vectors of the wrong length or of unknown documents are skipped.
+    pub(crate) fn push(&mut self, chunk_id: i64, document_id: i64, vector: &[f32]) {
+        let Some(slot) = self.document_slots.get(&document_id) else { return };
+        if vector.len() != self.index.dim {
+            return;
+        }
+        self.index.chunk_ids.push(chunk_id);
+        self.index.documents_of_chunks.push(*slot);
+        self.index.quantized.extend(vector.iter().map(|v| (v * 127.0).round().clamp(-127.0, 127.0) as i8));
+        self.index.full.extend_from_slice(vector);
+    }
+
+    pub(crate) fn build(self) -> VectorIndex {
+        self.index
+    }
+}
+
+impl VectorIndex {
+    /// How many vectors it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.chunk_ids.len()
+    }
+
+    /// The `limit` nearest chunks to `query` (a unit vector) among documents that pass `allow`,
+    /// by cosine similarity; `exact` skips the 8-bit pass (for measuring the recall of the fast one).
+    pub(crate) fn search(
+        &self,
+        query: &[f32],
+        limit: usize,
+        exact: bool,
+        allow: impl Fn(&IndexedDocument) -> bool + Sync,
+    ) -> Vec<ScoredChunk> {
+        if query.len() != self.dim || self.len() == 0 || limit == 0 {
+            return Vec::new();
+        }
+        let allowed: Vec<bool> = self.documents.iter().map(&allow).collect();
+        let candidates = if exact {
+            self.scan(limit, &allowed, |row| dot_f32(query, &self.full[row * self.dim..(row + 1) * self.dim]))
+        } else {
+            let quantized: Vec<i8> = query.iter().map(|v| (v * 127.0).round().clamp(-127.0, 127.0) as i8).collect();
+            let keep = (limit * RESCORE_FACTOR).max(MIN_RESCORE);
+            let rough = self.scan(keep, &allowed, |row| {
+                dot_i8(&quantized, &self.quantized[row * self.dim..(row + 1) * self.dim]) as f32
+            });
+            let mut rescored: Vec<(usize, f32)> = rough
+                .into_iter()
+                .map(|(row, _)| (row, dot_f32(query, &self.full[row * self.dim..(row + 1) * self.dim])))
+                .collect();
+            rescored.sort_by(|a, b| b.1.total_cmp(&a.1));
+            rescored.truncate(limit);
+            rescored
+        };
+        candidates.into_iter().map(|(row, score)| ScoredChunk { chunk_id: self.chunk_ids[row], score }).collect()
+    }
+
+    /// The best `keep` rows by `score`, scanning the two halves of the index on two threads.
+    fn scan(&self, keep: usize, allowed: &[bool], score: impl Fn(usize) -> f32 + Sync) -> Vec<(usize, f32)> {
+        let rows = self.len();
+        let threads = if rows >= 20_000 { 2 } else { 1 };
+        let part = rows.div_ceil(threads);
+        let best_of = |from: usize, to: usize| {
+            let mut top = TopK::new(keep);
+            for row in from..to {
+                if allowed[self.documents_of_chunks[row] as usize] {
+                    top.offer(row, score(row));
+                }
+            }
+            top.into_sorted()
+        };
+        let mut merged = if threads == 1 {
+            best_of(0, rows)
+        } else {
+            std::thread::scope(|scope| {
+                let second = scope.spawn(|| best_of(part, rows));
+                let mut first = best_of(0, part);
+                first.extend(second.join().unwrap_or_default());
+                first
+            })
+        };
+        merged.sort_by(|a, b| b.1.total_cmp(&a.1));
+        merged.truncate(keep);
+        merged
+    }
+}
+
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    // eight independent sums let the compiler keep them in vector registers
+    let mut sums = [0f32; 8];
+    let chunks = a.len() / 8;
+    for i in 0..chunks {
+        for lane in 0..8 {
+            sums[lane] += a[i * 8 + lane] * b[i * 8 + lane];
+        }
+    }
+    let mut total: f32 = sums.iter().sum();
+    for i in chunks * 8..a.len() {
+        total += a[i] * b[i];
+    }
+    total
+}
+
+fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    let mut sums = [0i32; 16];
+    let chunks = a.len() / 16;
+    for i in 0..chunks {
+        for lane in 0..16 {
+            sums[lane] += i32::from(a[i * 16 + lane]) * i32::from(b[i * 16 + lane]);
+        }
+    }
+    let mut total: i32 = sums.iter().sum();
+    for i in chunks * 16..a.len() {
+        total += i32::from(a[i]) * i32::from(b[i]);
+    }
+    total
+}
+
+/// The best `k` (row, score) pairs seen, kept in a small min-heap.
+struct TopK {
+    k: usize,
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<Scored>>,
+}
+
+#[derive(PartialEq)]
+struct Scored(f32, usize);
+
+impl Eq for Scored {}
+
+impl PartialOrd for Scored {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scored {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0).then(other.1.cmp(&self.1))
+    }
+}
+
+impl TopK {
+    fn new(k: usize) -> Self {
+        Self { k, heap: std::collections::BinaryHeap::with_capacity(k + 1) }
+    }
+
+    fn offer(&mut self, row: usize, score: f32) {
+        if self.heap.len() < self.k {
+            self.heap.push(std::cmp::Reverse(Scored(score, row)));
+        } else if let Some(worst) = self.heap.peek()
+            && score > worst.0.0
+        {
+            self.heap.pop();
+            self.heap.push(std::cmp::Reverse(Scored(score, row)));
+        }
+    }
+
+    fn into_sorted(self) -> Vec<(usize, f32)> {
+        let mut out: Vec<(usize, f32)> = self.heap.into_iter().map(|entry| (entry.0.1, entry.0.0)).collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(v: Vec<f32>) -> Vec<f32> {
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.into_iter().map(|x| x / norm).collect()
+    }
+
+    fn document(tenant: &str) -> IndexedDocument {
+        IndexedDocument { tenant: tenant.into(), project: "p".into(), source: "s".into() }
+    }
+
+    #[test]
+    fn finds_the_nearest_and_respects_filters() {
+        let mut builder = VectorIndexBuilder::new(1, 3, vec![(10, document("a")), (11, document("b"))]);
+        builder.push(1, 10, &unit(vec![1.0, 0.0, 0.0]));
+        builder.push(2, 10, &unit(vec![0.7, 0.7, 0.0]));
+        builder.push(3, 11, &unit(vec![1.0, 0.01, 0.0]));
+        builder.push(4, 99, &unit(vec![1.0, 0.0, 0.0])); // unknown document: skipped
+        builder.push(5, 10, &[1.0]); // wrong dimension: skipped
+        let index = builder.build();
+        assert_eq!(index.len(), 3);
+        let query = unit(vec![1.0, 0.0, 0.0]);
+        for exact in [true, false] {
+            let hits = index.search(&query, 2, exact, |_| true);
+            assert_eq!(hits.iter().map(|h| h.chunk_id).collect::<Vec<_>>(), vec![1, 3]);
+            let hits = index.search(&query, 5, exact, |d| d.tenant == "a");
+            assert_eq!(hits.iter().map(|h| h.chunk_id).collect::<Vec<_>>(), vec![1, 2]);
+            assert!((hits[0].score - 1.0).abs() < 1e-5);
+        }
+        assert!(index.search(&[1.0], 2, false, |_| true).is_empty());
+    }
+
+    #[test]
+    fn the_quantised_scan_agrees_with_the_exact_one() {
+        let dim = 48;
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / u32::MAX as f32) - 0.25
+        };
+        let documents = vec![(1, document("a"))];
+        let mut builder = VectorIndexBuilder::new(1, dim, documents);
+        for id in 0..30_000 {
+            let v: Vec<f32> = (0..dim).map(|_| next()).collect();
+            builder.push(id, 1, &unit(v));
+        }
+        let index = builder.build();
+        let mut agree = 0;
+        for _ in 0..20 {
+            let query = unit((0..dim).map(|_| next()).collect());
+            let exact: Vec<i64> = index.search(&query, 10, true, |_| true).iter().map(|h| h.chunk_id).collect();
+            let fast: Vec<i64> = index.search(&query, 10, false, |_| true).iter().map(|h| h.chunk_id).collect();
+            agree += fast.iter().filter(|id| exact.contains(id)).count();
+        }
+        assert!(agree >= 190, "recall@10 of the 8-bit scan: {agree}/200");
+    }
+}
