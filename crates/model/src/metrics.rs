@@ -41,8 +41,19 @@ pub const LLM_TOKENS_TOTAL: &str = "cogo_llm_tokens_total";
 /// Policy files reloaded, by `file`, `outcome`.
 pub const CONFIG_RELOADS_TOTAL: &str = "cogo_config_reloads_total";
 
+/// Knowledge searches, by `mode` (`fulltext`, `vector`, `hybrid`, `graphrag`).
+pub const KNOWLEDGE_SEARCHES_TOTAL: &str = "cogo_knowledge_searches_total";
+/// Knowledge search latency histogram in milliseconds, by `mode`.
+pub const KNOWLEDGE_SEARCH_LATENCY_MS: &str = "cogo_knowledge_search_latency_ms";
+/// Chunks embedded, by `model`.
+pub const KNOWLEDGE_EMBEDDED_CHUNKS_TOTAL: &str = "cogo_knowledge_embedded_chunks_total";
+/// Embedding call latency histogram in milliseconds, by `model`.
+pub const KNOWLEDGE_EMBED_LATENCY_MS: &str = "cogo_knowledge_embed_latency_ms";
+/// Documents indexed, by `outcome` (`indexed`, `unchanged`, `deleted`, `skipped`).
+pub const KNOWLEDGE_DOCUMENTS_TOTAL: &str = "cogo_knowledge_documents_total";
+
 /// Every metric name above, for documentation and naming checks.
-pub const ALL: [&str; 19] = [
+pub const ALL: [&str; 24] = [
     MCP_CALLS_TOTAL,
     MCP_FAIL_TOTAL,
     MCP_LATENCY_MS,
@@ -62,10 +73,15 @@ pub const ALL: [&str; 19] = [
     LLM_LATENCY_MS,
     LLM_TOKENS_TOTAL,
     CONFIG_RELOADS_TOTAL,
+    KNOWLEDGE_SEARCHES_TOTAL,
+    KNOWLEDGE_SEARCH_LATENCY_MS,
+    KNOWLEDGE_EMBEDDED_CHUNKS_TOTAL,
+    KNOWLEDGE_EMBED_LATENCY_MS,
+    KNOWLEDGE_DOCUMENTS_TOTAL,
 ];
 
 /// The `# HELP` text of every metric, in the order of [`ALL`].
-pub const HELP: [(&str, &str); 19] = [
+pub const HELP: [(&str, &str); 24] = [
     (MCP_CALLS_TOTAL, "MCP tool calls made (attempts), by toolset and tool."),
     (MCP_FAIL_TOTAL, "MCP tool calls that failed, by toolset, tool and error kind."),
     (MCP_LATENCY_MS, "MCP tool call latency in milliseconds, by toolset and tool."),
@@ -85,6 +101,11 @@ pub const HELP: [(&str, &str); 19] = [
     (LLM_LATENCY_MS, "LLM call latency in milliseconds, by provider and model."),
     (LLM_TOKENS_TOTAL, "LLM tokens, by provider, model and direction."),
     (CONFIG_RELOADS_TOTAL, "Policy file reloads, by file and outcome."),
+    (KNOWLEDGE_SEARCHES_TOTAL, "Knowledge searches, by mode (fulltext, vector, hybrid, graphrag)."),
+    (KNOWLEDGE_SEARCH_LATENCY_MS, "Knowledge search latency in milliseconds, by mode."),
+    (KNOWLEDGE_EMBEDDED_CHUNKS_TOTAL, "Texts turned into embeddings, by model."),
+    (KNOWLEDGE_EMBED_LATENCY_MS, "Embedding call latency in milliseconds, by model."),
+    (KNOWLEDGE_DOCUMENTS_TOTAL, "Documents seen by the indexer, by outcome (indexed, unchanged, deleted, skipped)."),
 ];
 
 /// Bucket bounds (ms) for latency histograms: 0.1 ms to 60 s.

@@ -1,0 +1,69 @@
+//! The knowledge conformance suite: every case runs with the real MiniLM model on SQLite and on
+//! PostgreSQL with pgvector.
+
+mod cases;
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::cases::$name(test_support::sqlite().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::cases::$name(test_support::postgres_vector().await).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    indexes_searches_and_reindexes_only_what_changed,
+    tenants_projects_and_sources_are_isolated,
+    graph_traversal_follows_structure,
+    graphrag_returns_evidence_with_provenance,
+    an_index_refuses_another_model_until_rebuilt,
+    bad_writes_and_queries_get_clear_errors,
+    the_fast_vector_search_agrees_with_the_exact_one,
+    retrieval_evaluation_scores_the_shipped_dataset,
+);
+
+/// The bus's PostgreSQL has no pgvector: the knowledge index says so and how to fix it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_without_pgvector_is_explained() {
+    let test = test_support::postgres().await;
+    let available: Option<String> = sqlx_free_probe(&test.url).await;
+    let result = test.store.knowledge_prepare("m", 3, false).await;
+    match available {
+        Some(_) => assert!(result.is_ok(), "{result:?}"),
+        None => {
+            let err = result.expect_err("no pgvector").to_string();
+            assert!(err.contains("pgvector"), "{err}");
+        }
+    }
+}
+
+/// Whether the server of `url` offers the vector extension (the bus server normally does not).
+async fn sqlx_free_probe(url: &str) -> Option<String> {
+    let output = tokio::process::Command::new("psql")
+        .args([url, "-qAt", "-c", "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"])
+        .output()
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    (!text.is_empty()).then_some(text)
+}
+
+/// The OpenAI-compatible provider against a recorded exchange of the real API: the request it
+/// sends and the response shape it accepts or rejects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_embeddings_follow_the_recorded_contract() {
+    cases::openai_contract().await;
+}
