@@ -101,6 +101,191 @@ pub enum Command {
     /// Benchmarks that print JSON figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Index a file or directory into the knowledge base (only changed files are re-indexed).
+    Index(IndexArgs),
+    /// Search the knowledge base (hybrid full text + vectors; --graphrag adds graph evidence).
+    Search(SearchArgs),
+    /// Walk the knowledge graph: neighbours, paths, typed patterns.
+    #[command(subcommand)]
+    Graph(GraphCommand),
+    /// Evaluate retrieval quality.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+}
+
+/// Which tenant and project a knowledge command works in.
+#[derive(Debug, Clone, Args)]
+pub struct KnowledgeScopeArgs {
+    /// Tenant.
+    #[arg(long, default_value = "default")]
+    pub tenant: String,
+    /// Project.
+    #[arg(long, default_value = "default")]
+    pub project: String,
+}
+
+/// Where embeddings come from.
+#[derive(Debug, Clone, Args)]
+pub struct EmbeddingArgs {
+    /// OpenAI-compatible embeddings endpoint (e.g. https://api.openai.com/v1); default: MiniLM in-process.
+    #[arg(long, env = "COGO_EMBEDDINGS_URL")]
+    pub embeddings_url: Option<String>,
+    /// Model name at that endpoint.
+    #[arg(long, env = "COGO_EMBEDDINGS_MODEL", default_value = "text-embedding-3-small")]
+    pub embeddings_model: String,
+    /// Its dimension.
+    #[arg(long, env = "COGO_EMBEDDINGS_DIM", default_value_t = 1536)]
+    pub embeddings_dim: usize,
+    /// Its API key.
+    #[arg(long, env = "COGO_EMBEDDINGS_API_KEY", hide_env_values = true)]
+    pub embeddings_api_key: Option<String>,
+}
+
+/// Options of `index`.
+#[derive(Debug, Clone, Args)]
+pub struct IndexArgs {
+    /// File or directory.
+    pub path: PathBuf,
+    #[command(flatten)]
+    pub scope: KnowledgeScopeArgs,
+    #[command(flatten)]
+    pub embedding: EmbeddingArgs,
+    /// Empty the index first (needed after changing the embedding model).
+    #[arg(long)]
+    pub rebuild: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `search`.
+#[derive(Debug, Clone, Args)]
+pub struct SearchArgs {
+    /// What to look for.
+    pub query: String,
+    /// Tenant.
+    #[arg(long, default_value = "default")]
+    pub tenant: String,
+    /// Only this project.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Only sources starting with this.
+    #[arg(long)]
+    pub source_prefix: Option<String>,
+    /// hybrid, fulltext or vector.
+    #[arg(long, default_value = "hybrid")]
+    pub mode: String,
+    /// weighted or rrf.
+    #[arg(long, default_value = "weighted")]
+    pub fusion: String,
+    /// Weight of the vector score (0 to 1).
+    #[arg(long, default_value_t = 0.5)]
+    pub alpha: f32,
+    /// Number of hits.
+    #[arg(long, default_value_t = 10)]
+    pub top_k: usize,
+    /// Drop hits under this fraction of the best score.
+    #[arg(long, default_value_t = 0.7)]
+    pub threshold: f32,
+    /// Add evidence reached through the knowledge graph (GraphRAG).
+    #[arg(long)]
+    pub graphrag: bool,
+    /// Graph hops for --graphrag.
+    #[arg(long, default_value_t = 2)]
+    pub depth: usize,
+    #[command(flatten)]
+    pub embedding: EmbeddingArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cogo graph …`.
+#[derive(Debug, Subcommand)]
+pub enum GraphCommand {
+    /// Entities within DEPTH hops of an entity.
+    Neighbors {
+        /// Entity name (a source like docs/bus.md, a symbol, a section source#heading).
+        name: String,
+        /// Only entities of this kind as the start.
+        #[arg(long)]
+        kind: Option<String>,
+        #[command(flatten)]
+        scope: KnowledgeScopeArgs,
+        /// Hops (1 to 6).
+        #[arg(long, default_value_t = 1)]
+        depth: usize,
+        /// out, in or both.
+        #[arg(long, default_value = "both")]
+        direction: String,
+        /// Only these relation kinds (repeatable).
+        #[arg(long)]
+        relation: Vec<String>,
+        /// Most relations followed per entity.
+        #[arg(long, default_value_t = 50)]
+        fan_out: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A shortest path between two entities.
+    Path {
+        /// Start entity name.
+        from: String,
+        /// End entity name.
+        to: String,
+        #[command(flatten)]
+        scope: KnowledgeScopeArgs,
+        /// Most hops (1 to 6).
+        #[arg(long, default_value_t = 4)]
+        depth: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Paths from an entity that follow a typed pattern, e.g. `>references:symbol <defines:document`.
+    Pattern {
+        /// Start entity name.
+        start: String,
+        /// Steps: [>|<|-]RELATION[:KIND], `*` for any relation.
+        #[arg(required = true)]
+        steps: Vec<String>,
+        #[command(flatten)]
+        scope: KnowledgeScopeArgs,
+        /// Most paths.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `cogo eval …`.
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Recall@10, nDCG@10 and MRR of full-text, vector and hybrid search on a BEIR-format dataset,
+    /// indexed into a scratch database.
+    Retrieval(EvalRetrievalArgs),
+}
+
+/// Options of `eval retrieval`.
+#[derive(Debug, Clone, Args)]
+pub struct EvalRetrievalArgs {
+    /// Directory with corpus.jsonl, queries.jsonl and qrels/test.tsv (or qrels.tsv).
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Scratch database backend.
+    #[arg(long, value_enum, default_value_t = BenchBackend::Sqlite)]
+    pub backend: BenchBackend,
+    /// Hybrid score threshold (fraction of the best hit; 0 keeps all hits, as rank metrics expect).
+    #[arg(long, default_value_t = 0.0)]
+    pub threshold: f32,
+    #[command(flatten)]
+    pub embedding: EmbeddingArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -357,6 +542,46 @@ pub enum BenchCommand {
     Resilience(BenchJson),
     /// MCP gateway overhead over a direct rmcp call, end-to-end latency through the bus, calls/s.
     Gateway(BenchGatewayArgs),
+    /// Hybrid search latency and ANN recall@10 over N chunks embedded by the real model.
+    Search(BenchSearchArgs),
+    /// Ingest rate (chunk, embed, write) with the real model.
+    Ingest(BenchSearchArgs),
+    /// 2-hop graph query latency over N relations.
+    Graph(BenchGraphArgs),
+}
+
+/// Options of `bench search` and `bench ingest`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchSearchArgs {
+    /// Scratch database backend (postgres: the server of --database-url, default the pgvector one on port 5433).
+    #[arg(long, value_enum, default_value_t = BenchBackend::Sqlite)]
+    pub backend: BenchBackend,
+    /// Chunks in the index.
+    #[arg(long, default_value_t = 10_000)]
+    pub chunks: usize,
+    /// Queries measured.
+    #[arg(long, default_value_t = 200)]
+    pub queries: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `bench graph`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchGraphArgs {
+    /// Scratch database backend.
+    #[arg(long, value_enum, default_value_t = BenchBackend::Sqlite)]
+    pub backend: BenchBackend,
+    /// Relations in the graph.
+    #[arg(long, default_value_t = 100_000)]
+    pub edges: usize,
+    /// Queries measured.
+    #[arg(long, default_value_t = 200)]
+    pub queries: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `bench gateway`.

@@ -16,10 +16,13 @@ pub async fn run(global: &Global, command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Bus(args) => bus(global, args).await,
         BenchCommand::Resilience(args) => resilience(args),
         BenchCommand::Gateway(args) => gateway(global, args).await,
+        BenchCommand::Search(args) => crate::knowledge_bench::search(global, args).await,
+        BenchCommand::Ingest(args) => crate::knowledge_bench::ingest(global, args).await,
+        BenchCommand::Graph(args) => crate::knowledge_bench::graph(global, args).await,
     }
 }
 
-fn print_report(report: &serde_json::Value, json: bool) -> anyhow::Result<()> {
+pub fn print_report(report: &serde_json::Value, json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
         writeln!(out, "{}", serde_json::to_string(report)?)?;
@@ -29,12 +32,12 @@ fn print_report(report: &serde_json::Value, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spread(samples: &mut [f64]) -> serde_json::Value {
+pub fn spread(samples: &mut [f64]) -> serde_json::Value {
     samples.sort_by(|a, b| a.total_cmp(b));
     json!({ "p50": percentile(samples, 0.5), "p95": percentile(samples, 0.95), "p99": percentile(samples, 0.99) })
 }
 
-fn elapsed_ms(started: Instant) -> f64 {
+pub fn elapsed_ms(started: Instant) -> f64 {
     started.elapsed().as_secs_f64() * 1000.0
 }
 
@@ -134,7 +137,7 @@ async fn gateway(global: &Global, args: BenchGatewayArgs) -> anyhow::Result<()> 
         calls_per_s.insert(concurrency.to_string(), json!((total as f64 / started.elapsed().as_secs_f64()).round()));
     }
     // 3. end to end through the bus
-    let scratch = scratch_database(global, args.backend).await?;
+    let scratch = scratch_database(global, args.backend, POSTGRES_ADMIN).await?;
     let end_to_end = gateway_end_to_end(&scratch.url, toolset, work.path().join("data"), calls.min(1000)).await;
     if let Some((admin, database)) = &scratch.cleanup
         && let Err(err) = store::drop_postgres_database(admin, database).await
@@ -257,13 +260,33 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     (sorted[index.min(sorted.len() - 1)] * 1000.0).round() / 1000.0
 }
 
-struct Scratch {
-    url: String,
+/// A database made for one run and dropped after it.
+pub struct Scratch {
+    /// Its URL.
+    pub url: String,
     cleanup: Option<(String, String)>,
     _dir: Option<tempfile::TempDir>,
 }
 
-async fn scratch_database(global: &Global, backend: BenchBackend) -> anyhow::Result<Scratch> {
+impl Scratch {
+    /// Drops the PostgreSQL database (a SQLite scratch file goes with its directory).
+    pub async fn cleanup(&self) {
+        if let Some((admin, database)) = &self.cleanup
+            && let Err(err) = store::drop_postgres_database(admin, database).await
+        {
+            tracing::warn!(database = %database, error = %err, "could not drop the scratch database");
+        }
+    }
+}
+
+/// The admin URL of the bus's PostgreSQL (the local `test` database).
+pub const POSTGRES_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// The admin URL of the PostgreSQL with pgvector that `scripts/pgvector start` runs.
+pub const PGVECTOR_ADMIN: &str = "postgres://postgres@127.0.0.1:5433/postgres";
+
+/// A scratch database: a temporary SQLite file, or a new database on the PostgreSQL server of
+/// `--database-url` (default `default_admin`).
+pub async fn scratch_database(global: &Global, backend: BenchBackend, default_admin: &str) -> anyhow::Result<Scratch> {
     let tag = model::new_id().simple().to_string()[20..].to_owned();
     match backend {
         BenchBackend::Sqlite => {
@@ -276,8 +299,7 @@ async fn scratch_database(global: &Global, backend: BenchBackend) -> anyhow::Res
             })
         }
         BenchBackend::Postgres => {
-            let admin =
-                global.database_url.clone().unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+            let admin = global.database_url.clone().unwrap_or_else(|| default_admin.to_owned());
             let database = format!("cogo_bench_{tag}");
             store::create_postgres_database(&admin, &database)
                 .await
@@ -291,7 +313,7 @@ async fn scratch_database(global: &Global, backend: BenchBackend) -> anyhow::Res
 
 async fn bus(global: &Global, args: BenchBusArgs) -> anyhow::Result<()> {
     let _metrics = crate::node::metrics_render()?;
-    let scratch = scratch_database(global, args.backend).await?;
+    let scratch = scratch_database(global, args.backend, POSTGRES_ADMIN).await?;
     let result = bus_on(&scratch.url, &args).await;
     if let Some((admin, database)) = &scratch.cleanup
         && let Err(err) = store::drop_postgres_database(admin, database).await

@@ -5,6 +5,8 @@ mod bench;
 mod bus_cmd;
 mod config_cmd;
 mod doctor;
+mod knowledge_bench;
+mod knowledge_cmd;
 mod mcp_cmd;
 mod node;
 mod reference;
@@ -68,6 +70,10 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
         Command::Worker(command) => runtime()?.block_on(node::worker(&cli.global, command)),
         Command::Mcp(command) => runtime()?.block_on(mcp_cmd::run(&cli.global, command)),
         Command::Bench(command) => runtime()?.block_on(bench::run(&cli.global, command)),
+        Command::Index(command) => runtime()?.block_on(knowledge_cmd::index(&cli.global, command)),
+        Command::Search(command) => runtime()?.block_on(knowledge_cmd::search(&cli.global, command)),
+        Command::Graph(command) => runtime()?.block_on(knowledge_cmd::graph(&cli.global, command)),
+        Command::Eval(command) => runtime()?.block_on(knowledge_cmd::eval(&cli.global, command)),
     }
 }
 

@@ -17,23 +17,45 @@ struct Role {
     name: &'static str,
     service: &'static str,
     role: &'static str,
-    handler: fn(&RoleContext) -> Arc<dyn worker::Handler>,
+    /// The handler, or `None` when what it needs is missing (the embedding model).
+    handler: fn(&RoleContext) -> Option<Arc<dyn worker::Handler>>,
 }
 
 /// What role handlers are built from.
 struct RoleContext {
     gateway: Arc<mcp::Gateway>,
+    store: store::Store,
+    /// The embedder, when the model is installed (the knowledge roles need it).
+    embedder: Option<Arc<dyn knowledge::Embedder>>,
 }
 
 /// Every role available in this build.
 const ROLES: &[Role] = &[
-    Role { name: "noop", service: "bus", role: "noop", handler: |_| Arc::new(worker::NoopHandler) },
+    Role { name: "noop", service: "bus", role: "noop", handler: |_| Some(Arc::new(worker::NoopHandler)) },
     Role {
         name: "gateway",
         service: "mcp",
         role: "gateway",
         handler: |ctx| {
-            Arc::new(mcp::GatewayHandler::new(ctx.gateway.clone(), model::message::DEFAULT_MAX_RESULT_BYTES / 2))
+            Some(Arc::new(mcp::GatewayHandler::new(ctx.gateway.clone(), model::message::DEFAULT_MAX_RESULT_BYTES / 2)))
+        },
+    },
+    Role {
+        name: "indexing",
+        service: "knowledge",
+        role: "indexing",
+        handler: |ctx| {
+            let embedder = ctx.embedder.clone()?;
+            Some(Arc::new(knowledge::roles::IndexingHandler::new(ctx.store.clone(), embedder)))
+        },
+    },
+    Role {
+        name: "graphrag",
+        service: "knowledge",
+        role: "graphrag",
+        handler: |ctx| {
+            let embedder = ctx.embedder.clone()?;
+            Some(Arc::new(knowledge::roles::GraphRagHandler::new(ctx.store.clone(), embedder)))
         },
     },
 ];
@@ -80,6 +102,8 @@ struct Node {
     /// The process's MCP gateway: one session per toolset, shared by the gateway role and the API.
     gateway: Arc<mcp::Gateway>,
     agent_id: String,
+    /// The embedding model, when installed.
+    embedder: Option<Arc<dyn knowledge::Embedder>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     /// Records circuit transitions; ends once the gateway (holding the breakers) is gone.
@@ -144,20 +168,38 @@ async fn start_node(
             .with_scrubbed_values(opened.iter().map(|(_, value)| value.to_string())),
     );
     drop(opened);
-    let role_context = RoleContext { gateway: gateway.clone() };
+    let embedder = load_embedder(global);
+    let role_context = RoleContext { gateway: gateway.clone(), store: store.clone(), embedder: embedder.clone() };
     let maintenance =
         worker::Maintenance::new(store.clone(), worker::MaintenanceConfig::default(), presence, retry.clone());
     tasks.push(tokio::spawn(maintenance.run(shutdown_rx.clone())));
     for role in roles {
+        let Some(handler) = (role.handler)(&role_context) else {
+            tracing::warn!(role = role.name, "role not started: it needs the embedding model (scripts/models install)");
+            continue;
+        };
         let mut config = worker::RuntimeConfig::new(role.service, role.role, &agent_id);
         config.concurrency = concurrency.max(1);
         config.shards = shards.to_vec();
-        let runtime = worker::Runtime::new(store.clone(), config, (role.handler)(&role_context), retry.clone());
+        let runtime = worker::Runtime::new(store.clone(), config, handler, retry.clone());
         tasks.push(tokio::spawn(runtime.run(shutdown_rx.clone())));
     }
     // the breakers (and with them the transition channel) close when the gateway goes
     drop(role_context);
-    Ok(Node { store, policies, gateway, agent_id, shutdown, tasks, recorder, _watcher: watcher })
+    Ok(Node { store, policies, gateway, agent_id, embedder, shutdown, tasks, recorder, _watcher: watcher })
+}
+
+/// The process's embedder (MiniLM from the models directory), shared by the knowledge roles and
+/// routes. Without it those answer 503 or do not start, and say how to install it; the rest runs.
+fn load_embedder(global: &Global) -> Option<Arc<dyn knowledge::Embedder>> {
+    let dir = knowledge::embed::minilm_dir(&crate::knowledge_cmd::models_dir(global));
+    match knowledge::MiniLm::load(&dir) {
+        Ok(model) => Some(Arc::new(model)),
+        Err(err) => {
+            tracing::warn!(error = %err, "knowledge search, ingest and roles are off");
+            None
+        }
+    }
 }
 
 async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
@@ -236,6 +278,7 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
             config: configs.mcp.clone(),
             data_dir: global.data_dir.clone(),
         })),
+        knowledge: node.embedder.clone().map(|embedder| Arc::new(server::KnowledgeApi { embedder })),
     };
     let token_note = if state.admin_token.is_some() {
         "admin token set"

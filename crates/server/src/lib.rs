@@ -6,6 +6,7 @@
 //! constant time and never logged.
 
 mod error;
+mod knowledge_routes;
 mod limit;
 mod mcp_routes;
 mod openapi;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use axum::Router;
 
 pub use error::{ApiError, ErrorCode};
+pub use knowledge_routes::KnowledgeApi;
 pub use mcp_routes::McpApi;
 pub use security::Scope;
 
@@ -42,6 +44,8 @@ pub struct AppState {
     pub agent_id: Arc<str>,
     /// The MCP gateway for the MCP routes (`None`: they answer 503).
     pub mcp: Option<Arc<McpApi>>,
+    /// The knowledge layer for the knowledge routes (`None`: search and ingest answer 503).
+    pub knowledge: Option<Arc<KnowledgeApi>>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -54,7 +54,7 @@ fn api(state: &AppState) -> Result<&Arc<McpApi>, ApiError> {
     state.mcp.as_ref().ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "the MCP gateway is not running here"))
 }
 
-fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+pub(crate) fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(b)| b).map_err(|rejection| match rejection {
         JsonRejection::BytesRejection(_) => ApiError::new(ErrorCode::PayloadTooLarge, "request body too large"),
         other => ApiError::new(ErrorCode::InvalidRequest, format!("bad JSON body: {}", other.body_text())),

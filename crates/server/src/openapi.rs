@@ -105,6 +105,7 @@ fn sample_path(path: &str) -> String {
 }
 
 fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
+    use crate::knowledge_routes::{IngestBody, NeighborsQuery, PathQuery, SearchQuery, StatsQuery};
     use crate::mcp_routes::{CallBody, EnqueueBody, WindowQuery};
     use crate::routes::{EventQuery, MessageQuery, StreamQuery};
     let message = schema::<model::Message>(g);
@@ -118,6 +119,13 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
     let queues = schema::<store::QueueStats>(g);
     let health = schema::<mcp::ToolsetHealth>(g);
     let config = schema::<model::config::McpConfig>(g);
+    let hit = schema::<knowledge::SearchHit>(g);
+    let evidence = schema::<knowledge::Evidence>(g);
+    let subgraph = schema::<knowledge::graph::Subgraph>(g);
+    let graph_path = schema::<knowledge::graph::GraphPath>(g);
+    let entity = schema::<store::knowledge::Entity>(g);
+    let knowledge_stats = schema::<store::knowledge::KnowledgeStats>(g);
+    let index_report = schema::<knowledge::IndexReport>(g);
     let any = json!({});
     let number_or_null = json!({ "type": ["number", "null"] });
     let string_or_null = json!({ "type": ["string", "null"] });
@@ -318,6 +326,66 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
                 json!({ "path": { "type": "string" }, "entries": { "type": "array", "items": object(json!({ "name": { "type": "string" }, "dir": { "type": "boolean" }, "bytes": { "type": "integer" } }), &["name", "dir", "bytes"]) } }),
                 &["path", "entries"],
             )),
+        ),
+        op(
+            "post",
+            "/api/knowledge/ingest",
+            "Index inline documents (chunked, embedded, graph extracted); unchanged ones are skipped",
+            None,
+            Some(input::<IngestBody>()),
+            200,
+            Reply::Json(index_report),
+        ),
+        op(
+            "get",
+            "/api/knowledge/search",
+            "Hybrid search (full text + vectors, fused); each hit with document, chunk, offsets and scores",
+            Some(input::<SearchQuery>()),
+            None,
+            200,
+            Reply::Json(object(
+                json!({ "tenant": { "type": "string" }, "hits": { "type": "array", "items": hit } }),
+                &["tenant", "hits"],
+            )),
+        ),
+        op(
+            "get",
+            "/api/knowledge/graphrag",
+            "Search hits plus evidence chunks reached through the knowledge graph, each with its path",
+            Some(input::<SearchQuery>()),
+            None,
+            200,
+            Reply::Json(object(
+                json!({ "tenant": { "type": "string" }, "evidence": { "type": "array", "items": evidence } }),
+                &["tenant", "evidence"],
+            )),
+        ),
+        op(
+            "get",
+            "/api/knowledge/graph/neighbors",
+            "Entities within depth hops of a named entity, and the relations between them",
+            Some(input::<NeighborsQuery>()),
+            None,
+            200,
+            Reply::Json(object(json!({ "start": entity, "graph": subgraph }), &["start", "graph"])),
+        ),
+        op(
+            "get",
+            "/api/knowledge/graph/path",
+            "A shortest path between two named entities (null when none within depth)",
+            Some(input::<PathQuery>()),
+            None,
+            200,
+            Reply::Json(object(json!({ "path": { "anyOf": [graph_path, { "type": "null" }] } }), &["path"])),
+        ),
+        op(
+            "get",
+            "/api/knowledge/stats",
+            "Documents, chunks, entities and relations in the index, and its embedding model",
+            Some(input::<StatsQuery>()),
+            None,
+            200,
+            Reply::Json(knowledge_stats),
         ),
         op(
             "post",

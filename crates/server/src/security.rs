@@ -30,7 +30,12 @@ impl Scope {
 }
 
 /// Routes a tenant token may use: the ones whose answers can be limited to its tenant.
-const TENANT_ROUTES: [&str; 7] = [
+const TENANT_ROUTES: [&str; 12] = [
+    "/api/knowledge/search",
+    "/api/knowledge/graphrag",
+    "/api/knowledge/graph/neighbors",
+    "/api/knowledge/graph/path",
+    "/api/knowledge/stats",
     "/api/messages",
     "/api/messages/:id",
     "/api/events",
@@ -160,7 +165,7 @@ pub(crate) async fn guard(
     {
         return ApiError::new(
             ErrorCode::Forbidden,
-            format!("the token of tenant {tenant} reads only that tenant's messages, events, traces and dead letters"),
+            format!("the token of tenant {tenant} reads only that tenant's messages, events, traces, dead letters and knowledge"),
         )
         .into_response();
     }

@@ -1,5 +1,6 @@
 //! The router, called directly (no sockets).
 
+mod knowledge;
 mod mcp;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ fn state(store: &store::Store, mcp: Option<Arc<server::McpApi>>) -> server::AppS
         metrics: Arc::new(|| "# TYPE cogo_bus_claimed_total counter\n".to_owned()),
         agent_id: Arc::from("agent-test"),
         mcp,
+        knowledge: None,
     }
 }
 

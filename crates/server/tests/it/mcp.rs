@@ -36,7 +36,7 @@ async fn fixture() -> Fixture {
     Fixture { app: server::router(state, server::Limits::default()), t, data_dir }
 }
 
-async fn send(
+pub(crate) async fn send(
     app: &axum::Router,
     method: &str,
     uri: &str,

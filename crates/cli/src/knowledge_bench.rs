@@ -1,0 +1,391 @@
+//! `cogo bench search|ingest|graph`: the knowledge layer measured on scratch databases with the
+//! real model. Corpora are generated from a fixed seed; their embeddings are computed by MiniLM
+//! once and cached under DATA_DIR/bench-cache (the cache is keyed by model, seed and size).
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use knowledge::search::{SearchMode, SearchRequest, Searcher};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use store::knowledge::{EntityKey, KnowledgeFilter, KnowledgeScope, NewChunk, NewDocument, NewRelation};
+
+use crate::args::{BenchBackend, BenchGraphArgs, BenchSearchArgs, Global};
+use crate::bench::{PGVECTOR_ADMIN, elapsed_ms, print_report, scratch_database, spread};
+
+const WORDS: &str = "lease message worker queue claim retry backoff breaker circuit open closed probe tenant project \
+    token secret vault policy route admin metric latency histogram counter gauge event stream trace span artifact \
+    snapshot gateway toolset tool session transport socket websocket stdio request response timeout deadline error \
+    failure success outcome dead letter requeue cancel priority shard fairness presence heartbeat agent node cluster \
+    region database table index vector embedding chunk document source heading section graph entity relation path \
+    neighbour search query rank fusion score threshold recall precision model prompt plan step goal orchestrator \
+    decision evaluation budget cost throughput storage object bucket file directory archive checksum hash digest \
+    migration schema column row transaction commit rollback lock wait notify listen poll interval schedule reaper \
+    expiry renewal owner lock-free contention backlog burst limit quota rate window bucket sliding fixed adaptive \
+    cache eviction memory disk network packet bandwidth encryption certificate handshake cipher signature identity \
+    permission role allowlist deny audit log record rotation retention compaction partition replica failover";
+
+fn corpus_chunk(rng: &mut StdRng, words: &[&str]) -> String {
+    let sentences = rng.random_range(4..9);
+    let mut text = String::new();
+    for _ in 0..sentences {
+        let length = rng.random_range(6..16);
+        for index in 0..length {
+            let word = words[rng.random_range(0..words.len())];
+            if index == 0 {
+                let mut chars = word.chars();
+                if let Some(first) = chars.next() {
+                    text.extend(first.to_uppercase());
+                    text.push_str(chars.as_str());
+                }
+            } else {
+                text.push(' ');
+                text.push_str(word);
+            }
+        }
+        text.push_str(". ");
+    }
+    text.trim_end().to_owned()
+}
+
+fn query_text(rng: &mut StdRng, words: &[&str]) -> String {
+    let length = rng.random_range(3..7);
+    (0..length).map(|_| words[rng.random_range(0..words.len())]).collect::<Vec<_>>().join(" ")
+}
+
+/// Embeddings of `texts`, from the cache file when it holds them, else computed (and cached).
+async fn cached_embeddings(
+    global: &Global,
+    embedder: &Arc<dyn knowledge::Embedder>,
+    key: &str,
+    texts: &[String],
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let dim = embedder.dim();
+    let dir = global.data_dir.join("bench-cache");
+    let model = embedder.model().replace(['/', ':'], "_");
+    let path = dir.join(format!("{model}-{key}-{}.f32", texts.len()));
+    if let Ok(mut file) = std::fs::File::open(&path) {
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).context("reading the embedding cache")?;
+        if bytes.len() == texts.len() * dim * 4 {
+            eprintln!("bench: {} embeddings from the cache {}", texts.len(), path.display());
+            return Ok(bytes
+                .chunks_exact(dim * 4)
+                .map(|row| row.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+                .collect());
+        }
+    }
+    eprintln!(
+        "bench: embedding {} texts with {} (cached afterwards in {})",
+        texts.len(),
+        embedder.model(),
+        path.display()
+    );
+    let started = Instant::now();
+    let mut out = Vec::with_capacity(texts.len());
+    for (index, batch) in texts.chunks(512).enumerate() {
+        out.extend(embedder.embed(batch.to_vec()).await.map_err(|e| anyhow::anyhow!("{e}"))?);
+        if index % 10 == 9 {
+            eprintln!(
+                "bench: embedded {}/{} ({:.0}/s)",
+                out.len(),
+                texts.len(),
+                out.len() as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    std::fs::create_dir_all(&dir).context("creating the embedding cache directory")?;
+    let mut file = std::fs::File::create(&path).context("writing the embedding cache")?;
+    let mut bytes = Vec::with_capacity(texts.len() * dim * 4);
+    for vector in &out {
+        for value in vector {
+            bytes.extend_from_slice(&value.to_le_bytes());
+        }
+    }
+    file.write_all(&bytes).context("writing the embedding cache")?;
+    Ok(out)
+}
+
+async fn scratch_store(
+    global: &Global,
+    backend: BenchBackend,
+) -> anyhow::Result<(crate::bench::Scratch, store::Store)> {
+    let scratch = scratch_database(global, backend, PGVECTOR_ADMIN).await?;
+    let store = store::Store::open(&scratch.url, store::StoreOptions::default().with_max_connections(8))
+        .await
+        .context("opening the scratch database")?;
+    store.migrate().await.context("migrating the scratch database")?;
+    Ok((scratch, store))
+}
+
+fn backend_name(backend: BenchBackend) -> &'static str {
+    match backend {
+        BenchBackend::Sqlite => "sqlite",
+        BenchBackend::Postgres => "postgres",
+    }
+}
+
+/// `bench search`: N chunks in 100-chunk documents, then hybrid searches with pre-embedded
+/// queries (retrieval only), the query embedding time apart, and the ANN's recall@10 against an
+/// exact scan.
+pub async fn search(global: &Global, args: BenchSearchArgs) -> anyhow::Result<()> {
+    let _metrics = crate::node::metrics_render()?;
+    let embedder = crate::knowledge_cmd::embedder(
+        global,
+        &crate::args::EmbeddingArgs {
+            embeddings_url: None,
+            embeddings_model: String::new(),
+            embeddings_dim: 0,
+            embeddings_api_key: None,
+        },
+    )?;
+    let words: Vec<&str> = WORDS.split_whitespace().collect();
+    let mut rng = StdRng::seed_from_u64(7);
+    let chunks = args.chunks.max(100);
+    let texts: Vec<String> = (0..chunks).map(|_| corpus_chunk(&mut rng, &words)).collect();
+    let vectors = cached_embeddings(global, &embedder, "corpus-s7", &texts).await?;
+    let queries: Vec<String> = (0..args.queries.max(10)).map(|_| query_text(&mut rng, &words)).collect();
+    let started = Instant::now();
+    let query_vectors = embedder.embed(queries.clone()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let embed_query_ms = elapsed_ms(started) / queries.len() as f64;
+
+    let (scratch, store) = scratch_store(global, args.backend).await?;
+    let result = async {
+        store.knowledge_prepare(embedder.model(), embedder.dim(), false).await?;
+        let scope = KnowledgeScope::new("bench", "search");
+        let started = Instant::now();
+        for (document, (texts, vectors)) in texts.chunks(100).zip(vectors.chunks(100)).enumerate() {
+            let mut offset = 0i64;
+            let chunks = texts
+                .iter()
+                .zip(vectors)
+                .enumerate()
+                .map(|(i, (text, vector))| {
+                    let start = offset;
+                    offset += text.len() as i64 + 2;
+                    NewChunk {
+                        heading: None,
+                        text: text.clone(),
+                        start,
+                        end: start + text.len() as i64,
+                        content_hash: format!("{document}-{i}"),
+                        embedding: vector.clone(),
+                    }
+                })
+                .collect();
+            store
+                .knowledge_put_document(NewDocument {
+                    scope: scope.clone(),
+                    source: format!("bench/{document:05}.txt"),
+                    kind: "text".into(),
+                    title: None,
+                    content_hash: format!("{document}"),
+                    bytes: offset,
+                    chunks,
+                    entities: vec![],
+                    relations: vec![],
+                    mentions: vec![],
+                })
+                .await?;
+            if document % 100 == 99 {
+                eprintln!("bench: wrote {} chunks", (document + 1) * 100);
+            }
+        }
+        let write_s = started.elapsed().as_secs_f64();
+        let searcher = Searcher::new(store.clone(), embedder.clone());
+        let filter = KnowledgeFilter { tenant: "bench".into(), ..KnowledgeFilter::default() };
+        // warm: the first vector search on SQLite loads the in-memory index
+        let started = Instant::now();
+        store.knowledge_vector(&filter, &query_vectors[0], 10, false).await?;
+        let load_ms = elapsed_ms(started);
+        let mut hybrid = Vec::with_capacity(queries.len());
+        let mut fulltext = Vec::with_capacity(queries.len());
+        let mut vector = Vec::with_capacity(queries.len());
+        let mut agree = 0usize;
+        let mut wanted = 0usize;
+        for (query, query_vector) in queries.iter().zip(&query_vectors) {
+            let request = SearchRequest::new(query.clone());
+            let started = Instant::now();
+            searcher.search_embedded("bench", &request, Some(query_vector.clone())).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            hybrid.push(elapsed_ms(started));
+            let started = Instant::now();
+            store.knowledge_fulltext(&filter, query, 50).await?;
+            fulltext.push(elapsed_ms(started));
+            let started = Instant::now();
+            let fast = store.knowledge_vector(&filter, query_vector, 10, false).await?;
+            vector.push(elapsed_ms(started));
+            let exact = store.knowledge_vector(&filter, query_vector, 10, true).await?;
+            wanted += exact.len();
+            agree += fast.iter().filter(|h| exact.iter().any(|e| e.chunk_id == h.chunk_id)).count();
+        }
+        let _ = SearchMode::Hybrid;
+        anyhow::Ok(json!({
+            "bench": "search",
+            "backend": backend_name(args.backend),
+            "chunks": chunks,
+            "queries": queries.len(),
+            "model": embedder.model(),
+            "hybrid_ms": spread(&mut hybrid),
+            "fulltext_ms": spread(&mut fulltext),
+            "vector_ms": spread(&mut vector),
+            "ann_recall_at_10": if wanted == 0 { 0.0 } else { agree as f64 / wanted as f64 },
+            "embed_query_ms": embed_query_ms,
+            "index_load_ms": load_ms,
+            "write_chunks_per_s": chunks as f64 / write_s,
+            "includes": "hybrid_ms: full text (50 candidates) and vector (50) concurrently, weighted fusion, chunks read back; the query's embedding is computed beforehand and reported as embed_query_ms",
+        }))
+    }
+    .await;
+    store.close().await;
+    scratch.cleanup().await;
+    print_report(&result?, args.json)
+}
+
+/// `bench ingest`: Markdown documents chunked, embedded by the model and written, end to end.
+pub async fn ingest(global: &Global, args: BenchSearchArgs) -> anyhow::Result<()> {
+    let _metrics = crate::node::metrics_render()?;
+    let embedder = crate::knowledge_cmd::embedder(
+        global,
+        &crate::args::EmbeddingArgs {
+            embeddings_url: None,
+            embeddings_model: String::new(),
+            embeddings_dim: 0,
+            embeddings_api_key: None,
+        },
+    )?;
+    let words: Vec<&str> = WORDS.split_whitespace().collect();
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut documents = Vec::new();
+    let mut sections = 0;
+    while sections < args.chunks.max(10) {
+        let mut text = format!("# Note {}\n\n", documents.len());
+        for section in 0..10 {
+            text.push_str(&format!("## Part {section}\n\n{}\n\n", corpus_chunk(&mut rng, &words)));
+            sections += 1;
+        }
+        documents.push(knowledge::InlineDocument {
+            source: format!("notes/{:05}.md", documents.len()),
+            text,
+            kind: None,
+        });
+    }
+    let (scratch, store) = scratch_store(global, args.backend).await?;
+    let result = async {
+        let indexer = knowledge::Indexer::new(store.clone(), embedder.clone());
+        let progress = crate::knowledge_cmd::progress_printer("ingesting");
+        let started = Instant::now();
+        let report = indexer
+            .index_inline(&KnowledgeScope::new("bench", "ingest"), documents, &progress)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let seconds = started.elapsed().as_secs_f64();
+        anyhow::Ok(json!({
+            "bench": "ingest",
+            "backend": backend_name(args.backend),
+            "model": embedder.model(),
+            "documents": report.indexed,
+            "chunks": report.chunks,
+            "embedded": report.embedded,
+            "seconds": seconds,
+            "chunks_per_s": report.chunks as f64 / seconds,
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "includes": "chunking, embedding every chunk with the model (the bound), graph extraction, one transaction per document",
+        }))
+    }
+    .await;
+    store.close().await;
+    scratch.cleanup().await;
+    print_report(&result?, args.json)
+}
+
+/// `bench graph`: N relations among N/5 entities in 100-relation documents; 2-hop neighbourhoods
+/// (both directions, fan-out 50) from random entities.
+pub async fn graph(global: &Global, args: BenchGraphArgs) -> anyhow::Result<()> {
+    let (scratch, store) = scratch_store(global, args.backend).await?;
+    let result = async {
+        store.knowledge_prepare("none", 1, false).await?;
+        let entities = (args.edges / 5).max(10);
+        let mut rng = StdRng::seed_from_u64(3);
+        let scope = KnowledgeScope::new("bench", "graph");
+        let started = Instant::now();
+        for document in 0..args.edges.div_ceil(100) {
+            let mut keys: Vec<EntityKey> = Vec::new();
+            let mut index = std::collections::HashMap::new();
+            let mut relations = Vec::new();
+            for _ in 0..100 {
+                let (a, b) = (rng.random_range(0..entities), rng.random_range(0..entities));
+                if a == b {
+                    continue;
+                }
+                let mut slot = |id: usize| {
+                    *index.entry(id).or_insert_with(|| {
+                        keys.push(EntityKey::new("symbol", format!("s{id}")));
+                        keys.len() - 1
+                    })
+                };
+                let (source, target) = (slot(a), slot(b));
+                relations.push(NewRelation {
+                    source,
+                    target,
+                    kind: ["calls", "imports", "defines"][rng.random_range(0..3)].into(),
+                });
+            }
+            store
+                .knowledge_put_document(NewDocument {
+                    scope: scope.clone(),
+                    source: format!("graph/{document:05}"),
+                    kind: "code".into(),
+                    title: None,
+                    content_hash: format!("{document}"),
+                    bytes: 0,
+                    chunks: vec![],
+                    entities: keys,
+                    relations,
+                    mentions: vec![],
+                })
+                .await?;
+        }
+        let write_s = started.elapsed().as_secs_f64();
+        let filter = KnowledgeFilter { tenant: "bench".into(), ..KnowledgeFilter::default() };
+        let mut samples = Vec::new();
+        let mut reached = 0usize;
+        for _ in 0..args.queries.max(10) {
+            let name = format!("s{}", rng.random_range(0..entities));
+            let Some(start) = store.knowledge_find_entities(&filter, &name, None, 1).await?.into_iter().next() else {
+                continue;
+            };
+            let limits = knowledge::graph::TraversalLimits { depth: 2, fan_out: 50, max_nodes: 5_000 };
+            let started = Instant::now();
+            let graph = knowledge::graph::neighbourhood(
+                &store,
+                "bench",
+                &[start.id],
+                store::knowledge::Direction::Both,
+                &[],
+                limits,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            samples.push(elapsed_ms(started));
+            reached += graph.nodes.len();
+        }
+        let queries = samples.len().max(1);
+        anyhow::Ok(json!({
+            "bench": "graph",
+            "backend": backend_name(args.backend),
+            "edges": args.edges,
+            "entities": entities,
+            "two_hop_ms": spread(&mut samples),
+            "mean_nodes_reached": reached as f64 / queries as f64,
+            "write_edges_per_s": args.edges as f64 / write_s,
+            "includes": "two graph steps (relations both ways, fan-out 50 per entity) and reading the reached entities",
+        }))
+    }
+    .await;
+    store.close().await;
+    scratch.cleanup().await;
+    print_report(&result?, args.json)
+}
