@@ -1,6 +1,7 @@
 //! `cogo bench search|ingest|graph`: the knowledge layer measured on scratch databases with the
 //! real model. Corpora are generated from a fixed seed; their embeddings are computed by MiniLM
-//! once and cached under DATA_DIR/bench-cache (the cache is keyed by model, seed and size).
+//! once and cached under DATA_DIR/bench-cache (the cache is keyed by model, seed and size). Text
+//! is drawn from the model's own vocabulary of whole words with Zipf's law, as in natural text.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -28,13 +29,65 @@ const WORDS: &str = "lease message worker queue claim retry backoff breaker circ
     cache eviction memory disk network packet bandwidth encryption certificate handshake cipher signature identity \
     permission role allowlist deny audit log record rotation retention compaction partition replica failover";
 
-fn corpus_chunk(rng: &mut StdRng, words: &[&str]) -> String {
-    let sentences = rng.random_range(4..9);
+/// Words drawn with Zipf's law (the k-th most common with weight 1/k), like natural text.
+struct Vocabulary {
+    words: Vec<String>,
+    cumulative: Vec<f64>,
+}
+
+impl Vocabulary {
+    /// The whole words of the model's WordPiece vocabulary (about 20 000 English words, roughly in
+    /// frequency order), or the built-in list when the model directory has no vocab.txt.
+    fn load(global: &Global) -> Self {
+        let path = knowledge::embed::minilm_dir(&crate::knowledge_cmd::models_dir(global)).join("vocab.txt");
+        let mut words: Vec<String> = std::fs::read_to_string(path)
+            .map(|text| {
+                text.lines()
+                    .filter(|w| w.len() >= 3 && w.chars().all(|c| c.is_ascii_lowercase()))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if words.len() < 1000 {
+            words = WORDS.split_whitespace().map(str::to_owned).collect();
+        }
+        let mut total = 0.0;
+        let cumulative = (0..words.len())
+            .map(|rank| {
+                total += 1.0 / (rank as f64 + 1.0);
+                total
+            })
+            .collect();
+        Self { words, cumulative }
+    }
+
+    fn word(&self, rng: &mut StdRng) -> &str {
+        let total = self.cumulative.last().copied().unwrap_or(1.0);
+        let target = rng.random::<f64>() * total;
+        let index = self.cumulative.partition_point(|c| *c < target).min(self.words.len() - 1);
+        &self.words[index]
+    }
+
+    /// A content word: not among the 100 most common.
+    fn content_word(&self, rng: &mut StdRng) -> &str {
+        loop {
+            let total = self.cumulative.last().copied().unwrap_or(1.0);
+            let target = rng.random::<f64>() * total;
+            let index = self.cumulative.partition_point(|c| *c < target).min(self.words.len() - 1);
+            if index >= 100.min(self.words.len() / 2) {
+                return &self.words[index];
+            }
+        }
+    }
+}
+
+fn corpus_chunk(rng: &mut StdRng, words: &Vocabulary, sentences: std::ops::Range<usize>) -> String {
+    let sentences = rng.random_range(sentences);
     let mut text = String::new();
     for _ in 0..sentences {
         let length = rng.random_range(6..16);
         for index in 0..length {
-            let word = words[rng.random_range(0..words.len())];
+            let word = words.word(rng);
             if index == 0 {
                 let mut chars = word.chars();
                 if let Some(first) = chars.next() {
@@ -51,9 +104,9 @@ fn corpus_chunk(rng: &mut StdRng, words: &[&str]) -> String {
     text.trim_end().to_owned()
 }
 
-fn query_text(rng: &mut StdRng, words: &[&str]) -> String {
+fn query_text(rng: &mut StdRng, words: &Vocabulary) -> String {
     let length = rng.random_range(3..7);
-    (0..length).map(|_| words[rng.random_range(0..words.len())]).collect::<Vec<_>>().join(" ")
+    (0..length).map(|_| words.content_word(rng).to_owned()).collect::<Vec<_>>().join(" ")
 }
 
 /// Embeddings of `texts`, from the cache file when it holds them, else computed (and cached).
@@ -142,11 +195,13 @@ pub async fn search(global: &Global, args: BenchSearchArgs) -> anyhow::Result<()
             embeddings_api_key: None,
         },
     )?;
-    let words: Vec<&str> = WORDS.split_whitespace().collect();
+    let words = Vocabulary::load(global);
     let mut rng = StdRng::seed_from_u64(7);
     let chunks = args.chunks.max(100);
-    let texts: Vec<String> = (0..chunks).map(|_| corpus_chunk(&mut rng, &words)).collect();
-    let vectors = cached_embeddings(global, &embedder, "corpus-s7", &texts).await?;
+    // two sentences a chunk: the vectors are the model's, and embedding 100k short texts takes
+    // minutes rather than the hour full-size chunks would (search cost depends on the count)
+    let texts: Vec<String> = (0..chunks).map(|_| corpus_chunk(&mut rng, &words, 2..3)).collect();
+    let vectors = cached_embeddings(global, &embedder, "zipf-s7", &texts).await?;
     let queries: Vec<String> = (0..args.queries.max(10)).map(|_| query_text(&mut rng, &words)).collect();
     let started = Instant::now();
     let query_vectors = embedder.embed(queries.clone()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -256,14 +311,14 @@ pub async fn ingest(global: &Global, args: BenchSearchArgs) -> anyhow::Result<()
             embeddings_api_key: None,
         },
     )?;
-    let words: Vec<&str> = WORDS.split_whitespace().collect();
+    let words = Vocabulary::load(global);
     let mut rng = StdRng::seed_from_u64(11);
     let mut documents = Vec::new();
     let mut sections = 0;
     while sections < args.chunks.max(10) {
         let mut text = format!("# Note {}\n\n", documents.len());
         for section in 0..10 {
-            text.push_str(&format!("## Part {section}\n\n{}\n\n", corpus_chunk(&mut rng, &words)));
+            text.push_str(&format!("## Part {section}\n\n{}\n\n", corpus_chunk(&mut rng, &words, 4..9)));
             sections += 1;
         }
         documents.push(knowledge::InlineDocument {

@@ -263,8 +263,9 @@ impl SqliteBus {
         }
         let expression = terms.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(" OR ");
         let mut builder = QueryBuilder::<Sqlite>::new(
+            // CROSS JOIN keeps the full-text index the outer loop: one index query, not one per chunk
             "SELECT f.rowid, -bm25(knowledge_chunks_fts, 2.0, 1.0) AS score FROM knowledge_chunks_fts f
-             JOIN knowledge_chunks c ON c.id = f.rowid JOIN knowledge_documents d ON d.id = c.document_id
+             CROSS JOIN knowledge_chunks c ON c.id = f.rowid CROSS JOIN knowledge_documents d ON d.id = c.document_id
              WHERE knowledge_chunks_fts MATCH ",
         );
         builder.push_bind(expression);
