@@ -160,7 +160,7 @@ pub async fn evaluate<E: Embedder + ?Sized>(
         .map(|(id, title, text)| InlineDocument {
             source: id.clone(),
             text: if title.is_empty() { text.clone() } else { format!("{title}\n\n{text}") },
-            kind: Some("text".into()),
+            kind: Some(crate::index::InlineKind::Text),
         })
         .collect();
     indexer.index_inline(scope, inline, progress).await?;

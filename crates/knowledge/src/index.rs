@@ -33,9 +33,34 @@ pub struct InlineDocument {
     pub source: String,
     /// Its text.
     pub text: String,
-    /// `markdown`, `text`, `code` or `html`; guessed from the source's extension when absent.
+    /// What it is; guessed from the source's extension when absent (text when unknown).
     #[serde(default)]
-    pub kind: Option<String>,
+    pub kind: Option<InlineKind>,
+}
+
+/// The kind of an inline document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InlineKind {
+    /// Markdown.
+    Markdown,
+    /// Plain text.
+    Text,
+    /// Source code.
+    Code,
+    /// HTML (indexed as the text it shows).
+    Html,
+}
+
+impl From<InlineKind> for DocumentKind {
+    fn from(kind: InlineKind) -> Self {
+        match kind {
+            InlineKind::Markdown => Self::Markdown,
+            InlineKind::Text => Self::Text,
+            InlineKind::Code => Self::Code,
+            InlineKind::Html => Self::Html,
+        }
+    }
 }
 
 /// What an indexing run did.
@@ -190,16 +215,11 @@ impl<E: Embedder + ?Sized> Indexer<E> {
         let mut report = IndexReport::default();
         let mut documents = Vec::with_capacity(inline.len());
         for document in inline {
-            let kind = match &document.kind {
-                Some(name) => DocumentKind::from_name(name).ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "{}: kind {name:?} is not one of markdown, text, code, html",
-                        document.source
-                    ))
-                })?,
+            let kind = match document.kind {
+                Some(kind) => DocumentKind::from(kind),
                 None => DocumentKind::of_path(&document.source).unwrap_or(DocumentKind::Text),
             };
-            if document.source.is_empty() || document.source.len() > 2048 {
+            if document.source.is_empty() || document.source.chars().count() > 2048 {
                 return Err(Error::Invalid("a document's source must be 1 to 2048 bytes".into()));
             }
             if document.text.len() as u64 > MAX_FILE_BYTES {

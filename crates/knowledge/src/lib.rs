@@ -13,7 +13,7 @@ pub mod search;
 mod telemetry;
 
 pub use embed::{Embedder, MiniLm, OpenAiEmbedder};
-pub use index::{IndexReport, Indexer, InlineDocument, Progress};
+pub use index::{IndexReport, Indexer, InlineDocument, InlineKind, Progress};
 pub use search::{Evidence, Fusion, SearchHit, SearchMode, SearchRequest, Searcher};
 
 /// Everything that can go wrong in the knowledge layer.

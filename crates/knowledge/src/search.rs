@@ -110,7 +110,7 @@ impl SearchRequest {
 
     fn check(&self) -> Result<(), Error> {
         let length = self.query.chars().count();
-        if self.query.trim().is_empty() || length > 2000 {
+        if self.query.is_empty() || length > 2000 {
             return Err(Error::Invalid(format!("query must be 1 to 2000 characters, got {length}")));
         }
         if !(0.0..=1.0).contains(&self.alpha) {
@@ -484,7 +484,7 @@ mod tests {
     #[test]
     fn bad_requests_are_refused() {
         for (field, request) in [
-            ("query", SearchRequest { query: " ".into(), ..SearchRequest::new("x") }),
+            ("query", SearchRequest { query: String::new(), ..SearchRequest::new("x") }),
             ("alpha", SearchRequest { alpha: 1.5, ..SearchRequest::new("x") }),
             ("top_k", SearchRequest { top_k: 0, ..SearchRequest::new("x") }),
             ("threshold", SearchRequest { threshold: -0.1, ..SearchRequest::new("x") }),

@@ -70,16 +70,25 @@ impl From<knowledge::Error> for ApiError {
     }
 }
 
+/// Optional names in a query (project, kind, relation) must not be empty or overlong.
+fn check_names(names: &[(&str, Option<&String>)]) -> Result<(), ApiError> {
+    for (what, value) in names {
+        if let Some(value) = value
+            && (value.is_empty() || value.chars().count() > 128)
+        {
+            return Err(ApiError::new(ErrorCode::InvalidRequest, format!("{what} must be 1 to 128 characters")));
+        }
+    }
+    Ok(())
+}
+
 /// The tenant a request works in: a tenant token's own, else `tenant` (default `default`).
 fn tenant_of(scope: &Scope, asked: Option<String>) -> Result<String, ApiError> {
+    check_names(&[("tenant", asked.as_ref())])?;
     if let Some(only) = scope.tenant() {
         return Ok(only.to_owned());
     }
-    let tenant = asked.unwrap_or_else(|| "default".to_owned());
-    if tenant.is_empty() || tenant.len() > 128 {
-        return Err(ApiError::new(ErrorCode::InvalidRequest, "tenant must be 1 to 128 characters"));
-    }
-    Ok(tenant)
+    Ok(asked.unwrap_or_else(|| "default".to_owned()))
 }
 
 /// Body of `POST /api/knowledge/ingest`.
@@ -110,6 +119,7 @@ async fn ingest(
             format!("documents: send 1 to {MAX_INGEST_DOCUMENTS} documents per request"),
         ));
     }
+    check_names(&[("project", body.project.as_ref())])?;
     let tenant = tenant_of(&scope, body.tenant)?;
     let project = body.project.unwrap_or_else(|| "default".to_owned());
     if project.is_empty() || project.len() > 128 {
@@ -178,6 +188,7 @@ async fn search(
 ) -> Result<impl IntoResponse, ApiError> {
     let api = api(&state)?;
     let q = query(q)?;
+    check_names(&[("project", q.project.as_ref())])?;
     let tenant = tenant_of(&scope, q.tenant.clone())?;
     let searcher = knowledge::Searcher::new(state.store.clone(), api.embedder.clone());
     let hits = searcher.search(&tenant, &q.request()).await?;
@@ -191,6 +202,7 @@ async fn graphrag(
 ) -> Result<impl IntoResponse, ApiError> {
     let api = api(&state)?;
     let q = query(q)?;
+    check_names(&[("project", q.project.as_ref())])?;
     let tenant = tenant_of(&scope, q.tenant.clone())?;
     let searcher = knowledge::Searcher::new(state.store.clone(), api.embedder.clone());
     let limits = TraversalLimits { depth: q.depth.unwrap_or(2), ..TraversalLimits::default() };
@@ -252,7 +264,9 @@ async fn neighbors(
     q: Result<Query<NeighborsQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let q = query(q)?;
+    check_names(&[("project", q.project.as_ref())])?;
     let tenant = tenant_of(&scope, q.tenant.clone())?;
+    check_names(&[("kind", q.kind.as_ref()), ("relation", q.relation.as_ref())])?;
     let start = entity(&state, &tenant, q.project.clone(), &q.name, q.kind.as_deref()).await?;
     let limits =
         TraversalLimits { depth: q.depth.unwrap_or(1), fan_out: q.fan_out.unwrap_or(50), ..TraversalLimits::default() };
@@ -296,6 +310,7 @@ async fn path(
     q: Result<Query<PathQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let q = query(q)?;
+    check_names(&[("project", q.project.as_ref())])?;
     let tenant = tenant_of(&scope, q.tenant.clone())?;
     let from = entity(&state, &tenant, q.project.clone(), &q.from, None).await?;
     let to = entity(&state, &tenant, q.project.clone(), &q.to, None).await?;
@@ -322,6 +337,7 @@ async fn stats(
     q: Result<Query<StatsQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let q = query(q)?;
+    check_names(&[("project", q.project.as_ref())])?;
     let tenant = tenant_of(&scope, q.tenant.clone())?;
     let filter = KnowledgeFilter { tenant, project: q.project, source_prefix: None };
     Ok(Json(state.store.knowledge_stats(&filter).await?))

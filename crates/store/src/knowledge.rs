@@ -276,8 +276,11 @@ pub(crate) fn checked_graph(
     dim: usize,
 ) -> Result<(Vec<NewRelation>, Vec<NewMention>), crate::Error> {
     let invalid = |detail: String| crate::Error::InvalidKnowledge { detail };
-    if document.source.is_empty() || document.source.len() > 2048 {
-        return Err(invalid(format!("document source must be 1 to 2048 bytes, got {}", document.source.len())));
+    if document.source.is_empty() || document.source.chars().count() > 2048 {
+        return Err(invalid(format!(
+            "document source must be 1 to 2048 characters, got {}",
+            document.source.chars().count()
+        )));
     }
     if document.chunks.len() > limits::MAX_CHUNKS_PER_DOCUMENT {
         return Err(invalid(format!(
@@ -306,7 +309,11 @@ pub(crate) fn checked_graph(
     let entities = document.entities.len();
     let mut seen = std::collections::HashSet::with_capacity(entities);
     for entity in &document.entities {
-        if entity.name.is_empty() || entity.name.len() > 512 || entity.kind.is_empty() || entity.kind.len() > 64 {
+        if entity.name.is_empty()
+            || entity.name.chars().count() > 512
+            || entity.kind.is_empty()
+            || entity.kind.len() > 64
+        {
             return Err(invalid(format!(
                 "{}: entity names must be 1 to 512 bytes and kinds 1 to 64 ({} {:?})",
                 document.source,

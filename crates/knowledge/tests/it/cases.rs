@@ -437,10 +437,14 @@ pub async fn bad_writes_and_queries_get_clear_errors(test: TestStore) {
     let err = indexer
         .index_inline(
             &scope(),
-            vec![InlineDocument { source: "x.md".into(), text: "x".into(), kind: Some("pdfx".into()) }],
+            vec![InlineDocument { source: String::new(), text: "x".into(), kind: None }],
             &no_progress,
         )
         .await
+        .expect_err("empty source")
+        .to_string();
+    assert!(err.contains("source"), "{err}");
+    let err = serde_json::from_str::<InlineDocument>(r#"{"source": "x", "text": "y", "kind": "pdfx"}"#)
         .expect_err("bad kind")
         .to_string();
     assert!(err.contains("pdfx"), "{err}");
