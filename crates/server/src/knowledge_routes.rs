@@ -251,10 +251,9 @@ async fn entity(
     match found.len() {
         0 => Err(ApiError::new(ErrorCode::NotFound, format!("no entity named {name:?}"))),
         1 => Ok(found.into_iter().next().ok_or_else(|| ApiError::new(ErrorCode::Internal, "entity vanished"))?),
-        _ => Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!("{name:?} names several entities: pass kind (or project)"),
-        )),
+        _ => {
+            Err(ApiError::new(ErrorCode::Conflict, format!("{name:?} names several entities: pass kind (or project)")))
+        }
     }
 }
 

@@ -357,9 +357,10 @@ impl PgBus {
         }
         let limit = limit.min(limits::MAX_CANDIDATES);
         let mut tx = self.pool.begin().await.map_err(db("searching vectors"))?;
-        // candidates the graph walks: a few times the results wanted; iterative scans keep filtered
-        // searches from coming back short
-        let ef_search = (limit * 4).clamp(64, 1000);
+        // candidates the graph walks: several times the results wanted; iterative scans keep
+        // filtered searches from coming back short
+        // (ef_search 64 gave recall@10 0.74 at 100k chunks; 200 is pgvector's usual recall setting)
+        let ef_search = (limit * 8).clamp(200, 1000);
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "SET LOCAL hnsw.ef_search = {ef_search}; SET LOCAL hnsw.iterative_scan = relaxed_order"
         )))

@@ -431,8 +431,9 @@ impl SqliteBus {
                     builder.push(" UNION ALL ");
                 }
                 builder.push(format!(
+                    // CROSS JOIN: relations by their entity index first, then the tenant check
                     "SELECT r.source_id, r.target_id, r.kind, r.document_id FROM knowledge_relations r
-                     JOIN knowledge_documents d ON d.id = r.document_id WHERE {from} IN ("
+                     CROSS JOIN knowledge_documents d ON d.id = r.document_id WHERE {from} IN ("
                 ));
                 let mut list = builder.separated(", ");
                 for id in batch {
