@@ -127,7 +127,7 @@ pub struct KnowledgeScopeArgs {
 /// Where embeddings come from.
 #[derive(Debug, Clone, Args)]
 pub struct EmbeddingArgs {
-    /// OpenAI-compatible embeddings endpoint (e.g. https://api.openai.com/v1); default: MiniLM in-process.
+    /// OpenAI-compatible embeddings endpoint (e.g. `https://api.openai.com/v1`); default: MiniLM in-process.
     #[arg(long, env = "COGO_EMBEDDINGS_URL")]
     pub embeddings_url: Option<String>,
     /// Model name at that endpoint.
@@ -247,7 +247,7 @@ pub enum GraphCommand {
     Pattern {
         /// Start entity name.
         start: String,
-        /// Steps: [>|<|-]RELATION[:KIND], `*` for any relation.
+        /// Steps: `[>|<|-]RELATION[:KIND]`, `*` for any relation.
         #[arg(required = true)]
         steps: Vec<String>,
         #[command(flatten)]
