@@ -109,6 +109,17 @@ fn query_text(rng: &mut StdRng, words: &Vocabulary) -> String {
     (0..length).map(|_| words.content_word(rng).to_owned()).collect::<Vec<_>>().join(" ")
 }
 
+/// The in-process MiniLM (benchmarks measure the default model, whatever the environment says).
+fn minilm(global: &Global) -> anyhow::Result<Arc<dyn knowledge::Embedder>> {
+    let args = crate::args::EmbeddingArgs {
+        embeddings_url: None,
+        embeddings_model: String::new(),
+        embeddings_dim: 0,
+        embeddings_api_key: None,
+    };
+    crate::knowledge_cmd::embedder(global, &args)
+}
+
 /// Embeddings of `texts`, from the cache file when it holds them, else computed (and cached).
 async fn cached_embeddings(
     global: &Global,
@@ -186,15 +197,7 @@ fn backend_name(backend: BenchBackend) -> &'static str {
 /// exact scan.
 pub async fn search(global: &Global, args: BenchSearchArgs) -> anyhow::Result<()> {
     let _metrics = crate::node::metrics_render()?;
-    let embedder = crate::knowledge_cmd::embedder(
-        global,
-        &crate::args::EmbeddingArgs {
-            embeddings_url: None,
-            embeddings_model: String::new(),
-            embeddings_dim: 0,
-            embeddings_api_key: None,
-        },
-    )?;
+    let embedder = minilm(global)?;
     let words = Vocabulary::load(global);
     let mut rng = StdRng::seed_from_u64(7);
     let chunks = args.chunks.max(100);
@@ -307,15 +310,7 @@ pub async fn search(global: &Global, args: BenchSearchArgs) -> anyhow::Result<()
 /// `bench ingest`: Markdown documents chunked, embedded by the model and written, end to end.
 pub async fn ingest(global: &Global, args: BenchSearchArgs) -> anyhow::Result<()> {
     let _metrics = crate::node::metrics_render()?;
-    let embedder = crate::knowledge_cmd::embedder(
-        global,
-        &crate::args::EmbeddingArgs {
-            embeddings_url: None,
-            embeddings_model: String::new(),
-            embeddings_dim: 0,
-            embeddings_api_key: None,
-        },
-    )?;
+    let embedder = minilm(global)?;
     let words = Vocabulary::load(global);
     let mut rng = StdRng::seed_from_u64(11);
     let mut documents = Vec::new();
