@@ -398,23 +398,21 @@ struct Fused {
 fn fuse(fulltext: &[ScoredChunk], vector: &[ScoredChunk], request: &SearchRequest) -> Vec<Fused> {
     let mut by_id: HashMap<i64, Fused> = HashMap::new();
     let best_text = fulltext.iter().map(|c| c.score).fold(0.0f32, f32::max);
-    for (rank, candidate) in fulltext.iter().enumerate() {
-        let entry = by_id.entry(candidate.chunk_id).or_insert(Fused {
-            chunk_id: candidate.chunk_id,
-            score: 0.0,
-            fulltext: None,
-            vector: None,
-        });
-        entry.fulltext = Some(RetrieverScore { score: candidate.score, rank: rank + 1 });
-    }
-    for (rank, candidate) in vector.iter().enumerate() {
-        let entry = by_id.entry(candidate.chunk_id).or_insert(Fused {
-            chunk_id: candidate.chunk_id,
-            score: 0.0,
-            fulltext: None,
-            vector: None,
-        });
-        entry.vector = Some(RetrieverScore { score: candidate.score, rank: rank + 1 });
+    for (list, from_text) in [(fulltext, true), (vector, false)] {
+        for (rank, candidate) in list.iter().enumerate() {
+            let entry = by_id.entry(candidate.chunk_id).or_insert(Fused {
+                chunk_id: candidate.chunk_id,
+                score: 0.0,
+                fulltext: None,
+                vector: None,
+            });
+            let seen = Some(RetrieverScore { score: candidate.score, rank: rank + 1 });
+            if from_text {
+                entry.fulltext = seen;
+            } else {
+                entry.vector = seen;
+            }
+        }
     }
     let (alpha, text_weight) = match request.mode {
         SearchMode::Hybrid => (request.alpha, 1.0 - request.alpha),
