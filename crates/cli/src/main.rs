@@ -7,6 +7,7 @@ mod config_cmd;
 mod doctor;
 mod knowledge_bench;
 mod knowledge_cmd;
+mod llm_cmd;
 mod mcp_cmd;
 mod node;
 mod reference;
@@ -74,6 +75,7 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
         Command::Search(command) => runtime()?.block_on(knowledge_cmd::search(&cli.global, command)),
         Command::Graph(command) => runtime()?.block_on(knowledge_cmd::graph(&cli.global, command)),
         Command::Eval(command) => runtime()?.block_on(knowledge_cmd::eval(&cli.global, command)),
+        Command::Llm(command) => runtime()?.block_on(llm_cmd::run(&cli.global, command)),
     }
 }
 

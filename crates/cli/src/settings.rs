@@ -14,7 +14,8 @@ pub fn init_logging(global: &Global) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = match &global.log {
         Some(filter) => EnvFilter::try_new(filter).with_context(|| format!("invalid --log filter {filter:?}"))?,
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,rmcp=warn")),
+        None => EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,rmcp=warn,llama-cpp-2=warn,llama_cpp_2=error")),
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match global.log_format {

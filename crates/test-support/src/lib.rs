@@ -200,3 +200,54 @@ pub fn start_everything_ws_on(port: u16) -> ServerProcess {
         .args(["--port", &port.to_string(), "--logLevel", "none"]);
     spawn(command, port)
 }
+
+/// The local LLM installed by `scripts/models install` (SmolLM2-135M-Instruct, GGUF), or
+/// `COGO_LLM_MODEL`.
+pub fn llm_model() -> std::path::PathBuf {
+    let path = std::env::var("COGO_LLM_MODEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| models_dir().join("SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert!(path.is_file(), "the local LLM is not installed at {}: run scripts/models install", path.display());
+    path
+}
+
+/// The python of the virtualenv `scripts/llm-server install` made (`COGO_LLM_SERVER_PYTHON`, or
+/// the default place under the repository's `target/`).
+pub fn llm_server_python() -> std::path::PathBuf {
+    std::env::var("COGO_LLM_SERVER_PYTHON").map(std::path::PathBuf::from).unwrap_or_else(|_| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/venvs/llama-cpp-python-0.3.36/bin/python")
+    })
+}
+
+/// llama-cpp-python's OpenAI-compatible server (installed by `scripts/llm-server install`)
+/// serving the local LLM at `http://127.0.0.1:PORT/v1`, with tool calls (ChatML function
+/// calling). Waits until it answers.
+pub fn start_openai_compatible_server() -> ServerProcess {
+    let port = free_port();
+    let python = llm_server_python();
+    assert!(
+        python.is_file(),
+        "llama-cpp-python's server is not installed at {}: run scripts/llm-server install",
+        python.display()
+    );
+    let mut command = std::process::Command::new(python);
+    command
+        .args(["-m", "llama_cpp.server", "--model"])
+        .arg(llm_model())
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--n_ctx", "2048", "--n_threads", "1"])
+        .args(["--chat_format", "chatml-function-calling", "--model_alias", "smollm2"]);
+    command.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let child = command.spawn().expect("starting llama-cpp-python's server (run scripts/llm-server install)");
+    let mut server = ServerProcess { child, port };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        if let Ok(Some(status)) = server.child.try_wait() {
+            panic!("llama-cpp-python's server exited with {status}: run scripts/llm-server install");
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return server;
+        }
+        assert!(std::time::Instant::now() < deadline, "llama-cpp-python's server did not listen within 90 s");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -25,7 +25,7 @@ fn help_describes_every_subcommand() {
     let help = text(&cogo(&["--help"]));
     for command in [
         "up", "serve", "worker", "config", "policy", "doctor", "migrate", "enqueue", "messages", "dlq", "events",
-        "agents", "bench",
+        "agents", "bench", "llm",
     ] {
         assert!(help.contains(&format!("  {command} ")), "cogo --help lacks {command}");
         let sub = cogo(&[command, "--help"]);
@@ -279,6 +279,7 @@ fn crate_boundaries_hold() {
         ("cli", &["rmcp", "sqlx"]),
         ("test-support", &["axum", "clap", "anyhow"]),
         ("secrets", &["axum", "rmcp", "clap", "anyhow", "server", "worker", "mcp", "sqlx"]),
+        ("llm", &["axum", "rmcp", "clap", "anyhow", "store", "server", "worker", "mcp", "sqlx", "knowledge"]),
     ];
     for (krate, banned) in forbidden {
         let actual = deps(krate);
@@ -523,4 +524,54 @@ fn the_api_serves_https_with_the_given_certificate() {
     ]);
     assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
     assert!(text(&missing).contains("TLS certificate /nonexistent/cert.pem"), "{}", text(&missing));
+}
+
+fn with_models(command: &mut Command) -> &mut Command {
+    let models = std::env::var("COGO_MODELS_DIR").unwrap_or_else(|_| repo().join(".cogo/models").display().to_string());
+    command.env("COGO_MODELS_DIR", models).env_remove("COGO_LLM_MODEL").env_remove("COGO_LLM_PROVIDER")
+}
+
+#[test]
+fn llm_chat_streams_text_and_answers_json_of_a_schema() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cogo"));
+    with_models(&mut command).args(["llm", "chat", "Name a colour.", "--max-tokens", "12"]);
+    let output = command.output().expect("running cogo");
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(!String::from_utf8_lossy(&output.stdout).trim().is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("local SmolLM2-135M-Instruct.Q4_1") && stderr.contains("generated tokens"), "{stderr}");
+
+    let schema = r#"{"type":"object","properties":{"ok":{"type":"boolean"},"why":{"type":"string","maxLength":60}},"required":["ok","why"],"additionalProperties":false}"#;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cogo"));
+    with_models(&mut command).args(["llm", "chat", "Is water wet?", "--schema", schema]);
+    let output = command.output().expect("running cogo");
+    assert!(output.status.success(), "{}", text(&output));
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    assert!(value["ok"].is_boolean() && value["why"].is_string(), "{value}");
+}
+
+#[test]
+fn llm_errors_say_what_to_do() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cogo"));
+    command.args(["llm", "chat", "hi", "--models-dir"]).arg(dir.path()).env_remove("COGO_LLM_MODEL");
+    let output = command.output().expect("running cogo");
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(text(&output).contains("scripts/models install"), "{}", text(&output));
+
+    let output = cogo(&["llm", "chat", "hi", "--llm-provider", "openai"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output).contains("--llm-url"), "{}", text(&output));
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cogo"));
+    with_models(&mut command).args(["llm", "chat", "hi", "--schema", "{not json"]);
+    let output = command.output().expect("running cogo");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output).contains("--schema is not JSON"), "{}", text(&output));
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cogo"));
+    with_models(&mut command).args(["llm", "chat", "hi", "--temperature", "9"]);
+    let output = command.output().expect("running cogo");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output).contains("temperature"), "{}", text(&output));
 }
