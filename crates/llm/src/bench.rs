@@ -62,8 +62,9 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
-fn long_prompt() -> String {
-    let mut text = String::from("Summarise these notes in one sentence.\n");
+/// Every timed prompt starts differently, so no provider can answer it from a cache of the last one.
+fn long_prompt(run: usize) -> String {
+    let mut text = format!("Request {run}. Summarise these notes in one sentence.\n");
     let notes = samples::GOALS.iter().chain(samples::STEPS.iter());
     for (i, note) in notes.cycle().take(60).enumerate() {
         text.push_str(&format!("{i}. {note}.\n"));
@@ -74,12 +75,16 @@ fn long_prompt() -> String {
 /// Runs the benchmark against `client`; `progress` hears what is running.
 pub async fn run(client: &dyn LlmClient, options: BenchOptions, progress: &dyn Fn(&str)) -> Result<BenchReport, Error> {
     let runs = options.runs.max(1);
-    let short = || ChatRequest::new(vec![Message::user("Write a short story about a robot who learns to paint.")]);
+    let short = |run: usize| {
+        ChatRequest::new(vec![Message::user(format!(
+            "Request {run}. Write a short story about a robot who learns to paint."
+        ))])
+    };
 
     progress("prompt processing");
     let mut prompt_rates = Vec::new();
-    for _ in 0..runs {
-        let mut request = ChatRequest::new(vec![Message::user(long_prompt())]);
+    for run in 0..runs {
+        let mut request = ChatRequest::new(vec![Message::user(long_prompt(run))]);
         request.max_tokens = 1;
         let response = client.chat(request).await?;
         prompt_rates.push(response.usage.prompt_tokens as f64 / (response.latency_ms / 1000.0));
@@ -88,15 +93,15 @@ pub async fn run(client: &dyn LlmClient, options: BenchOptions, progress: &dyn F
     progress("time to first token");
     let mut first_tokens = Vec::new();
     let mut prefill = Vec::new();
-    for _ in 0..runs {
+    for run in 0..runs {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-        let mut request = short();
+        let mut request = short(100 + run);
         request.max_tokens = 8;
         let response = client.chat_stream(request, tx).await?;
         let _ = drain.await;
         first_tokens.push(response.first_token_ms.unwrap_or(response.latency_ms));
-        let mut request = short();
+        let mut request = short(200 + run);
         request.max_tokens = 1;
         prefill.push(client.chat(request).await?.latency_ms);
     }
@@ -104,8 +109,8 @@ pub async fn run(client: &dyn LlmClient, options: BenchOptions, progress: &dyn F
 
     progress("generation");
     let mut generation_rates = Vec::new();
-    for _ in 0..runs {
-        let mut request = short();
+    for run in 0..runs {
+        let mut request = short(300 + run);
         request.max_tokens = 128;
         let response = client.chat(request).await?;
         let generated = response.usage.completion_tokens.saturating_sub(1) as f64;

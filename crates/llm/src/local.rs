@@ -20,6 +20,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
@@ -230,15 +231,19 @@ fn serve(
     if ready.send(Ok(info)).is_err() {
         return;
     }
-    // one request at a time, in arrival order, until every handle is dropped
+    // one request at a time, in arrival order, until every handle is dropped; `cached` holds the
+    // tokens in the KV cache, so a prompt that starts like the last one (the same system prompt,
+    // a conversation that goes on) only reads its new part
+    let mut cached = Vec::new();
     while let Ok(job) = queue.recv() {
         if job.reply.is_closed() {
             continue; // cancelled while it waited
         }
-        let result = generate(&model, &mut ctx, &template, batch_size, &job).map_err(|failure| match failure {
-            Failure::Invalid(reason) => Error::Invalid(reason),
-            Failure::Failed(reason) => model_error(path, reason),
-        });
+        let result =
+            generate(&model, &mut ctx, &template, batch_size, &job, &mut cached).map_err(|failure| match failure {
+                Failure::Invalid(reason) => Error::Invalid(reason),
+                Failure::Failed(reason) => model_error(path, reason),
+            });
         let _ = job.reply.send(result);
     }
 }
@@ -281,6 +286,7 @@ fn generate(
     template: &LlamaChatTemplate,
     batch_size: usize,
     job: &Job,
+    cached: &mut Vec<LlamaToken>,
 ) -> Result<Generation, Failure> {
     let chat = job
         .messages
@@ -324,16 +330,26 @@ fn generate(
         }
         LlamaSampler::chain_simple(chain)
     };
-    ctx.clear_kv_cache();
+    // keep the longest prefix shared with what the cache holds (the last prompt token is read
+    // again: its logits start the answer)
+    let mut reuse = cached.iter().zip(&tokens).take_while(|(a, b)| a == b).count().min(tokens.len() - 1);
+    let kept = reuse > 0
+        && u32::try_from(reuse).is_ok_and(|from| ctx.clear_kv_cache_seq(Some(0), Some(from), None).unwrap_or(false));
+    if !kept {
+        ctx.clear_kv_cache();
+        reuse = 0;
+    }
+    cached.clear(); // refilled only when this generation completes
+    let mut seen = tokens.clone();
     let mut batch = LlamaBatch::new(batch_size, 1);
     let last = tokens.len() - 1;
-    for (chunk_index, chunk) in tokens.chunks(batch_size).enumerate() {
+    for (chunk_index, chunk) in tokens[reuse..].chunks(batch_size).enumerate() {
         if job.reply.is_closed() {
             return Err(Failure::Failed("cancelled".into()));
         }
         batch.clear();
         for (offset, token) in chunk.iter().enumerate() {
-            let position = chunk_index * batch_size + offset;
+            let position = reuse + chunk_index * batch_size + offset;
             batch
                 .add(*token, i32::try_from(position).unwrap_or(i32::MAX), &[0], position == last)
                 .map_err(|err| format!("batching the prompt: {err}"))?;
@@ -365,10 +381,12 @@ fn generate(
             .add(token, i32::try_from(position).unwrap_or(i32::MAX), &[0], true)
             .map_err(|err| format!("batching a token: {err}"))?;
         ctx.decode(&mut batch).map_err(|err| format!("generating: {err}"))?;
+        seen.push(token);
     }
     if !pending.is_empty() {
         text.push_str(&String::from_utf8_lossy(&pending));
     }
+    *cached = seen;
     Ok(Generation { text, prompt_tokens: tokens.len() as u64, completion_tokens, finish, first_token_ms })
 }
 

@@ -26,9 +26,16 @@ async fn chats_and_counts_tokens() {
     assert!(response.usage.completion_tokens > 0 && response.usage.completion_tokens <= 40);
     assert!(response.first_token_ms.is_some());
     assert_eq!(response.prompt_hash, request.prompt_hash());
-    // temperature 0 is deterministic: the same question gets the same answer
-    let again = client.chat(request).await.expect("no error");
+    // temperature 0 is deterministic: the same question gets the same answer, whether the prompt
+    // is read afresh or partly reused from the KV cache (same prefix, then a different question)
+    let again = client.chat(request.clone()).await.expect("no error");
     assert_eq!(again.content, response.content);
+    let mut other = request.clone();
+    other.messages[1] = Message::user("What is the capital of Italy?");
+    let other = client.chat(other).await.expect("no error");
+    assert_ne!(other.content, response.content);
+    let third = client.chat(request).await.expect("no error");
+    assert_eq!(third.content, response.content);
 }
 
 #[tokio::test]
