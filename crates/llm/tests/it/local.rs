@@ -223,3 +223,32 @@ fn one_load_per_path() {
     assert!(std::ptr::eq(a.info(), b.info()));
     assert!(a.info().params > 100_000_000 && a.info().params < 200_000_000, "{:?}", a.info());
 }
+
+#[tokio::test]
+async fn every_call_is_counted_with_its_tokens_and_latency() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    // the test runs on one thread (current-thread runtime), where this recorder is installed
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let client = client();
+    let mut request = ChatRequest::new(vec![Message::user("Say hello.")]);
+    request.max_tokens = 8;
+    let response = client.chat(request).await.expect("no error");
+    let failed = client.chat(ChatRequest::new(vec![Message::user("word ".repeat(6_000))])).await;
+    assert!(failed.is_err());
+    let text = handle.render();
+    let model = "SmolLM2-135M-Instruct.Q4_1";
+    let line = |name: &str, labels: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && labels.split(',').all(|label| l.contains(label)))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} with {labels} in:\n{text}"))
+    };
+    let ok = format!("provider=\"local\",model=\"{model}\",outcome=\"ok\"");
+    assert_eq!(line("cogo_llm_calls_total", &ok), 1.0);
+    assert_eq!(line("cogo_llm_calls_total", "outcome=\"invalid_input\""), 1.0);
+    assert_eq!(line("cogo_llm_tokens_total", "direction=\"in\""), response.usage.prompt_tokens as f64);
+    assert_eq!(line("cogo_llm_tokens_total", "direction=\"out\""), response.usage.completion_tokens as f64);
+    assert!(text.contains("cogo_llm_latency_ms"), "{text}");
+}
