@@ -45,16 +45,18 @@ fn openai(url: &str, args: &LlmArgs) -> anyhow::Result<llm::openai::OpenAiProvid
     llm::openai::OpenAiProvider::new(config).map_err(usage)
 }
 
+/// The endpoint of `--llm-provider openai`, or the usage error that asks for it.
+fn configured_url(args: &LlmArgs) -> anyhow::Result<&str> {
+    args.url
+        .as_deref()
+        .ok_or_else(|| ExitWith(2, "error: --llm-provider openai needs --llm-url (or COGO_LLM_URL)".into()).into())
+}
+
 /// The configured provider, guarded by the policies of `configs/`.
 pub async fn client(global: &Global, args: &LlmArgs) -> anyhow::Result<Arc<dyn LlmClient>> {
     let provider: Arc<dyn llm::Provider> = match args.provider {
         LlmProviderKind::Local => Arc::new(load_local(local_model_path(global, args), args).await?),
-        LlmProviderKind::Openai => {
-            let Some(url) = &args.url else {
-                return Err(ExitWith(2, "error: --llm-provider openai needs --llm-url (or COGO_LLM_URL)".into()).into());
-            };
-            Arc::new(openai(url, args)?)
-        }
+        LlmProviderKind::Openai => Arc::new(openai(configured_url(args)?, args)?),
     };
     Ok(Arc::new(guard(global, provider)?))
 }
@@ -165,12 +167,7 @@ async fn bench(global: &Global, args: LlmBenchArgs) -> anyhow::Result<()> {
                 eprintln!("loading {}", path.display());
                 Arc::new(load_local(path, &args.llm).await?)
             }
-            None => {
-                let url = args.llm.url.as_deref().ok_or_else(|| {
-                    ExitWith(2, "error: --llm-provider openai needs --llm-url (or COGO_LLM_URL)".into())
-                })?;
-                Arc::new(openai(url, &args.llm)?)
-            }
+            None => Arc::new(openai(configured_url(&args.llm)?, &args.llm)?),
         };
         let load_ms = loading.elapsed().as_secs_f64() * 1000.0;
         eprintln!("measuring {kind} {}", provider.model());

@@ -239,10 +239,10 @@ impl OpenAiProvider {
                 body.drain(..consumed);
                 if !parser.pending_text.is_empty() {
                     first_token_ms.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1000.0);
+                    let text = std::mem::take(&mut parser.pending_text);
                     if let Some(deltas) = &deltas {
-                        let _ = deltas.send(std::mem::take(&mut parser.pending_text));
+                        let _ = deltas.send(text);
                     }
-                    parser.pending_text.clear();
                 }
             }
         }
