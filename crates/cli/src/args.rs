@@ -108,9 +108,24 @@ pub enum Command {
     /// Walk the knowledge graph: neighbours, paths, typed patterns.
     #[command(subcommand)]
     Graph(GraphCommand),
-    /// Evaluate retrieval quality.
+    /// Evaluate retrieval quality or the orchestrator on the goal suite.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Give the orchestrator a goal and follow it to the end (exit code: 0 achieved, 1 failed or
+    /// cancelled, 4 waiting for an approval).
+    Run(RunArgs),
+    /// Goals: list, show, approve or reject a waiting step, cancel.
+    #[command(subcommand)]
+    Goals(GoalsCommand),
+    /// Re-run the orchestrator on a finished trace against its recorded tool results and model
+    /// answers, and compare the decisions (exit code 1 when they differ).
+    Replay {
+        /// Trace id (32 lower-case hex digits).
+        trace_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask the configured LLM (local GGUF model or OpenAI-compatible endpoint), or measure it.
     #[command(subcommand)]
     Llm(LlmCommand),
@@ -376,6 +391,9 @@ pub enum EvalCommand {
     /// Recall@10, nDCG@10 and MRR of full-text, vector and hybrid search on a BEIR-format dataset,
     /// indexed into a scratch database.
     Retrieval(EvalRetrievalArgs),
+    /// Run the goal suite end to end (the example MCP servers, the configured model, a scratch
+    /// data dir) and print success rate, steps, replans and time per goal.
+    Goals(EvalGoalsArgs),
 }
 
 /// Options of `eval retrieval`.
@@ -499,12 +517,16 @@ pub struct ServeArgs {
     /// Example MCP servers (up only).
     #[command(flatten)]
     pub examples: ExamplesArgs,
+    /// The LLM of the orchestrator, research and codegen roles (up only).
+    #[command(flatten)]
+    pub llm: LlmArgs,
 }
 
 /// Options of `worker`.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
-    /// Roles to run, comma-separated (available: gateway, noop).
+    /// Roles to run, comma-separated (available: gateway, indexing, graphrag, orchestrator,
+    /// execution, research, codegen, noop).
     #[arg(long, env = "COGO_ROLES", value_delimiter = ',', required = true)]
     pub roles: Vec<String>,
     /// Shards to serve besides the unsharded queue.
@@ -516,6 +538,110 @@ pub struct WorkerArgs {
     /// Serve /metrics, /healthz and /readyz on this address.
     #[arg(long, env = "COGO_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Lease of claimed messages in milliseconds; a process that dies holds its work this long.
+    #[arg(long, env = "COGO_LEASE_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1_000..=3_600_000))]
+    pub lease_ms: u64,
+    /// The LLM of the orchestrator, research and codegen roles.
+    #[command(flatten)]
+    pub llm: LlmArgs,
+}
+
+/// Options of `run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// What to achieve, in plain words.
+    pub goal: String,
+    /// Tenant that owns the goal.
+    #[arg(long, default_value = model::message::DEFAULT_TENANT)]
+    pub tenant: String,
+    /// Most steps dispatched over all plans (default from agent_policy.json).
+    #[arg(long)]
+    pub max_steps: Option<u32>,
+    /// Most replans (default from agent_policy.json).
+    #[arg(long)]
+    pub max_replans: Option<u32>,
+    /// Most seconds (default from agent_policy.json).
+    #[arg(long)]
+    pub max_seconds: Option<u64>,
+    /// Start the example MCP servers (browser, figma, everything) for this run.
+    #[arg(long)]
+    pub examples: bool,
+    /// Example MCP servers (with --examples).
+    #[command(flatten)]
+    pub example_ports: ExamplesArgs,
+    /// Print the final goal as JSON instead of the story.
+    #[arg(long)]
+    pub json: bool,
+    /// The LLM.
+    #[command(flatten)]
+    pub llm: LlmArgs,
+}
+
+/// `goals` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum GoalsCommand {
+    /// List goals, newest first.
+    List {
+        /// Only this status (queued, running, awaiting_approval, succeeded, failed, cancelled).
+        #[arg(long)]
+        status: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one goal: status, plan, steps, approvals, answer.
+    Show {
+        /// Goal id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a step that waits for an operator (the goal resumes).
+    Approve {
+        /// Goal id.
+        id: String,
+        /// Step key (`r1.s2`, from `cogo goals show`).
+        step: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Reject a step that waits for an operator (the goal fails).
+    Reject {
+        /// Goal id.
+        id: String,
+        /// Step key (`r1.s2`).
+        step: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Cancel a goal that has not ended.
+    Cancel {
+        /// Goal id.
+        id: String,
+    },
+}
+
+/// Options of `eval goals`.
+#[derive(Debug, Clone, Args)]
+pub struct EvalGoalsArgs {
+    /// The goal suite (JSON).
+    #[arg(long, default_value = "eval/goals/suite.json")]
+    pub suite: PathBuf,
+    /// Only goals whose id contains this.
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Print one JSON object with `success_rate` and a row per goal.
+    #[arg(long)]
+    pub json: bool,
+    /// The LLM.
+    #[command(flatten)]
+    pub llm: LlmArgs,
 }
 
 #[derive(Debug, Subcommand)]

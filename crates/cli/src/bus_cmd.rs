@@ -237,18 +237,51 @@ pub async fn trace(global: &Global, trace_id: &str, json: bool) -> anyhow::Resul
             &PageRequest::first(1000),
         )
         .await?;
+    let goal = store
+        .goals(&store::goals::GoalFilter { trace_id: Some(trace_id.to_owned()), limit: 1, ..Default::default() })
+        .await?
+        .into_iter()
+        .next();
     store.close().await;
-    if events.is_empty() && messages.items.is_empty() {
+    // the orchestrator's decisions, interleaved with the events by time
+    let decisions = agent::DecisionLog::new(&global.data_dir).read(trace_id).unwrap_or_else(|err| {
+        tracing::warn!(error = %err, "decision records not read");
+        Vec::new()
+    });
+    if events.is_empty() && messages.items.is_empty() && decisions.is_empty() {
         return Err(ExitWith(1, format!("error: nothing recorded for trace {trace_id}")).into());
     }
     let mut out = std::io::stdout().lock();
     if json {
+        let mut lines: Vec<(chrono::DateTime<chrono::Utc>, String)> = Vec::new();
         for event in &events {
-            writeln!(out, "{}", serde_json::to_string(event)?)?;
+            lines.push((event.created_at, serde_json::to_string(&serde_json::json!({"event": event}))?));
+        }
+        for decision in &decisions {
+            lines.push((decision.at, serde_json::to_string(&serde_json::json!({"decision": decision}))?));
+        }
+        lines.sort_by_key(|(at, _)| *at);
+        for (_, line) in lines {
+            writeln!(out, "{line}")?;
         }
         return Ok(());
     }
-    writeln!(out, "trace {trace_id}: {} message(s), {} event(s)", messages.items.len(), events.len())?;
+    writeln!(
+        out,
+        "trace {trace_id}: {} message(s), {} event(s), {} decision(s)",
+        messages.items.len(),
+        events.len(),
+        decisions.len()
+    )?;
+    if let Some(goal) = &goal {
+        writeln!(out, "  goal {} {}: {}", goal.id, goal.status, goal.goal)?;
+        if let Some(answer) = &goal.answer {
+            writeln!(out, "  answer: {answer}")?;
+        }
+        if let Some(error) = &goal.error {
+            writeln!(out, "  error: {error}")?;
+        }
+    }
     for m in messages.items.iter().rev() {
         writeln!(
             out,
@@ -263,13 +296,20 @@ pub async fn trace(global: &Global, trace_id: &str, json: bool) -> anyhow::Resul
             m.last_error.as_deref().map(|e| format!(" last error: {e}")).unwrap_or_default()
         )?;
     }
-    let start = events.first().map(|e| e.created_at);
+    let mut lines: Vec<(chrono::DateTime<chrono::Utc>, String)> = Vec::new();
     for event in &events {
-        let offset =
-            start.map(|s| (event.created_at - s).num_microseconds().unwrap_or(0) as f64 / 1000.0).unwrap_or(0.0);
         let message = event.message_id.map(|id| id.to_string()).unwrap_or_default();
         let reason = event.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
-        writeln!(out, "  +{offset:>10.3} ms  {:<28} {message}{reason}", event.event_type)?;
+        lines.push((event.created_at, format!("{:<28} {message}{reason}", event.event_type)));
+    }
+    for decision in &decisions {
+        lines.push((decision.at, format!("decision {:>3} {}", decision.n, crate::goal_cmd::describe(decision))));
+    }
+    lines.sort_by_key(|(at, _)| *at);
+    let start = lines.first().map(|(at, _)| *at);
+    for (at, line) in &lines {
+        let offset = start.map(|s| (*at - s).num_microseconds().unwrap_or(0) as f64 / 1000.0).unwrap_or(0.0);
+        writeln!(out, "  +{offset:>10.3} ms  {line}")?;
     }
     Ok(())
 }

@@ -346,7 +346,10 @@ pub async fn graph(global: &Global, command: GraphCommand) -> anyhow::Result<()>
 }
 
 pub async fn eval(global: &Global, command: EvalCommand) -> anyhow::Result<()> {
-    let EvalCommand::Retrieval(args) = command;
+    let args = match command {
+        EvalCommand::Retrieval(args) => args,
+        EvalCommand::Goals(args) => return crate::goal_cmd::eval_goals(global, args).await,
+    };
     let dataset = knowledge::eval::Dataset::load(&args.dataset).map_err(knowledge_error)?;
     let embedder = embedder(global, &args.embedding)?;
     let scratch = crate::bench::scratch_database(global, args.backend, crate::bench::PGVECTOR_ADMIN).await?;

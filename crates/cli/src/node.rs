@@ -13,12 +13,14 @@ use crate::args::{Global, ServeArgs, WorkerArgs};
 use crate::settings::{database_url, load_configs_or_exit, open_store};
 
 /// A role this binary can run: its queue and its handler.
-struct Role {
-    name: &'static str,
+pub(crate) struct Role {
+    pub(crate) name: &'static str,
     service: &'static str,
     role: &'static str,
-    /// The handler, or `None` when what it needs is missing (the embedding model).
-    handler: fn(&RoleContext) -> Option<Arc<dyn worker::Handler>>,
+    /// The role needs the LLM.
+    needs_llm: bool,
+    /// The handler, or why it cannot run here (a missing model).
+    handler: fn(&RoleContext) -> Result<Arc<dyn worker::Handler>, String>,
 }
 
 /// What role handlers are built from.
@@ -27,38 +29,113 @@ struct RoleContext {
     store: store::Store,
     /// The embedder, when the model is installed (the knowledge roles need it).
     embedder: Option<Arc<dyn knowledge::Embedder>>,
+    /// The LLM, when a role needs it and it loaded (or why not).
+    llm: Result<Arc<dyn llm::LlmClient>, String>,
+    /// agent_policy.json.
+    policy: Arc<model::config::AgentPolicy>,
+    data_dir: std::path::PathBuf,
+}
+
+const NO_EMBEDDER: &str = "it needs the embedding model (scripts/models install)";
+
+impl RoleContext {
+    fn embedder(&self) -> Result<Arc<dyn knowledge::Embedder>, String> {
+        self.embedder.clone().ok_or_else(|| NO_EMBEDDER.to_owned())
+    }
+
+    fn llm(&self) -> Result<Arc<dyn llm::LlmClient>, String> {
+        self.llm.clone()
+    }
+
+    fn orchestrator(&self) -> Result<Arc<agent::Orchestrator>, String> {
+        let env = Arc::new(agent::bus::BusEnvironment::new(
+            self.store.clone(),
+            Some(self.gateway.clone()),
+            self.policy.clone(),
+            self.embedder.clone(),
+        ));
+        Ok(Arc::new(agent::Orchestrator::new(
+            self.llm()?,
+            env,
+            self.policy.clone(),
+            agent::DecisionLog::new(&self.data_dir),
+            self.embedder.clone(),
+        )))
+    }
 }
 
 /// Every role available in this build.
-const ROLES: &[Role] = &[
-    Role { name: "noop", service: "bus", role: "noop", handler: |_| Some(Arc::new(worker::NoopHandler)) },
+pub(crate) const ROLES: &[Role] = &[
+    Role {
+        name: "noop",
+        service: "bus",
+        role: "noop",
+        needs_llm: false,
+        handler: |_| Ok(Arc::new(worker::NoopHandler)),
+    },
     Role {
         name: "gateway",
         service: "mcp",
         role: "gateway",
+        needs_llm: false,
         handler: |ctx| {
-            Some(Arc::new(mcp::GatewayHandler::new(ctx.gateway.clone(), model::message::DEFAULT_MAX_RESULT_BYTES / 2)))
+            Ok(Arc::new(mcp::GatewayHandler::new(ctx.gateway.clone(), model::message::DEFAULT_MAX_RESULT_BYTES / 2)))
         },
     },
     Role {
         name: "indexing",
         service: "knowledge",
         role: "indexing",
-        handler: |ctx| {
-            let embedder = ctx.embedder.clone()?;
-            Some(Arc::new(knowledge::roles::IndexingHandler::new(ctx.store.clone(), embedder)))
-        },
+        needs_llm: false,
+        handler: |ctx| Ok(Arc::new(knowledge::roles::IndexingHandler::new(ctx.store.clone(), ctx.embedder()?))),
     },
     Role {
         name: "graphrag",
         service: "knowledge",
         role: "graphrag",
+        needs_llm: false,
+        handler: |ctx| Ok(Arc::new(knowledge::roles::GraphRagHandler::new(ctx.store.clone(), ctx.embedder()?))),
+    },
+    Role {
+        name: "orchestrator",
+        service: agent::ORCHESTRATOR.0,
+        role: agent::ORCHESTRATOR.1,
+        needs_llm: true,
+        handler: |ctx| Ok(Arc::new(agent::OrchestratorHandler::new(ctx.orchestrator()?))),
+    },
+    Role {
+        name: "execution",
+        service: agent::EXECUTION.0,
+        role: agent::EXECUTION.1,
+        needs_llm: false,
+        handler: |ctx| Ok(Arc::new(agent::roles::execution::ExecutionHandler::new(ctx.policy.clone()))),
+    },
+    Role {
+        name: "research",
+        service: agent::RESEARCH.0,
+        role: agent::RESEARCH.1,
+        needs_llm: true,
         handler: |ctx| {
-            let embedder = ctx.embedder.clone()?;
-            Some(Arc::new(knowledge::roles::GraphRagHandler::new(ctx.store.clone(), embedder)))
+            Ok(Arc::new(agent::roles::research::ResearchHandler::new(ctx.store.clone(), ctx.embedder()?, ctx.llm()?)))
+        },
+    },
+    Role {
+        name: "codegen",
+        service: agent::CODEGEN.0,
+        role: agent::CODEGEN.1,
+        needs_llm: true,
+        handler: |ctx| {
+            Ok(Arc::new(agent::roles::codegen::CodegenHandler::new(
+                ctx.llm()?,
+                ctx.policy.clone(),
+                ctx.data_dir.clone(),
+            )))
         },
     },
 ];
+
+/// Lease of claimed messages unless a worker sets its own.
+pub(crate) const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Installs the Prometheus recorder once per process and returns its renderer.
 pub fn metrics_render() -> anyhow::Result<server::MetricsRender> {
@@ -96,14 +173,14 @@ fn host_name() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-struct Node {
-    store: store::Store,
+pub(crate) struct Node {
+    pub(crate) store: store::Store,
     policies: Arc<resilience::Policies>,
     /// The process's MCP gateway: one session per toolset, shared by the gateway role and the API.
     gateway: Arc<mcp::Gateway>,
-    agent_id: String,
+    pub(crate) agent_id: String,
     /// The embedding model, when installed.
-    embedder: Option<Arc<dyn knowledge::Embedder>>,
+    pub(crate) embedder: Option<Arc<dyn knowledge::Embedder>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     /// Records circuit transitions; ends once the gateway (holding the breakers) is gone.
@@ -116,13 +193,27 @@ mod notify_guard {
     pub struct Guard(#[allow(dead_code)] pub Box<dyn std::any::Any + Send>);
 }
 
-async fn start_node(
+/// How a node runs its roles.
+pub(crate) struct NodeOptions<'a> {
+    pub(crate) concurrency: usize,
+    pub(crate) shards: &'a [String],
+    /// The LLM for the roles that need one.
+    pub(crate) llm: Option<&'a crate::args::LlmArgs>,
+    /// An LLM already loaded (instead of loading one from `llm`).
+    pub(crate) llm_client: Option<Arc<dyn llm::LlmClient>>,
+    /// Lease of claimed messages.
+    pub(crate) lease: std::time::Duration,
+    /// Toolsets that replace mcp.json's of the same name (example servers started by the command).
+    pub(crate) toolsets: std::collections::BTreeMap<String, model::config::mcp::Toolset>,
+}
+
+pub(crate) async fn start_node(
     global: &Global,
     service: &str,
     roles: &[&Role],
-    concurrency: usize,
-    shards: &[String],
+    options: NodeOptions<'_>,
 ) -> anyhow::Result<Node> {
+    let NodeOptions { concurrency, shards, llm: llm_args, llm_client, lease, toolsets: extra_toolsets } = options;
     let configs = load_configs_or_exit(&global.config_dir)?;
     let store = open_store(global).await?;
     let policies = Arc::new(resilience::Policies::new(&configs.retry, &configs.breaker));
@@ -162,24 +253,44 @@ async fn start_node(
     let breakers = Arc::new(resilience::Breakers::new(policies.clone(), Some(transitions)));
     let instance = agent_id.rsplit('-').next().unwrap_or("0");
     let opened = crate::secrets_cmd::open_all(global, &store).await?;
-    let toolsets = crate::secrets_cmd::with_secret_env(configs.mcp.toolsets.clone(), &opened);
+    let mut toolsets = configs.mcp.toolsets.clone();
+    toolsets.extend(extra_toolsets);
+    let toolsets = crate::secrets_cmd::with_secret_env(toolsets, &opened);
     let gateway = Arc::new(
         mcp::Gateway::new(toolsets, breakers, global.data_dir.clone(), instance)
             .with_scrubbed_values(opened.iter().map(|(_, value)| value.to_string())),
     );
     drop(opened);
     let embedder = load_embedder(global);
-    let role_context = RoleContext { gateway: gateway.clone(), store: store.clone(), embedder: embedder.clone() };
+    let llm = match (llm_client, llm_args) {
+        (Some(client), _) => Ok(client),
+        (None, Some(args)) if roles.iter().any(|r| r.needs_llm) => {
+            crate::llm_cmd::client(global, args).await.map_err(|err| format!("the LLM did not load: {err:#}"))
+        }
+        (None, _) => Err("no LLM is configured for this process".to_owned()),
+    };
+    let role_context = RoleContext {
+        gateway: gateway.clone(),
+        store: store.clone(),
+        embedder: embedder.clone(),
+        llm,
+        policy: Arc::new(configs.agent.clone()),
+        data_dir: global.data_dir.clone(),
+    };
     let maintenance =
         worker::Maintenance::new(store.clone(), worker::MaintenanceConfig::default(), presence, retry.clone());
     tasks.push(tokio::spawn(maintenance.run(shutdown_rx.clone())));
     for role in roles {
-        let Some(handler) = (role.handler)(&role_context) else {
-            tracing::warn!(role = role.name, "role not started: it needs the embedding model (scripts/models install)");
-            continue;
+        let handler = match (role.handler)(&role_context) {
+            Ok(handler) => handler,
+            Err(why) => {
+                tracing::warn!(role = role.name, "role not started: {why}");
+                continue;
+            }
         };
         let mut config = worker::RuntimeConfig::new(role.service, role.role, &agent_id);
         config.concurrency = concurrency.max(1);
+        config.lease = lease;
         config.shards = shards.to_vec();
         let runtime = worker::Runtime::new(store.clone(), config, handler, retry.clone());
         tasks.push(tokio::spawn(runtime.run(shutdown_rx.clone())));
@@ -191,7 +302,7 @@ async fn start_node(
 
 /// The process's embedder (MiniLM from the models directory), shared by the knowledge roles and
 /// routes. Without it those answer 503 or do not start, and say how to install it; the rest runs.
-fn load_embedder(global: &Global) -> Option<Arc<dyn knowledge::Embedder>> {
+pub(crate) fn load_embedder(global: &Global) -> Option<Arc<dyn knowledge::Embedder>> {
     let dir = knowledge::embed::minilm_dir(&crate::knowledge_cmd::models_dir(global));
     match knowledge::MiniLm::load(&dir) {
         Ok(model) => Some(Arc::new(model)),
@@ -235,7 +346,7 @@ pub async fn wait_for_signal() {
     }
 }
 
-async fn stop(node: Node) {
+pub(crate) async fn stop(node: Node) {
     tracing::info!("stopping: no new work is claimed; in-flight work finishes or is released");
     let Node { store, gateway, shutdown, tasks, recorder, .. } = node;
     let _ = shutdown.send(true);
@@ -264,7 +375,15 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
     let examples =
         if mode == "embedded" && !args.no_examples { Some(start_examples(global, &args).await) } else { None };
     let address = listener.local_addr().context("reading the bound address")?;
-    let node = start_node(global, "cogo", &roles, args.concurrency, &[]).await?;
+    let options = NodeOptions {
+        concurrency: args.concurrency,
+        shards: &[],
+        llm: Some(&args.llm),
+        llm_client: None,
+        lease: DEFAULT_LEASE,
+        toolsets: Default::default(),
+    };
+    let node = start_node(global, "cogo", &roles, options).await?;
     let state = server::AppState {
         store: node.store.clone(),
         routes: Arc::new(configs.routes),
@@ -407,7 +526,15 @@ pub async fn worker(global: &Global, args: WorkerArgs) -> anyhow::Result<()> {
         roles.push(role);
     }
     let metrics = metrics_render()?;
-    let node = start_node(global, "worker", &roles, args.concurrency, &args.shards).await?;
+    let options = NodeOptions {
+        concurrency: args.concurrency,
+        shards: &args.shards,
+        llm: Some(&args.llm),
+        llm_client: None,
+        lease: std::time::Duration::from_millis(args.lease_ms),
+        toolsets: Default::default(),
+    };
+    let node = start_node(global, "worker", &roles, options).await?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,

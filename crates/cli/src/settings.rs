@@ -47,7 +47,7 @@ pub async fn open_store(global: &Global) -> anyhow::Result<store::Store> {
     Ok(store)
 }
 
-/// The four policy files, validated.
+/// The five policy files, validated.
 #[derive(Debug, Clone)]
 pub struct Configs {
     /// mcp.json.
@@ -58,6 +58,8 @@ pub struct Configs {
     pub breaker: BreakerFile,
     /// route_policies.json.
     pub routes: RoutePolicies,
+    /// agent_policy.json.
+    pub agent: model::config::AgentPolicy,
     /// Files that were missing and came from the seed defaults.
     pub from_seed: Vec<ConfigFile>,
 }
@@ -110,9 +112,10 @@ pub fn load_configs(dir: &Path) -> Result<Configs, Vec<ConfigError>> {
     let retry = typed::<RetryFile>(&texts[1], &mut errors);
     let breaker = typed::<BreakerFile>(&texts[2], &mut errors);
     let routes = typed::<RoutePolicies>(&texts[3], &mut errors);
-    match (mcp, retry, breaker, routes) {
-        (Some(mcp), Some(retry), Some(breaker), Some(routes)) if errors.is_empty() => {
-            Ok(Configs { mcp, retry, breaker, routes, from_seed })
+    let agent = typed::<model::config::AgentPolicy>(&texts[4], &mut errors);
+    match (mcp, retry, breaker, routes, agent) {
+        (Some(mcp), Some(retry), Some(breaker), Some(routes), Some(agent)) if errors.is_empty() => {
+            Ok(Configs { mcp, retry, breaker, routes, agent, from_seed })
         }
         _ => Err(errors),
     }

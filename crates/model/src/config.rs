@@ -5,6 +5,7 @@
 //! type, out-of-range value, bad URL) rejects it with errors naming the file, the key path and the
 //! problem; callers keep their last good configuration.
 
+pub mod agent;
 pub mod breaker;
 pub mod mcp;
 pub mod retry;
@@ -15,6 +16,7 @@ use std::fmt;
 
 use serde::de::{DeserializeOwned, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
+pub use agent::AgentPolicy;
 pub use breaker::BreakerFile;
 pub use mcp::McpConfig;
 pub use retry::RetryFile;
@@ -23,7 +25,7 @@ pub use routes::RoutePolicies;
 /// Largest accepted config file, in bytes.
 pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
 
-/// The four policy files.
+/// The five policy files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConfigFile {
     /// `mcp.json`.
@@ -34,11 +36,13 @@ pub enum ConfigFile {
     Breaker,
     /// `route_policies.json`.
     Routes,
+    /// `agent_policy.json`.
+    Agent,
 }
 
 impl ConfigFile {
     /// Every file, in load order.
-    pub const ALL: [ConfigFile; 4] = [Self::Mcp, Self::Retry, Self::Breaker, Self::Routes];
+    pub const ALL: [ConfigFile; 5] = [Self::Mcp, Self::Retry, Self::Breaker, Self::Routes, Self::Agent];
 
     /// The file name inside the config directory.
     pub fn file_name(self) -> &'static str {
@@ -47,6 +51,7 @@ impl ConfigFile {
             Self::Retry => "retry_policy.json",
             Self::Breaker => "circuit_breaker.json",
             Self::Routes => "route_policies.json",
+            Self::Agent => "agent_policy.json",
         }
     }
 
@@ -57,6 +62,7 @@ impl ConfigFile {
             Self::Retry => "retry_policy",
             Self::Breaker => "circuit_breaker",
             Self::Routes => "route_policies",
+            Self::Agent => "agent_policy",
         }
     }
 
@@ -72,6 +78,7 @@ impl ConfigFile {
             Self::Retry => include_str!("../../../configs/retry_policy.json"),
             Self::Breaker => include_str!("../../../configs/circuit_breaker.json"),
             Self::Routes => include_str!("../../../configs/route_policies.json"),
+            Self::Agent => include_str!("../../../configs/agent_policy.json"),
         }
     }
 
@@ -82,6 +89,7 @@ impl ConfigFile {
             Self::Retry => schemars::schema_for!(RetryFile),
             Self::Breaker => schemars::schema_for!(BreakerFile),
             Self::Routes => schemars::schema_for!(RoutePolicies),
+            Self::Agent => schemars::schema_for!(AgentPolicy),
         };
         schema.to_value()
     }
@@ -93,6 +101,7 @@ impl ConfigFile {
             Self::Retry => parse::<RetryFile>(label, text).map(drop),
             Self::Breaker => parse::<BreakerFile>(label, text).map(drop),
             Self::Routes => parse::<RoutePolicies>(label, text).map(drop),
+            Self::Agent => parse::<AgentPolicy>(label, text).map(drop),
         }
     }
 }

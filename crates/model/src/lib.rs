@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod clock;
 pub mod config;
 pub mod event;
+pub mod goal;
 pub mod ids;
 pub mod message;
 pub mod metrics;

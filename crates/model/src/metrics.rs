@@ -52,8 +52,17 @@ pub const KNOWLEDGE_EMBED_LATENCY_MS: &str = "cogo_knowledge_embed_latency_ms";
 /// Documents indexed, by `outcome` (`indexed`, `unchanged`, `deleted`, `skipped`).
 pub const KNOWLEDGE_DOCUMENTS_TOTAL: &str = "cogo_knowledge_documents_total";
 
+/// Goals finished, by `status` (`succeeded`, `failed`, `cancelled`) and paused (`awaiting_approval`).
+pub const GOALS_TOTAL: &str = "cogo_goals_total";
+/// Goal steps judged, by `target` (`mcp`, `role`, `respond`) and `outcome` (`succeeded`, `failed`).
+pub const GOAL_STEPS_TOTAL: &str = "cogo_goal_steps_total";
+/// Replans after a failed step.
+pub const GOAL_REPLANS_TOTAL: &str = "cogo_goal_replans_total";
+/// Time from a goal's first run to its end, in milliseconds, by `status`.
+pub const GOAL_DURATION_MS: &str = "cogo_goal_duration_ms";
+
 /// Every metric name above, for documentation and naming checks.
-pub const ALL: [&str; 24] = [
+pub const ALL: [&str; 28] = [
     MCP_CALLS_TOTAL,
     MCP_FAIL_TOTAL,
     MCP_LATENCY_MS,
@@ -78,10 +87,14 @@ pub const ALL: [&str; 24] = [
     KNOWLEDGE_EMBEDDED_CHUNKS_TOTAL,
     KNOWLEDGE_EMBED_LATENCY_MS,
     KNOWLEDGE_DOCUMENTS_TOTAL,
+    GOALS_TOTAL,
+    GOAL_STEPS_TOTAL,
+    GOAL_REPLANS_TOTAL,
+    GOAL_DURATION_MS,
 ];
 
 /// The `# HELP` text of every metric, in the order of [`ALL`].
-pub const HELP: [(&str, &str); 24] = [
+pub const HELP: [(&str, &str); 28] = [
     (MCP_CALLS_TOTAL, "MCP tool calls made (attempts), by toolset and tool."),
     (MCP_FAIL_TOTAL, "MCP tool calls that failed, by toolset, tool and error kind."),
     (MCP_LATENCY_MS, "MCP tool call latency in milliseconds, by toolset and tool."),
@@ -106,6 +119,10 @@ pub const HELP: [(&str, &str); 24] = [
     (KNOWLEDGE_EMBEDDED_CHUNKS_TOTAL, "Texts turned into embeddings, by model."),
     (KNOWLEDGE_EMBED_LATENCY_MS, "Embedding call latency in milliseconds, by model."),
     (KNOWLEDGE_DOCUMENTS_TOTAL, "Documents seen by the indexer, by outcome (indexed, unchanged, deleted, skipped)."),
+    (GOALS_TOTAL, "Goals that ended or paused, by status."),
+    (GOAL_STEPS_TOTAL, "Goal steps judged, by target kind and outcome."),
+    (GOAL_REPLANS_TOTAL, "Replans made after a failed goal step."),
+    (GOAL_DURATION_MS, "Time from a goal's first run to its end in milliseconds, by status."),
 ];
 
 /// Bucket bounds (ms) for latency histograms: 0.1 ms to 60 s.

@@ -95,6 +95,26 @@ pub enum Error {
         #[source]
         source: sqlx::Error,
     },
+    /// No such goal.
+    #[error("goal {id} not found")]
+    GoalNotFound {
+        /// The id asked for.
+        id: String,
+    },
+    /// A goal write that its current state does not allow.
+    #[error("cannot change goal {id}: {detail}")]
+    GoalConflict {
+        /// The goal.
+        id: String,
+        /// Why, and what to do.
+        detail: String,
+    },
+    /// A goal that breaks the rules (empty, too long, bad tenant, state too large).
+    #[error("invalid goal: {detail}")]
+    InvalidGoal {
+        /// What is wrong.
+        detail: String,
+    },
     /// A broken internal expectation.
     #[error("internal store error: {what}")]
     Internal {

@@ -8,6 +8,7 @@
 //! - every time comparison uses the injected clock, never the database's.
 
 mod error;
+pub mod goals;
 pub mod knowledge;
 mod lifecycle;
 mod postgres;
@@ -373,6 +374,44 @@ impl Store {
     /// Revokes the API token `id`; false when there is no such token or it was already revoked.
     pub async fn revoke_api_token(&self, id: &str) -> Result<bool, Error> {
         dispatch!(self, bus => bus.revoke_api_token(id).await)
+    }
+
+    /// Stores a new goal (status `queued`, version 1) with a fresh id and trace id.
+    pub async fn create_goal(&self, goal: model::goal::NewGoal) -> Result<model::goal::Goal, Error> {
+        goal.validate().map_err(|detail| Error::InvalidGoal { detail })?;
+        let now = self.clock().now();
+        let goal = model::goal::Goal {
+            id: model::new_id().to_string(),
+            tenant: goal.tenant,
+            trace_id: model::trace::TraceContext::new_root().trace_id_hex(),
+            goal: goal.goal,
+            status: model::goal::GoalStatus::Queued,
+            state: goal.state,
+            answer: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        };
+        dispatch!(self, bus => bus.insert_goal(&goal).await)?;
+        Ok(goal)
+    }
+
+    /// The goal `id`.
+    pub async fn goal(&self, id: &str) -> Result<model::goal::Goal, Error> {
+        dispatch!(self, bus => bus.goal(id).await)?.ok_or_else(|| Error::GoalNotFound { id: id.to_owned() })
+    }
+
+    /// Goals matching `filter`, newest first.
+    pub async fn goals(&self, filter: &goals::GoalFilter) -> Result<Vec<model::goal::Goal>, Error> {
+        dispatch!(self, bus => bus.goals(filter).await)
+    }
+
+    /// Applies `update` if the goal is still at its expected version and the lifecycle allows the
+    /// new status; returns the goal as written (version bumped). A stale version or a forbidden
+    /// move is a `GoalConflict`, and nothing is written.
+    pub async fn update_goal(&self, id: &str, update: model::goal::GoalUpdate) -> Result<model::goal::Goal, Error> {
+        dispatch!(self, bus => bus.update_goal(id, &update).await)
     }
 
     /// Every known process, newest heartbeat first.

@@ -27,16 +27,18 @@ use crate::{
     MessageFilter, Outcome, Page, PageRequest, QueueStats, StoreOptions, Wakeups,
 };
 
+mod goals;
 mod knowledge;
 
 const BUS_CHANNEL: &str = "cogo_bus";
 
-pub(crate) const MIGRATIONS: [(i64, &str, &str); 5] = [
+pub(crate) const MIGRATIONS: [(i64, &str, &str); 6] = [
     (1, "bus", include_str!("../../../migrations/postgres/0001_bus.sql")),
     (2, "mcp events", include_str!("../../../migrations/postgres/0002_mcp_events.sql")),
     (3, "secrets", include_str!("../../../migrations/postgres/0003_secrets.sql")),
     (4, "api tokens", include_str!("../../../migrations/postgres/0004_api_tokens.sql")),
     (5, "knowledge", include_str!("../../../migrations/postgres/0005_knowledge.sql")),
+    (6, "goals", include_str!("../../../migrations/postgres/0006_goals.sql")),
 ];
 
 #[derive(Debug, Clone)]

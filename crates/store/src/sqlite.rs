@@ -31,14 +31,16 @@ use crate::{
     MessageFilter, Outcome, Page, PageRequest, QueueStats, StoreOptions, Wakeups,
 };
 
-pub(crate) const MIGRATIONS: [(i64, &str, &str); 5] = [
+pub(crate) const MIGRATIONS: [(i64, &str, &str); 6] = [
     (1, "bus", include_str!("../../../migrations/sqlite/0001_bus.sql")),
     (2, "mcp events", include_str!("../../../migrations/sqlite/0002_mcp_events.sql")),
     (3, "secrets", include_str!("../../../migrations/sqlite/0003_secrets.sql")),
     (4, "api tokens", include_str!("../../../migrations/sqlite/0004_api_tokens.sql")),
     (5, "knowledge", include_str!("../../../migrations/sqlite/0005_knowledge.sql")),
+    (6, "goals", include_str!("../../../migrations/sqlite/0006_goals.sql")),
 ];
 
+mod goals;
 mod knowledge;
 
 type Tx = sqlx::Transaction<'static, Sqlite>;

@@ -759,3 +759,83 @@ pub async fn api_tokens_are_stored_listed_and_revoked_once(t: TestStore) {
     assert_eq!(s.api_token("a1").await.expect("get").and_then(|t| t.revoked_at), Some(test_support::epoch()));
     assert!(!format!("{:?}", token("x", "y")).contains("hash"), "Debug shows no hash");
 }
+
+pub async fn goals_are_durable_versioned_and_follow_their_lifecycle(t: TestStore) {
+    use model::goal::{GoalStatus, GoalUpdate, NewGoal};
+    let store = &t.store;
+    let created = store
+        .create_goal(NewGoal { tenant: "acme".into(), goal: "report the title".into(), state: json!({"budget": 3}) })
+        .await
+        .expect("create");
+    assert_eq!((created.status, created.version), (GoalStatus::Queued, 1));
+    assert!(model::trace::is_valid_trace_id(&created.trace_id), "{}", created.trace_id);
+    let read = store.goal(&created.id).await.expect("read");
+    assert_eq!(read, created);
+
+    let update =
+        |version, status, state| GoalUpdate { expected_version: version, status, state, answer: None, error: None };
+    let running =
+        store.update_goal(&created.id, update(1, GoalStatus::Running, json!({"steps": ["s1"]}))).await.expect("start");
+    assert_eq!((running.status, running.version), (GoalStatus::Running, 2));
+    assert_eq!(running.state, json!({"steps": ["s1"]}));
+    // a writer holding an old version is refused and nothing is written
+    let stale = store.update_goal(&created.id, update(1, GoalStatus::Running, json!({}))).await.expect_err("stale");
+    assert!(matches!(stale, store::Error::GoalConflict { .. }) && stale.to_string().contains("version 2"), "{stale}");
+    // the lifecycle: running cannot go back to queued
+    let back = store.update_goal(&created.id, update(2, GoalStatus::Queued, json!({}))).await.expect_err("back");
+    assert!(back.to_string().contains("cannot become queued"), "{back}");
+    let mut done = update(2, GoalStatus::Succeeded, json!({"steps": ["s1"], "done": true}));
+    done.answer = Some("The title is X".into());
+    let done = store.update_goal(&created.id, done).await.expect("finish");
+    assert_eq!(done.answer.as_deref(), Some("The title is X"));
+    let after = store.update_goal(&created.id, update(3, GoalStatus::Failed, json!({}))).await.expect_err("final");
+    assert!(matches!(after, store::Error::GoalConflict { .. }), "{after}");
+    assert_eq!(store.goal(&created.id).await.expect("read").version, 3);
+
+    // listing: newest first, filters, paging
+    let other = store
+        .create_goal(NewGoal { tenant: "other".into(), goal: "second".into(), state: json!({}) })
+        .await
+        .expect("create");
+    let third = store
+        .create_goal(NewGoal { tenant: "acme".into(), goal: "third".into(), state: json!({}) })
+        .await
+        .expect("create");
+    let acme = store
+        .goals(&store::goals::GoalFilter { tenant: Some("acme".into()), limit: 10, ..Default::default() })
+        .await
+        .expect("list");
+    assert_eq!(acme.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(), [third.id.as_str(), created.id.as_str()]);
+    let open = store
+        .goals(&store::goals::GoalFilter {
+            statuses: vec![GoalStatus::Queued, GoalStatus::Running],
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("open");
+    assert_eq!(open.len(), 2, "{open:?}");
+    let page = store
+        .goals(&store::goals::GoalFilter { before: Some(third.id.clone()), limit: 1, ..Default::default() })
+        .await
+        .expect("page");
+    assert_eq!(page.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(), [other.id.as_str()]);
+    let by_trace = store
+        .goals(&store::goals::GoalFilter { trace_id: Some(other.trace_id.clone()), limit: 5, ..Default::default() })
+        .await
+        .expect("by trace");
+    assert_eq!(by_trace.len(), 1);
+
+    // bad input names the problem
+    let empty = store
+        .create_goal(NewGoal { tenant: "acme".into(), goal: " ".into(), state: json!({}) })
+        .await
+        .expect_err("empty");
+    assert!(empty.to_string().contains("goal: must not be empty"), "{empty}");
+    let missing = store.goal("nope").await.expect_err("missing");
+    assert!(matches!(missing, store::Error::GoalNotFound { .. }), "{missing}");
+    let huge = json!({"blob": "x".repeat(store::goals::MAX_GOAL_STATE_BYTES)});
+    let too_big = store.update_goal(&third.id, update(1, GoalStatus::Running, huge)).await.expect_err("too big");
+    assert!(too_big.to_string().contains("over the limit"), "{too_big}");
+    assert_eq!(store.goal(&third.id).await.expect("read").version, 1);
+}

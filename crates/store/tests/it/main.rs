@@ -33,6 +33,7 @@ conformance!(
     handler_detail_reaches_events_and_the_mcp_summary,
     sealed_secrets_are_stored_replaced_and_removed,
     api_tokens_are_stored_listed_and_revoked_once,
+    goals_are_durable_versioned_and_follow_their_lifecycle,
     dead_letters_after_max_attempts_and_requeues_once,
     cancel_only_queued_messages,
     bad_input_is_rejected_with_clear_errors,

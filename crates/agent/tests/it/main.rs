@@ -1,0 +1,1 @@
+//! The orchestrator and the roles against real parts.
