@@ -236,7 +236,7 @@ pub fn without_urls(text: &str) -> String {
 pub fn urls_in(text: &str) -> Vec<String> {
     text.split_whitespace()
         .filter(|w| looks_like_url(w))
-        .map(|w| w.trim_matches(|c: char| matches!(c, '(' | ')' | '"' | '\'' | ',')).trim_end_matches('.').to_owned())
+        .map(|w| w.trim_matches(|c: char| matches!(c, '(' | ')' | '"' | '\'' | ',' | '.')).to_owned())
         .collect()
 }
 

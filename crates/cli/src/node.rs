@@ -398,6 +398,7 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
             data_dir: global.data_dir.clone(),
         })),
         knowledge: node.embedder.clone().map(|embedder| Arc::new(server::KnowledgeApi { embedder })),
+        goals: Some(Arc::new(server::GoalsApi { data_dir: global.data_dir.clone(), budget: configs.agent.budget })),
     };
     let token_note = if state.admin_token.is_some() {
         "admin token set"

@@ -6,6 +6,7 @@
 //! constant time and never logged.
 
 mod error;
+mod goal_routes;
 mod knowledge_routes;
 mod limit;
 mod mcp_routes;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use axum::Router;
 
 pub use error::{ApiError, ErrorCode};
+pub use goal_routes::GoalsApi;
 pub use knowledge_routes::KnowledgeApi;
 pub use mcp_routes::McpApi;
 pub use security::Scope;
@@ -46,6 +48,8 @@ pub struct AppState {
     pub mcp: Option<Arc<McpApi>>,
     /// The knowledge layer for the knowledge routes (`None`: search and ingest answer 503).
     pub knowledge: Option<Arc<KnowledgeApi>>,
+    /// The goal routes (`None`: they answer 503).
+    pub goals: Option<Arc<GoalsApi>>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -76,6 +76,7 @@ fn parameters(path: &str, query: Option<&Value>) -> Vec<Value> {
                 "trace_id" => json!({ "type": "string", "pattern": "^[0-9a-f]{32}$", "minLength": 32, "maxLength": 32, "not": { "pattern": "^0{32}$" } }),
                 "toolset" => json!({ "type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$", "not": { "pattern": "\n" } }),
                 "tool" => json!({ "type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$", "not": { "pattern": "\n" } }),
+                "step" => json!({ "type": "string", "pattern": "^r[0-9]{1,3}\\.s[1-6]$", "maxLength": 8 }),
                 "path" => json!({ "type": "string", "pattern": "^(mcp|metrics|gate-run|full-scenario|docker-scenario|decisions)(/[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127})*$" }),
                 _ => json!({ "type": "string" }),
             };
@@ -105,6 +106,7 @@ fn sample_path(path: &str) -> String {
 }
 
 fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
+    use crate::goal_routes::{ApprovalBody, GoalBody, GoalsQuery};
     use crate::knowledge_routes::{IngestBody, NeighborsQuery, PathQuery, SearchQuery, StatsQuery};
     use crate::mcp_routes::{CallBody, EnqueueBody, WindowQuery};
     use crate::routes::{EventQuery, MessageQuery, StreamQuery};
@@ -126,6 +128,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
     let entity = schema::<store::knowledge::Entity>(g);
     let knowledge_stats = schema::<store::knowledge::KnowledgeStats>(g);
     let index_report = schema::<knowledge::IndexReport>(g);
+    let goal = schema::<model::goal::Goal>(g);
     let any = json!({});
     let number_or_null = json!({ "type": ["number", "null"] });
     let string_or_null = json!({ "type": ["string", "null"] });
@@ -326,6 +329,57 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
                 json!({ "path": { "type": "string" }, "entries": { "type": "array", "items": object(json!({ "name": { "type": "string" }, "dir": { "type": "boolean" }, "bytes": { "type": "integer" } }), &["name", "dir", "bytes"]) } }),
                 &["path", "entries"],
             )),
+        ),
+        op(
+            "post",
+            "/api/goals",
+            "Give the orchestrator a goal: it is stored and scheduled; follow it with GET /api/goals/{id}",
+            None,
+            Some(input::<GoalBody>()),
+            201,
+            Reply::Json(goal.clone()),
+        ),
+        op(
+            "get",
+            "/api/goals",
+            "Goals, newest first (a tenant token sees its tenant's)",
+            Some(input::<GoalsQuery>()),
+            None,
+            200,
+            Reply::Json(object(
+                json!({ "goals": { "type": "array", "items": goal.clone() }, "next": { "type": ["string", "null"] } }),
+                &["goals", "next"],
+            )),
+        ),
+        op(
+            "get",
+            "/api/goals/{id}",
+            "A goal with its plan, steps, approvals and decision records (plan, select, evaluate, replan, answer)",
+            None,
+            None,
+            200,
+            Reply::Json(object(
+                json!({ "goal": goal.clone(), "decisions": { "type": "array", "items": { "type": "object" } } }),
+                &["goal", "decisions"],
+            )),
+        ),
+        op(
+            "post",
+            "/api/goals/{id}/approvals/{step}",
+            "Approve or reject a step waiting for an operator; an approved goal resumes",
+            None,
+            Some(input::<ApprovalBody>()),
+            200,
+            Reply::Json(goal.clone()),
+        ),
+        op(
+            "post",
+            "/api/goals/{id}/cancel",
+            "Cancel a goal that has not ended",
+            None,
+            None,
+            200,
+            Reply::Json(goal),
         ),
         op(
             "post",

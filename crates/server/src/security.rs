@@ -30,7 +30,9 @@ impl Scope {
 }
 
 /// Routes a tenant token may use: the ones whose answers can be limited to its tenant.
-const TENANT_ROUTES: [&str; 12] = [
+const TENANT_ROUTES: [&str; 14] = [
+    "/api/goals",
+    "/api/goals/:id",
     "/api/knowledge/search",
     "/api/knowledge/graphrag",
     "/api/knowledge/graph/neighbors",

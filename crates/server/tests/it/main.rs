@@ -25,6 +25,10 @@ fn state(store: &store::Store, mcp: Option<Arc<server::McpApi>>) -> server::AppS
         agent_id: Arc::from("agent-test"),
         mcp,
         knowledge: None,
+        goals: Some(Arc::new(server::GoalsApi {
+            data_dir: std::env::temp_dir().join("cogo-server-tests"),
+            budget: model::config::agent::Budget::default(),
+        })),
     }
 }
 
@@ -258,7 +262,7 @@ async fn the_openapi_document_covers_every_route() {
             assert_ne!(body["message"], "no such route", "{method} {path} is documented but not routed");
         }
     }
-    let not_built = [("GET", "/"), ("GET", "/assets/*"), ("POST", "/api/goals"), ("GET", "/api/goals/:id")];
+    let not_built = [("GET", "/"), ("GET", "/assets/*")];
     let policies: RoutePolicies = parse("route_policies.json", ConfigFile::Routes.seed()).expect("seed routes");
     for route in &policies.routes {
         let key = (route.method.clone(), route.path.clone());
@@ -328,4 +332,87 @@ async fn tenant_tokens_see_only_their_tenant() {
     let fresh = server::router(state(&t.store, None), server::Limits::default());
     let (status, _, _) = call(&fresh, "GET", "/api/messages", &[tenant_token]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "a revoked token is refused");
+}
+
+async fn send(app: &axum::Router, method: &str, uri: &str, headers: &[(&str, &str)], body: Value) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(method).uri(uri).header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response =
+        app.clone().oneshot(request.body(Body::from(body.to_string())).expect("request")).await.expect("response");
+    let status = response.status();
+    let bytes = response.into_body().collect().await.expect("body").to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn goals_are_submitted_read_approved_and_scoped() {
+    let (app, t) = app().await;
+    // submitting needs the admin token and a valid body
+    let (status, _) = send(&app, "POST", "/api/goals", &[TOKEN], json!({"goal": "x"})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = send(&app, "POST", "/api/goals", &[ADMIN], json!({"goal": "   "})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["message"].as_str().unwrap_or_default().contains("goal: must not be empty"), "{body}");
+    let (status, body) =
+        send(&app, "POST", "/api/goals", &[ADMIN], json!({"goal": "x", "budget": {"max_steps": 0}})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["message"].as_str().unwrap_or_default().contains("budget.max_steps"), "{body}");
+    let (status, body) = send(&app, "POST", "/api/goals", &[ADMIN], json!({"goal": "x", "extra": 1})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, goal) = send(
+        &app,
+        "POST",
+        "/api/goals",
+        &[ADMIN],
+        json!({"goal": "Open the test page and report its title", "tenant": "acme", "budget": {"max_replans": 1}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{goal}");
+    assert_eq!(goal["status"], "queued");
+    assert_eq!(goal["state"]["budget"]["max_replans"], 1);
+    let id = goal["id"].as_str().expect("id").to_owned();
+    // the goal's message is on the bus for the orchestrator, under the goal's trace
+    let messages = t
+        .store
+        .messages(
+            &store::MessageFilter { trace_id: goal["trace_id"].as_str().map(str::to_owned), ..Default::default() },
+            &store::PageRequest::first(10),
+        )
+        .await
+        .expect("messages");
+    assert_eq!(messages.items.len(), 1);
+    assert_eq!((messages.items[0].service.as_str(), messages.items[0].role.as_str()), ("agent", "orchestrator"));
+    assert_eq!(messages.items[0].payload, json!({"goal_id": id}));
+    // read and list
+    let (status, _, read) = call(&app, "GET", &format!("/api/goals/{id}"), &[TOKEN]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((read["goal"]["id"].as_str(), read["decisions"].as_array().map(Vec::len)), (Some(id.as_str()), Some(0)));
+    let (status, _, list) = call(&app, "GET", "/api/goals?status=queued", &[TOKEN]).await;
+    assert_eq!((status, list["goals"].as_array().map(Vec::len)), (StatusCode::OK, Some(1)));
+    let (status, _, _) = call(&app, "GET", "/api/goals?status=bogus", &[TOKEN]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = call(&app, "GET", "/api/goals/not-an-id", &[TOKEN]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = call(&app, "GET", "/api/goals/01a21103-fa61-700f-93ee-8e564cd0c5a0", &[TOKEN]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // no approval was asked for: a clear 400 naming what is pending
+    let (status, body) =
+        send(&app, "POST", &format!("/api/goals/{id}/approvals/r1.s1"), &[ADMIN], json!({"approve": true})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["message"].as_str().unwrap_or_default().contains("pending: none"), "{body}");
+    // another tenant's token does not see the goal
+    let (text, row) = secrets::tokens::generate("globex", "ci", test_support::epoch());
+    t.store.create_api_token(row).await.expect("token");
+    let bearer = format!("Bearer {}", text.as_str());
+    let (status, _, _) = call(&app, "GET", &format!("/api/goals/{id}"), &[("authorization", bearer.as_str())]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, _, list) = call(&app, "GET", "/api/goals", &[("authorization", bearer.as_str())]).await;
+    assert_eq!(list["goals"].as_array().map(Vec::len), Some(0), "{list}");
+    // cancel, then nothing more can change it
+    let (status, cancelled) = send(&app, "POST", &format!("/api/goals/{id}/cancel"), &[ADMIN], json!({})).await;
+    assert_eq!((status, cancelled["status"].as_str()), (StatusCode::OK, Some("cancelled")), "{cancelled}");
+    let (status, body) = send(&app, "POST", &format!("/api/goals/{id}/cancel"), &[ADMIN], json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
 }
