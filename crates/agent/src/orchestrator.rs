@@ -1229,11 +1229,11 @@ pub fn normalize_plan(mut plan: Plan) -> (Plan, Vec<String>) {
     let mut fixes = Vec::new();
     let mut seen: Vec<String> = Vec::new();
     for index in 0..plan.steps.len() {
-        if seen.contains(&plan.steps[index].id) {
-            if let Some(free) = shapes::STEP_IDS.iter().find(|id| !plan.steps.iter().any(|s| s.id == **id)) {
-                fixes.push(format!("the second {} became {free}", plan.steps[index].id));
-                plan.steps[index].id = (*free).to_owned();
-            }
+        if seen.contains(&plan.steps[index].id)
+            && let Some(free) = shapes::STEP_IDS.iter().find(|id| !plan.steps.iter().any(|s| s.id == **id))
+        {
+            fixes.push(format!("the second {} became {free}", plan.steps[index].id));
+            plan.steps[index].id = (*free).to_owned();
         }
         let id = plan.steps[index].id.clone();
         let previous = seen.last().cloned();

@@ -157,7 +157,10 @@ fn check_id(id: &str) -> Result<(), ApiError> {
 
 fn uuid_like(id: &str) -> bool {
     id.len() == 36
-        && id.chars().enumerate().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() })
+        && id
+            .chars()
+            .enumerate()
+            .all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() })
 }
 
 async fn goal_for(state: &AppState, scope: &Scope, id: &str) -> Result<model::goal::Goal, ApiError> {

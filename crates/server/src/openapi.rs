@@ -372,15 +372,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             200,
             Reply::Json(goal.clone()),
         ),
-        op(
-            "post",
-            "/api/goals/{id}/cancel",
-            "Cancel a goal that has not ended",
-            None,
-            None,
-            200,
-            Reply::Json(goal),
-        ),
+        op("post", "/api/goals/{id}/cancel", "Cancel a goal that has not ended", None, None, 200, Reply::Json(goal)),
         op(
             "post",
             "/api/knowledge/ingest",

@@ -29,9 +29,10 @@ async fn browser_goal_reports_the_page_title_and_replays_identically() {
     )
     .await;
     let url = format!("http://127.0.0.1:{}/", pages.port());
-    let goal = agent::submit(&t.store, "default", &format!("Open the page {url} and report its title"), Budget::default())
-        .await
-        .expect("submit");
+    let goal =
+        agent::submit(&t.store, "default", &format!("Open the page {url} and report its title"), Budget::default())
+            .await
+            .expect("submit");
     let done = node.settle(&goal, Duration::from_secs(300)).await;
     assert_eq!(done.status, GoalStatus::Succeeded, "{done:?}");
     let answer = done.answer.clone().unwrap_or_default();
@@ -71,7 +72,8 @@ async fn browser_goal_reports_the_page_title_and_replays_identically() {
     assert_eq!(state.decisions as usize, decisions.len());
 
     // replay reproduces every decision from the records alone
-    let report = agent::replay::replay(&done, decisions.clone(), policy, Some(super::embedder())).await.expect("replay");
+    let report =
+        agent::replay::replay(&done, decisions.clone(), policy, Some(super::embedder())).await.expect("replay");
     assert!(report.identical, "{report:?}");
     assert_eq!(report.replayed, decisions.iter().filter(|d| d.kind.as_str() != "registry").count());
     // a tampered record is found
@@ -100,9 +102,10 @@ async fn a_goal_whose_tool_keeps_failing_ends_with_a_clear_failure() {
     )
     .await;
     let budget = Budget { max_replans: 1, ..Budget::default() };
-    let goal = agent::submit(&t.store, "default", "Get the Figma file with key cogoOffline123 and list its frames", budget)
-        .await
-        .expect("submit");
+    let goal =
+        agent::submit(&t.store, "default", "Get the Figma file with key cogoOffline123 and list its frames", budget)
+            .await
+            .expect("submit");
     let done = node.settle(&goal, Duration::from_secs(300)).await;
     assert_eq!(done.status, GoalStatus::Failed, "{done:?}");
     let error = done.error.clone().unwrap_or_default();

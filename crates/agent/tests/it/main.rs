@@ -34,11 +34,8 @@ impl Drop for Scratch {
 
 /// The seed agent policy, changed by `edit`.
 pub(crate) fn policy(edit: impl FnOnce(&mut AgentPolicy)) -> Arc<AgentPolicy> {
-    let mut policy: AgentPolicy = model::config::parse(
-        "agent_policy.json",
-        model::config::ConfigFile::Agent.seed(),
-    )
-    .expect("seed policy");
+    let mut policy: AgentPolicy =
+        model::config::parse("agent_policy.json", model::config::ConfigFile::Agent.seed()).expect("seed policy");
     edit(&mut policy);
     Arc::new(policy)
 }
@@ -54,9 +51,7 @@ pub(crate) fn local_llm() -> Arc<dyn llm::LlmClient> {
 
 /// MiniLM, for ranking tools and retrieval.
 pub(crate) fn embedder() -> Arc<dyn knowledge::Embedder> {
-    Arc::new(
-        knowledge::MiniLm::load(&knowledge::embed::minilm_dir(&test_support::models_dir())).expect("MiniLM loads"),
-    )
+    Arc::new(knowledge::MiniLm::load(&knowledge::embed::minilm_dir(&test_support::models_dir())).expect("MiniLM loads"))
 }
 
 /// Every part a goal needs, in this process: the gateway and the roles on the bus, the
@@ -88,8 +83,14 @@ impl Node {
             Some(embedder.clone()),
         ));
         let orchestrator = Arc::new(
-            agent::Orchestrator::new(llm.clone(), env, policy.clone(), agent::DecisionLog::new(data_dir), Some(embedder))
-                .with_max_poll(Duration::from_millis(100)),
+            agent::Orchestrator::new(
+                llm.clone(),
+                env,
+                policy.clone(),
+                agent::DecisionLog::new(data_dir),
+                Some(embedder),
+            )
+            .with_max_poll(Duration::from_millis(100)),
         );
         let retry: worker::RetryResolver = {
             let policies = policies.clone();
@@ -103,7 +104,11 @@ impl Node {
             (
                 "agent",
                 "codegen",
-                Arc::new(agent::roles::codegen::CodegenHandler::new(llm.clone(), policy.clone(), data_dir.to_path_buf())),
+                Arc::new(agent::roles::codegen::CodegenHandler::new(
+                    llm.clone(),
+                    policy.clone(),
+                    data_dir.to_path_buf(),
+                )),
             ),
         ];
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -142,7 +147,12 @@ impl Node {
             if current.status.is_final() || current.status == GoalStatus::AwaitingApproval {
                 return current;
             }
-            assert!(tokio::time::Instant::now() < deadline, "goal {} still {} after {limit:?}", goal.id, current.status);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "goal {} still {} after {limit:?}",
+                goal.id,
+                current.status
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -56,13 +56,18 @@ async fn execution_runs_only_allowed_commands_without_a_shell() {
     assert_eq!(result["stdout"], "$(id) ; rm -rf / `x`\n");
     assert_eq!(result["exit_code"], 0);
     // not on the allowlist
-    let refused = handler.handle(message("execute", json!({"command": "sh", "args": ["-c", "id"]}))).await.expect_err("sh");
+    let refused =
+        handler.handle(message("execute", json!({"command": "sh", "args": ["-c", "id"]}))).await.expect_err("sh");
     assert_eq!(refused.kind, ErrorKind::InvalidInput);
     assert!(refused.message.contains("not allowed") && refused.message.contains("echo"), "{}", refused.message);
     // too many arguments, a NUL, unknown fields
-    let many = handler.handle(message("execute", json!({"command": "date", "args": ["a", "b", "c"]}))).await.expect_err("many");
+    let many = handler
+        .handle(message("execute", json!({"command": "date", "args": ["a", "b", "c"]})))
+        .await
+        .expect_err("many");
     assert!(many.message.contains("at most 2 arguments"), "{}", many.message);
-    let nul = handler.handle(message("execute", json!({"command": "echo", "args": ["a\u{0}b"]}))).await.expect_err("nul");
+    let nul =
+        handler.handle(message("execute", json!({"command": "echo", "args": ["a\u{0}b"]}))).await.expect_err("nul");
     assert!(nul.message.contains("args[0]"), "{}", nul.message);
     let extra = handler.handle(message("execute", json!({"command": "echo", "shell": true}))).await.expect_err("extra");
     assert!(extra.message.contains("unknown field"), "{}", extra.message);
@@ -94,12 +99,18 @@ async fn codegen_delivers_code_that_the_checker_accepts_or_says_why_not() {
     let scratch = super::Scratch::new();
     let policy = policy(|_| {});
     let handler = agent::roles::codegen::CodegenHandler::new(local_llm(), policy, scratch.0.clone());
-    let msg = message("codegen", json!({"task": "A Python function add(a, b) that returns a + b", "language": "python"}));
+    let msg =
+        message("codegen", json!({"task": "A Python function add(a, b) that returns a + b", "language": "python"}));
     match handler.handle(msg.clone()).await {
         Ok(out) => {
             let result = out.result.expect("result");
             let path = scratch.0.join(result["path"].as_str().expect("path"));
-            assert!(result["path"].as_str().unwrap_or_default().starts_with(&format!("artifacts/codegen/{}/", msg.trace_id)));
+            assert!(
+                result["path"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with(&format!("artifacts/codegen/{}/", msg.trace_id))
+            );
             let code = std::fs::read_to_string(&path).expect("the artifact");
             assert_eq!(result["bytes"], code.len());
             // the delivered file really compiles
@@ -116,7 +127,8 @@ async fn codegen_delivers_code_that_the_checker_accepts_or_says_why_not() {
         }
     }
     // unknown languages and bad payloads are refused before the model is asked
-    let unknown = handler.handle(message("codegen", json!({"task": "x", "language": "cobol"}))).await.expect_err("cobol");
+    let unknown =
+        handler.handle(message("codegen", json!({"task": "x", "language": "cobol"}))).await.expect_err("cobol");
     assert!(unknown.message.contains("cobol") && unknown.message.contains("python"), "{}", unknown.message);
     let empty = handler.handle(message("codegen", json!({"task": " "}))).await.expect_err("empty");
     assert_eq!(empty.kind, ErrorKind::InvalidInput);

@@ -280,6 +280,7 @@ fn crate_boundaries_hold() {
         ("test-support", &["axum", "clap", "anyhow"]),
         ("secrets", &["axum", "rmcp", "clap", "anyhow", "server", "worker", "mcp", "sqlx"]),
         ("llm", &["axum", "rmcp", "clap", "anyhow", "store", "server", "worker", "mcp", "sqlx", "knowledge"]),
+        ("agent", &["axum", "rmcp", "clap", "anyhow", "server", "sqlx"]),
     ];
     for (krate, banned) in forbidden {
         let actual = deps(krate);
@@ -574,4 +575,137 @@ fn llm_errors_say_what_to_do() {
     let output = command.output().expect("running cogo");
     assert_eq!(output.status.code(), Some(2));
     assert!(text(&output).contains("temperature"), "{}", text(&output));
+}
+
+#[test]
+fn goal_eval_runs_the_suite_and_reports_json() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cogo"));
+    with_models(&mut command)
+        .current_dir(repo())
+        .args(["--log", "warn", "eval", "goals", "--only", "browser-title-short", "--json"])
+        .env_remove("COGO_DATABASE_URL");
+    let output = command.output().expect("running cogo");
+    assert!(output.status.success(), "{}", text(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(report["goals"], 1, "{report}");
+    let row = &report["rows"][0];
+    assert_eq!(row["id"], "browser-title-short");
+    assert!(report["success_rate"].is_number() && row["seconds"].is_number() && row["steps"].is_number(), "{report}");
+    assert!(row["status"].as_str().is_some_and(|s| s == "succeeded" || s == "failed"), "{report}");
+    // a broken suite is a usage error naming the file
+    let dir = tempfile::tempdir().expect("temp dir");
+    let suite = dir.path().join("suite.json");
+    std::fs::write(&suite, r#"{"goals": [{"id": "x"}]}"#).expect("write");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cogo"));
+    with_models(&mut command).args(["eval", "goals", "--suite"]).arg(&suite);
+    let output = command.output().expect("running cogo");
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("is not a goal suite") && text(&output).contains("missing field"),
+        "{}",
+        text(&output)
+    );
+}
+
+/// `cogo worker` with `roles` on the data dir `data` and configs `configs`.
+fn worker_process(configs: &Path, data: &Path, roles: &str) -> std::process::Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cogo"));
+    with_models(&mut command)
+        .arg("--config-dir")
+        .arg(configs)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--log", "warn", "worker", "--roles", roles, "--lease-ms", "2000", "--concurrency", "2"])
+        .env_remove("COGO_DATABASE_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting cogo worker")
+}
+
+#[test]
+fn goal_survives_kill_9_of_the_orchestrator_without_repeating_a_step() {
+    let configs = tempfile::tempdir().expect("configs");
+    let data = tempfile::tempdir().expect("data");
+    // commands without approval: the goal runs through on its own
+    std::fs::write(
+        configs.path().join("agent_policy.json"),
+        r#"{"approval": [], "commands": {"echo": {"path": "/bin/echo", "max_args": 8}}}"#,
+    )
+    .expect("policy");
+    std::fs::write(configs.path().join("mcp.json"), r#"{"toolsets": {}}"#).expect("mcp.json");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let url = format!("sqlite://{}", data.path().join("cogo.db").display());
+    let store = runtime.block_on(async {
+        let store = store::Store::open(&url, store::StoreOptions::default()).await.expect("store");
+        store.migrate().await.expect("migrate");
+        store
+    });
+    let mut execution = worker_process(configs.path(), data.path(), "execution");
+    let mut first = worker_process(configs.path(), data.path(), "orchestrator");
+    let goal = runtime
+        .block_on(agent::submit(
+            &store,
+            "default",
+            "Print the word one with echo, then print the word two with echo, then print the word three with echo",
+            model::config::agent::Budget::default(),
+        ))
+        .expect("submit");
+    // kill the orchestrator as soon as a first step has succeeded and the goal is still running
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let current = runtime.block_on(store.goal(&goal.id)).expect("goal");
+        let state = agent::GoalState::from_value(&current.state, Default::default()).expect("state");
+        let succeeded = state
+            .plans
+            .iter()
+            .flat_map(|p| p.steps.iter())
+            .filter(|s| s.status == agent::StepStatus::Succeeded)
+            .count();
+        if succeeded >= 1 {
+            assert_eq!(current.status, model::goal::GoalStatus::Running, "the goal is still running when it is killed");
+            break;
+        }
+        assert!(!current.status.is_final(), "the goal ended before the kill: {current:?}");
+        assert!(std::time::Instant::now() < deadline, "no step succeeded in time");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    first.kill().expect("kill -9");
+    let _ = first.wait();
+    let mut second = worker_process(configs.path(), data.path(), "orchestrator");
+    let done = loop {
+        let current = runtime.block_on(store.goal(&goal.id)).expect("goal");
+        if current.status.is_final() {
+            break current;
+        }
+        assert!(std::time::Instant::now() < deadline, "the goal did not end after the restart: {current:?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let _ = second.kill();
+    let _ = execution.kill();
+    let _ = second.wait();
+    let _ = execution.wait();
+    let messages = runtime
+        .block_on(store.messages(
+            &store::MessageFilter { trace_id: Some(goal.trace_id.clone()), ..Default::default() },
+            &store::PageRequest::first(100),
+        ))
+        .expect("messages")
+        .items;
+    let goal_runs: Vec<&model::Message> = messages.iter().filter(|m| m.intent.as_str() == "goal").collect();
+    assert_eq!(goal_runs.len(), 1);
+    assert!(goal_runs[0].attempts >= 2, "the goal's message was taken back after the kill: {:?}", goal_runs[0]);
+    let steps: Vec<&model::Message> = messages.iter().filter(|m| m.intent.as_str() == "execute").collect();
+    assert!(!steps.is_empty());
+    let mut keys: Vec<&str> = steps.iter().filter_map(|m| m.idempotency_key.as_deref()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), steps.len(), "one message per step");
+    assert!(steps.iter().all(|m| m.attempts == 1), "no step ran twice: {steps:?}");
+    let state = agent::GoalState::from_value(&done.state, Default::default()).expect("state");
+    assert!(state.used.runs >= 2, "{:?}", state.used);
+    // each step that ran is recorded against exactly one message
+    let dispatched: Vec<String> =
+        state.plans.iter().flat_map(|p| p.steps.iter()).filter_map(|s| s.message_id.clone()).collect();
+    assert_eq!(dispatched.len(), steps.len(), "{dispatched:?}");
 }

@@ -334,7 +334,13 @@ async fn tenant_tokens_see_only_their_tenant() {
     assert_eq!(status, StatusCode::UNAUTHORIZED, "a revoked token is refused");
 }
 
-async fn send(app: &axum::Router, method: &str, uri: &str, headers: &[(&str, &str)], body: Value) -> (StatusCode, Value) {
+async fn send(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Value,
+) -> (StatusCode, Value) {
     let mut request = Request::builder().method(method).uri(uri).header("content-type", "application/json");
     for (name, value) in headers {
         request = request.header(*name, *value);
