@@ -646,6 +646,9 @@ impl Run<'_> {
                             rejected.push(json!({"output": answer.value, "repaired": fixes}));
                         }
                         plan.check()?;
+                        if let Some(why) = off_goal(&self.goal.goal, &plan) {
+                            return Err(why);
+                        }
                         Ok(plan)
                     });
                     match checked {
@@ -698,15 +701,39 @@ impl Run<'_> {
                 Err(err) => return Err(err.into()),
             }
         }
+        // the model could not plan: the goal itself becomes the one step, so tool selection (by
+        // similarity to the goal, then the model's pick among few) still has a chance
+        let step = shapes::PlanStep {
+            id: "s1".to_owned(),
+            description: clip(&self.goal.goal, 300),
+            success_criteria: "the result answers the goal".to_owned(),
+            depends_on: Vec::new(),
+        };
+        let output = json!({"steps": [step]});
         self.decide(About {
             kind,
             step: None,
             inputs: json!({"goal": self.goal.goal, "context": context.trim(), "failure": failure, "rejected": rejected}),
-            output: Value::Null,
-            why: format!("no valid plan: {}", errors.join("; ")),
+            output,
+            why: format!("no valid plan from the model ({}): the goal itself is the one step", errors.join("; ")),
         })
         .await?;
-        Ok(None)
+        Ok(Some(PlanRun {
+            revision: 1,
+            steps: vec![StepRun {
+                id: step.id,
+                description: step.description,
+                success_criteria: step.success_criteria,
+                depends_on: Vec::new(),
+                status: StepStatus::Pending,
+                tool: None,
+                params: None,
+                message_id: None,
+                output: None,
+                result_url: None,
+                error: None,
+            }],
+        }))
     }
 
     fn step_mut(&mut self, id: &str) -> Option<&mut StepRun> {
@@ -758,6 +785,23 @@ impl Run<'_> {
             candidates.push(respond.clone());
         }
         let inputs = json!({"step": step.description, "criteria": step.success_criteria, "candidates": candidates, "excluded_open_breaker": excluded, "failed_before": failed_here});
+        let reporting = have_results && registry::is_reporting_step(&step.description);
+        if reporting && let Some(respond) = offered.iter().find(|t| t.target == Target::Respond).cloned() {
+            self.decide(About {
+                kind: DecisionKind::Select,
+                step: Some(id),
+                inputs,
+                output: json!({"tool": respond.name, "target": respond.target, "params": {}, "needs_approval": false}),
+                why: "a reporting step: answered from the results of earlier steps".to_owned(),
+            })
+            .await?;
+            if let Some(s) = self.step_mut(id) {
+                s.tool = Some(respond.name.clone());
+                s.params = Some(json!({}));
+                s.status = StepStatus::Selected;
+            }
+            return Ok(());
+        }
         if candidates.is_empty() {
             let why = "no tool can do this step: every fitting tool is denied or its breaker is open".to_owned();
             self.fail_selection(id, inputs, why).await?;
@@ -1258,6 +1302,42 @@ pub fn normalize_plan(mut plan: Plan) -> (Plan, Vec<String>) {
     (plan, fixes)
 }
 
+/// Words too common to tell whether a step is about the goal.
+const COMMON_WORDS: [&str; 16] = [
+    "with", "that", "this", "from", "then", "than", "into", "onto", "when", "what", "which", "there", "their", "them",
+    "step", "about",
+];
+
+/// Why `plan` is not about the goal, if it is not: fewer than half of its steps share a word (of
+/// four letters or more, common words aside) with the goal. Small models copy the retrieved
+/// context into the plan instead of planning the goal. (The failure of a replan is not counted:
+/// its words, like "failed", would match anything.)
+fn off_goal(goal: &str, plan: &Plan) -> Option<String> {
+    fn words(text: &str) -> HashSet<String> {
+        text.to_lowercase()
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| w.chars().count() >= 4 && !COMMON_WORDS.contains(w))
+            .map(str::to_owned)
+            .collect()
+    }
+    let wanted = words(goal);
+    if wanted.is_empty() || plan.steps.is_empty() {
+        return None;
+    }
+    let related = plan
+        .steps
+        .iter()
+        .filter(|s| !words(&format!("{} {}", s.description, s.success_criteria)).is_disjoint(&wanted))
+        .count();
+    (related * 2 < plan.steps.len()).then(|| {
+        format!(
+            "only {related} of {} steps are about the goal; every step must work towards: {}",
+            plan.steps.len(),
+            clip(goal, 200)
+        )
+    })
+}
+
 /// The request for an answer to the goal (or to one `step`) from `results`.
 fn answer_request(goal: &str, step: Option<&str>, results: &str, lines: &[String]) -> (ChatRequest, JsonSchemaFormat) {
     let ask = match step {
@@ -1416,6 +1496,33 @@ mod tests {
         assert!(fixes[0].contains("became s2"), "{fixes:?}");
         let fine = Plan { steps: vec![step("s1", &[]), step("s2", &["s1"])] };
         assert!(normalize_plan(fine).1.is_empty());
+    }
+
+    #[test]
+    fn plans_that_copy_the_context_are_off_goal() {
+        let plan = |texts: &[&str]| Plan {
+            steps: texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| shapes::PlanStep {
+                    id: format!("s{}", i + 1),
+                    description: (*t).to_owned(),
+                    success_criteria: "1".to_owned(),
+                    depends_on: Vec::new(),
+                })
+                .collect(),
+        };
+        let goal = "Report the operating system name with the uname command";
+        let copied = plan(&[
+            "A failed message is retried with exponential backoff and full jitter.",
+            "A failed circuit breaker is retried with exponential backoff.",
+        ]);
+        let why = off_goal(goal, &copied).expect("off goal");
+        assert!(why.contains("only 0 of 2 steps"), "{why}");
+        assert_eq!(off_goal(goal, &plan(&["Run uname to get the system name", "Report it"])), None);
+        let page = "Open the page and report its title";
+        assert!(off_goal(page, &plan(&["Take a screenshot instead"])).is_some());
+        assert_eq!(off_goal(page, &plan(&["Open the page", "Take a screenshot", "Report the title"])), None);
     }
 
     #[test]

@@ -268,6 +268,40 @@ pub fn fit_bonus(text: &str, tool: &ToolEntry) -> f64 {
     bonus.min(0.3)
 }
 
+/// Verbs that open a step which only reports what earlier steps found.
+const REPORTING_VERBS: [&str; 10] =
+    ["report", "tell", "answer", "summarize", "summarise", "state", "return", "give", "present", "describe"];
+
+/// Verbs that mean the step must act (visit, run, look up, write) even when it also reports.
+const ACTING_WORDS: [&str; 14] = [
+    "open",
+    "navigate",
+    "visit",
+    "run",
+    "execute",
+    "search",
+    "find",
+    "look",
+    "fetch",
+    "download",
+    "click",
+    "screenshot",
+    "write",
+    "generate",
+];
+
+/// A step that only reports (`"Report the title of the page"`): it starts with a reporting verb and
+/// asks for no action. Such a step is answered from earlier results with `respond`, never by
+/// calling a tool again: small models tend to pick a random tool for it.
+pub fn is_reporting_step(description: &str) -> bool {
+    let lower = description.to_lowercase();
+    let words: Vec<&str> = lower.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
+    // "The second step is to report …": the verb after a leading "… step is to"
+    let start = words.windows(2).position(|w| w == ["is", "to"]).map(|i| i + 2).filter(|i| *i <= 5).unwrap_or(0);
+    let Some(first) = words.get(start) else { return false };
+    REPORTING_VERBS.contains(first) && !words.iter().any(|w| ACTING_WORDS.contains(w))
+}
+
 /// The text a tool is matched on.
 pub fn tool_text(tool: &ToolEntry) -> String {
     let name = tool.name.rsplit('.').next().unwrap_or(&tool.name).replace('_', " ");
@@ -301,6 +335,28 @@ mod tests {
 
     fn tool(name: &str, description: &str) -> ToolEntry {
         ToolEntry { name: name.into(), description: description.into(), ..respond_tool() }
+    }
+
+    #[test]
+    fn reporting_steps_are_told_from_acting_ones() {
+        for text in [
+            "Report the title of the page",
+            "The second step is to report the title of the page.",
+            "Summarize the results",
+            "Tell the user what the command printed",
+        ] {
+            assert!(is_reporting_step(text), "{text}");
+        }
+        for text in [
+            "The first step is to open the page http://127.0.0.1/ and report its title.",
+            "Open the page and report its title",
+            "Print the word hello with the echo command",
+            "Report the title after you navigate to the page",
+            "Search the documents and answer",
+            "",
+        ] {
+            assert!(!is_reporting_step(text), "{text}");
+        }
     }
 
     #[test]

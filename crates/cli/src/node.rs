@@ -418,7 +418,8 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
             store::redact_url(&database_url(global))
         )?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        writeln!(out, "  API        {scheme}://{address}/api/metrics/summary")?;
+        writeln!(out, "  dashboard  {scheme}://{address}/  (it asks for the admin or an API token)")?;
+        writeln!(out, "  API        {scheme}://{address}/api/metrics/summary  (OpenAPI: /api/openapi.json)")?;
         writeln!(out, "  health     {scheme}://{address}/healthz  {scheme}://{address}/readyz")?;
         writeln!(out, "  metrics    {scheme}://{address}/metrics")?;
         writeln!(

@@ -234,6 +234,9 @@ pub struct CircuitSummary {
     pub open_by_key: BTreeMap<String, OpenCircuit>,
     /// How many keys are open.
     pub open_count: usize,
+    /// Keys half-open in some process (probing), not open in any.
+    #[serde(default)]
+    pub half_open_keys: Vec<String>,
 }
 
 /// Summarizes recorded breaker states of every process.
@@ -245,5 +248,12 @@ pub fn summarize(states: &[store::CircuitState]) -> CircuitSummary {
         entry.agents.push(state.agent_id.clone());
         entry.open_until = entry.open_until.max(state.open_until);
     }
-    CircuitSummary { open_count: open_by_key.len(), open_by_key }
+    let mut half_open_keys: Vec<String> = states
+        .iter()
+        .filter(|s| s.state == "half_open" && !open_by_key.contains_key(&s.key))
+        .map(|s| s.key.clone())
+        .collect();
+    half_open_keys.sort_unstable();
+    half_open_keys.dedup();
+    CircuitSummary { open_count: open_by_key.len(), open_by_key, half_open_keys }
 }

@@ -5,6 +5,7 @@
 //! code; 5xx bodies never carry internals (the real error is logged); tokens are compared in
 //! constant time and never logged.
 
+mod dashboard;
 mod error;
 mod goal_routes;
 mod knowledge_routes;

@@ -44,6 +44,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/mcp/ping/{toolset}/{tool}", get(ping))
         .route("/api/mcp/{toolset}/{tool}", post(call))
         .route("/api/metrics/mcp/summary", get(summary))
+        .route("/api/metrics/mcp/series", get(series))
         .route("/api/metrics/mcp/events", get(events))
         .route("/api/metrics/mcp/artifacts/summary", get(artifacts_summary))
         .route("/api/metrics/snapshot", post(snapshot))
@@ -273,6 +274,53 @@ async fn summary(
 ) -> Result<impl IntoResponse, ApiError> {
     let since = query(q)?.since.unwrap_or_else(|| default_since(&state));
     Ok(Json(json!({ "mcp": state.store.mcp_summary(since).await? })))
+}
+
+/// Window, tool and resolution of the MCP figures over time.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SeriesQuery {
+    /// Start of the window (default: one hour ago).
+    since: Option<DateTime<Utc>>,
+    /// Only this `<toolset>.<tool>` (default: every tool).
+    #[schemars(length(min = 1, max = 200), pattern(r"^[A-Za-z0-9_.-]+$"))]
+    tool: Option<String>,
+    /// Number of equal buckets from `since` to now (default 60).
+    #[schemars(range(min = 1, max = 240))]
+    buckets: Option<u32>,
+}
+
+/// `GET /api/metrics/mcp/series`: calls, failures and p50/p95 latency over time, in equal
+/// buckets, for one tool or all.
+async fn series(
+    State(state): State<AppState>,
+    q: Result<Query<SeriesQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let q = query(q)?;
+    let now = state.store.clock().now();
+    let since = q.since.unwrap_or_else(|| now - chrono::Duration::hours(1));
+    if since >= now {
+        return Err(ApiError::new(ErrorCode::InvalidRequest, format!("since ({since}) must be in the past")));
+    }
+    let buckets = q.buckets.unwrap_or(60);
+    if !(1..=store::MCP_SERIES_MAX_BUCKETS as u32).contains(&buckets) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("buckets is {buckets}; it must be 1 to {}", store::MCP_SERIES_MAX_BUCKETS),
+        ));
+    }
+    if let Some(tool) = &q.tool
+        && (tool.is_empty()
+            || tool.len() > 200
+            || !tool.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "tool is <toolset>.<tool>: 1 to 200 letters, digits, '_', '.' or '-'",
+        ));
+    }
+    let series = state.store.mcp_series(since, q.tool.as_deref(), buckets as usize).await?;
+    Ok(Json(json!({ "series": series })))
 }
 
 /// `GET /api/metrics/mcp/events`: the events of the MCP service (calls, retries, dead letters),

@@ -117,6 +117,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
     let dead_letters = schema::<store::Page<store::DeadLetter>>(g);
     let presence = schema::<model::presence::Presence>(g);
     let mcp_summary = schema::<store::McpSummary>(g);
+    let mcp_series = schema::<store::McpSeries>(g);
     let circuits = schema::<resilience::CircuitSummary>(g);
     let queues = schema::<store::QueueStats>(g);
     let health = schema::<mcp::ToolsetHealth>(g);
@@ -165,6 +166,16 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             )),
         ),
         op("get", "/metrics", "Prometheus metrics of this process", None, None, 200, Reply::Text("text/plain")),
+        op("get", "/", "The dashboard (an HTML page served by the binary)", None, None, 200, Reply::Text("text/html")),
+        op(
+            "get",
+            "/assets/{path}",
+            "A dashboard asset (script, style sheet or icon) built into the binary",
+            None,
+            None,
+            200,
+            Reply::Text("text/javascript"),
+        ),
         op("get", "/api/openapi.json", "This document", None, None, 200, Reply::Json(json!({ "type": "object" }))),
         op(
             "get",
@@ -299,6 +310,15 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             None,
             200,
             Reply::Json(object(json!({ "mcp": mcp_summary }), &["mcp"])),
+        ),
+        op(
+            "get",
+            "/api/metrics/mcp/series",
+            "MCP calls, failures and p50/p95 latency over time in equal buckets, for one toolset.tool or all",
+            Some(input::<crate::mcp_routes::SeriesQuery>()),
+            None,
+            200,
+            Reply::Json(object(json!({ "series": mcp_series }), &["series"])),
         ),
         op(
             "get",

@@ -436,9 +436,24 @@ impl Store {
         Ok(McpSummary::from_records(&records, since))
     }
 
-    /// Queue depth, oldest age and totals per service and role.
+    /// MCP calls from `since` until now in `buckets` equal buckets, for `tool` or for all.
+    pub async fn mcp_series(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        tool: Option<&str>,
+        buckets: usize,
+    ) -> Result<McpSeries, Error> {
+        let records = dispatch!(self, bus => bus.mcp_calls(since, MCP_SUMMARY_MAX_EVENTS).await)?;
+        Ok(McpSeries::from_records(&records, tool, since, self.clock().now(), buckets))
+    }
+
+    /// Queue depth, oldest age and the last minute's throughput (done, failed) per service and role.
     pub async fn queue_stats(&self) -> Result<Vec<QueueStats>, Error> {
-        dispatch!(self, bus => bus.queue_stats().await)
+        let since = self.clock().now() - chrono::Duration::minutes(1);
+        let (stats, finished) = tokio::try_join!(async { dispatch!(self, bus => bus.queue_stats().await) }, async {
+            dispatch!(self, bus => bus.finished_since(since).await)
+        })?;
+        Ok(QueueStats::with_throughput(stats, finished))
     }
 
     /// Deletes finished messages and events older than `older_than`; returns rows removed.

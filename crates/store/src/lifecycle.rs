@@ -95,7 +95,10 @@ pub(crate) fn push_text_filters<DB: sqlx::Database>(
 
 /// An MCP call record from a row of the backends' MCP-call query (columns `tool`, `failed`,
 /// `error_kind`, `latency_ms`).
-pub(crate) fn mcp_call_record<'r, R: sqlx::Row>(row: &'r R) -> Result<crate::McpCallRecord, sqlx::Error>
+pub(crate) fn mcp_call_record<'r, R: sqlx::Row>(
+    row: &'r R,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<crate::McpCallRecord, sqlx::Error>
 where
     &'static str: sqlx::ColumnIndex<R>,
     String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
@@ -107,5 +110,6 @@ where
         failed: row.try_get("failed")?,
         error_kind: row.try_get("error_kind")?,
         latency_ms: row.try_get("latency_ms")?,
+        at,
     })
 }

@@ -25,7 +25,7 @@ use crate::lifecycle::push_text_filters;
 use crate::lifecycle::{
     enqueued_message, message_event, parse_seq_cursor, parse_uuid_cursor, presence_event, truncate, with_detail,
 };
-use crate::{ApiToken, McpCallRecord, SealedSecret};
+use crate::{ApiToken, Finished, McpCallRecord, SealedSecret};
 use crate::{
     CircuitState, ClaimRequest, Completion, DeadLetter, Enqueued, Error, EventFilter, FailAction, Failure,
     MessageFilter, Outcome, Page, PageRequest, QueueStats, StoreOptions, Wakeups,
@@ -776,7 +776,7 @@ impl SqliteBus {
         let rows = sqlx::query(
             "SELECT event_type = 'mcp_call_failed' AS failed, \
                coalesce(payload ->> '$.toolset', '?') || '.' || coalesce(payload ->> '$.tool', '?') AS tool, \
-               payload ->> '$.error_kind' AS error_kind, CAST(payload ->> '$.latency_ms' AS REAL) AS latency_ms \
+               payload ->> '$.error_kind' AS error_kind, CAST(payload ->> '$.latency_ms' AS REAL) AS latency_ms, created_at \
              FROM bus_events WHERE event_type IN ('mcp_call_succeeded', 'mcp_call_failed') AND created_at >= ?1 \
              ORDER BY created_at DESC LIMIT ?2",
         )
@@ -786,9 +786,31 @@ impl SqliteBus {
         .await
         .map_err(db("reading MCP call events"))?;
         rows.iter()
-            .map(crate::lifecycle::mcp_call_record)
+            .map(|row| crate::lifecycle::mcp_call_record(row, at(row.try_get("created_at")?)))
             .collect::<Result<_, _>>()
             .map_err(db("reading MCP call events"))
+    }
+
+    pub(crate) async fn finished_since(&self, since: DateTime<Utc>) -> Result<Vec<Finished>, Error> {
+        let rows = sqlx::query(
+            "SELECT service, role, sum(status = 'done') AS done, sum(status = 'failed') AS failed \
+             FROM agent_messages WHERE status IN ('done', 'failed') AND done_at >= ?1 GROUP BY service, role",
+        )
+        .bind(us(since))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db("counting finished messages"))?;
+        rows.iter()
+            .map(|row| -> Result<Finished, sqlx::Error> {
+                Ok(Finished {
+                    service: row.try_get("service")?,
+                    role: row.try_get("role")?,
+                    done: row.try_get("done")?,
+                    failed: row.try_get("failed")?,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(db("counting finished messages"))
     }
 
     pub(crate) async fn create_api_token(&self, token: &ApiToken) -> Result<(), Error> {
@@ -921,6 +943,8 @@ impl SqliteBus {
                     delayed: row.try_get("delayed")?,
                     claimed: row.try_get("claimed")?,
                     oldest_ready_age_ms: oldest.map(|o| ((now - o) / 1000).max(0)),
+                    done_last_minute: 0,
+                    failed_last_minute: 0,
                 })
             })
             .collect::<Result<_, _>>()

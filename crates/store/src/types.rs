@@ -267,6 +267,52 @@ pub struct QueueStats {
     pub claimed: i64,
     /// Age of the oldest ready message, in ms.
     pub oldest_ready_age_ms: Option<i64>,
+    /// Messages that finished done in the last minute (throughput).
+    #[serde(default)]
+    pub done_last_minute: i64,
+    /// Messages that failed for good (dead-lettered) in the last minute.
+    #[serde(default)]
+    pub failed_last_minute: i64,
+}
+
+/// Messages of one service and role that finished since a time: done and failed for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    /// Service.
+    pub service: String,
+    /// Role.
+    pub role: String,
+    /// Finished done.
+    pub done: i64,
+    /// Failed for good.
+    pub failed: i64,
+}
+
+impl QueueStats {
+    /// Adds the last minute's finished counts to the live figures; a queue that is empty now but
+    /// finished work in that minute gets a row of its own. Keeps the order by service and role.
+    pub fn with_throughput(mut stats: Vec<Self>, finished: Vec<Finished>) -> Vec<Self> {
+        for f in finished {
+            match stats.iter_mut().find(|q| q.service == f.service && q.role == f.role) {
+                Some(q) => {
+                    q.done_last_minute = f.done;
+                    q.failed_last_minute = f.failed;
+                }
+                None => stats.push(Self {
+                    service: f.service,
+                    role: f.role,
+                    ready: 0,
+                    delayed: 0,
+                    claimed: 0,
+                    oldest_ready_age_ms: None,
+                    done_last_minute: f.done,
+                    failed_last_minute: f.failed,
+                }),
+            }
+        }
+        stats.sort_by(|a, b| (&a.service, &a.role).cmp(&(&b.service, &b.role)));
+        stats
+    }
 }
 
 /// One MCP call attempt as its `mcp_call_succeeded|failed` event recorded it.
@@ -280,6 +326,8 @@ pub struct McpCallRecord {
     pub error_kind: Option<String>,
     /// Its latency.
     pub latency_ms: Option<f64>,
+    /// When it was recorded.
+    pub at: DateTime<Utc>,
 }
 
 /// MCP call figures of one tool or of all: calls, failures, latency percentiles.
@@ -349,6 +397,91 @@ impl McpSummary {
             total: figures(&all),
             detail: by_tool.into_iter().map(|(tool, rs)| (tool.to_owned(), figures(&rs))).collect(),
             since,
+            truncated: records.len() as i64 >= MCP_SUMMARY_MAX_EVENTS,
+        }
+    }
+}
+
+/// MCP call figures of one time bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct McpBucket {
+    /// Start of the bucket.
+    pub start: DateTime<Utc>,
+    /// Attempts recorded in it.
+    pub calls: u64,
+    /// Attempts that failed.
+    pub fails: u64,
+    /// Median latency (ms).
+    pub p50: Option<f64>,
+    /// 95th percentile latency (ms).
+    pub p95: Option<f64>,
+}
+
+/// MCP calls over time, in equal buckets from `since` to `until`, for one tool or for all.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct McpSeries {
+    /// The `<toolset>.<tool>` it covers (`None`: every tool).
+    pub tool: Option<String>,
+    /// Start of the first bucket.
+    pub since: DateTime<Utc>,
+    /// End of the last bucket.
+    pub until: DateTime<Utc>,
+    /// Length of a bucket.
+    pub bucket_ms: i64,
+    /// Every bucket, oldest first, empty ones included.
+    pub buckets: Vec<McpBucket>,
+    /// Records were left out because the window held more than the limit.
+    pub truncated: bool,
+}
+
+/// The most buckets one series has.
+pub const MCP_SERIES_MAX_BUCKETS: usize = 240;
+
+impl McpSeries {
+    /// Buckets `records` (of `tool`, or all) from `since` to `until` into `buckets` equal parts
+    /// (1 to [`MCP_SERIES_MAX_BUCKETS`], each at least a second long).
+    pub fn from_records(
+        records: &[McpCallRecord],
+        tool: Option<&str>,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        buckets: usize,
+    ) -> Self {
+        let count = buckets.clamp(1, MCP_SERIES_MAX_BUCKETS);
+        let span_ms = (until - since).num_milliseconds().max(1000);
+        let bucket_ms = ((span_ms + count as i64 - 1) / count as i64).max(1000);
+        let mut slots: Vec<Vec<&McpCallRecord>> = vec![Vec::new(); count];
+        for record in records.iter().filter(|r| tool.is_none_or(|t| r.tool == t)) {
+            let offset = (record.at - since).num_milliseconds();
+            if offset < 0 || record.at > until {
+                continue;
+            }
+            // a record at `until` itself belongs to the last bucket
+            let index = ((offset / bucket_ms) as usize).min(count - 1);
+            slots[index].push(record);
+        }
+        let buckets = slots
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| {
+                let f = figures(slot);
+                McpBucket {
+                    start: since + chrono::Duration::milliseconds(bucket_ms * i as i64),
+                    calls: f.calls,
+                    fails: f.fails,
+                    p50: f.p50,
+                    p95: f.p95,
+                }
+            })
+            .collect();
+        Self {
+            tool: tool.map(str::to_owned),
+            since,
+            until: since + chrono::Duration::milliseconds(bucket_ms * count as i64),
+            bucket_ms,
+            buckets,
             truncated: records.len() as i64 >= MCP_SUMMARY_MAX_EVENTS,
         }
     }

@@ -1,5 +1,7 @@
 //! The `cogo` binary, run as a user would: exit codes, messages, generated docs.
 
+mod dashboard;
+
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -144,11 +144,24 @@ async fn summary_reports_bus_circuits_and_agents() {
         )
         .await
         .expect("enqueue");
+    t.store
+        .record_circuit(&store::CircuitState {
+            key: "mcp.call.everything.echo.0".into(),
+            agent_id: "a1".into(),
+            state: "half_open".into(),
+            open_until: None,
+            updated_at: test_support::epoch(),
+        })
+        .await
+        .expect("circuit");
     let (status, _, body) = call(&app, "GET", "/api/metrics/summary", &[TOKEN]).await;
     assert_eq!(status, StatusCode::OK);
     let summary = &body["summary"];
     assert_eq!(summary["bus"]["ready"], 3);
-    assert_eq!(summary["circuits"], json!({"openByKey": {}, "openCount": 0}));
+    assert_eq!(
+        summary["circuits"],
+        json!({"openByKey": {}, "openCount": 0, "halfOpenKeys": ["mcp.call.everything.echo.0"]})
+    );
     assert_eq!(summary["agents"]["online"], 0);
 }
 
@@ -262,7 +275,7 @@ async fn the_openapi_document_covers_every_route() {
             assert_ne!(body["message"], "no such route", "{method} {path} is documented but not routed");
         }
     }
-    let not_built = [("GET", "/"), ("GET", "/assets/*")];
+    let not_built: [(&str, &str); 0] = [];
     let policies: RoutePolicies = parse("route_policies.json", ConfigFile::Routes.seed()).expect("seed routes");
     for route in &policies.routes {
         let key = (route.method.clone(), route.path.clone());
@@ -421,4 +434,91 @@ async fn goals_are_submitted_read_approved_and_scoped() {
     assert_eq!((status, cancelled["status"].as_str()), (StatusCode::OK, Some("cancelled")), "{cancelled}");
     let (status, body) = send(&app, "POST", &format!("/api/goals/{id}/cancel"), &[ADMIN], json!({})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
+}
+
+/// The dashboard's page and assets are public, revalidated with their ETag, and load nothing from
+/// elsewhere; unknown assets are 404s.
+#[tokio::test]
+async fn the_dashboard_is_served_with_etags() {
+    let (app, _t) = app().await;
+    let (status, headers, body) = call(&app, "GET", "/", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"].to_str().unwrap_or_default().starts_with("text/html"));
+    assert!(body.as_str().unwrap_or_default().contains("/assets/app.js"));
+    let csp = headers["content-security-policy"].to_str().unwrap_or_default().to_owned();
+    assert!(csp.contains("default-src 'self'") && csp.contains("img-src 'self' blob:"), "{csp}");
+    for (asset, media) in [("app.js", "text/javascript"), ("app.css", "text/css"), ("icon.svg", "image/svg+xml")] {
+        let (status, headers, _) = call(&app, "GET", &format!("/assets/{asset}"), &[]).await;
+        assert_eq!(status, StatusCode::OK, "{asset}");
+        assert!(headers["content-type"].to_str().unwrap_or_default().starts_with(media), "{asset}");
+        assert_eq!(headers["cache-control"], "no-cache", "{asset}");
+        let etag = headers["etag"].to_str().expect("etag").to_owned();
+        let (status, _, _) = call(&app, "GET", &format!("/assets/{asset}"), &[("if-none-match", &etag)]).await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED, "{asset}");
+    }
+    let (status, _, body) = call(&app, "GET", "/assets/../Cargo.toml", &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _, body) = call(&app, "GET", "/assets/secrets.js", &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["message"].as_str().unwrap_or_default().contains("no dashboard asset"), "{body}");
+    // API answers are still never stored
+    let (_, headers, _) = call(&app, "GET", "/healthz", &[]).await;
+    assert_eq!(headers["cache-control"], "no-store");
+}
+
+/// MCP calls over time: equal buckets for all tools or one; bad windows, bucket counts and tool
+/// names are refused with the reason.
+#[tokio::test]
+async fn mcp_series_buckets_calls_over_time() {
+    let (app, t) = app().await;
+    let intent = model::Intent::new("mcp_call").expect("intent");
+    let id = t
+        .store
+        .enqueue(model::NewMessage::new("mcp", "gateway", intent, json!({"toolset": "everything", "tool": "echo"})))
+        .await
+        .expect("enqueue")
+        .message
+        .id;
+    let claimed = t
+        .store
+        .claim(&store::ClaimRequest::new("mcp", "gateway", "w", 1, std::time::Duration::from_secs(30)))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let completion = store::Completion {
+        detail: Some(json!({"toolset": "everything", "tool": "echo", "latency_ms": 7.5})),
+        ..store::Completion::new(id, None)
+    };
+    t.store.complete("w", vec![completion]).await.expect("complete");
+    let since =
+        (test_support::epoch() - chrono::Duration::minutes(30)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (status, _, body) =
+        call(&app, "GET", &format!("/api/metrics/mcp/series?since={since}&buckets=30"), &[TOKEN]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let series = &body["series"];
+    assert_eq!(series["bucketMs"], 60_000);
+    let buckets = series["buckets"].as_array().expect("buckets");
+    assert_eq!(buckets.len(), 30);
+    assert_eq!(buckets.iter().map(|b| b["calls"].as_u64().unwrap_or(0)).sum::<u64>(), 1);
+    assert_eq!(buckets[29]["p50"], 7.5);
+    let (_, _, body) =
+        call(&app, "GET", &format!("/api/metrics/mcp/series?since={since}&tool=everything.other"), &[TOKEN]).await;
+    assert_eq!(
+        body["series"]["buckets"].as_array().map(|b| b.iter().map(|x| x["calls"].as_u64().unwrap_or(0)).sum::<u64>()),
+        Some(0)
+    );
+    for (query, says) in [
+        ("buckets=0", "buckets is 0"),
+        ("buckets=241", "buckets is 241"),
+        ("tool=a%20b", "tool is <toolset>.<tool>"),
+        ("since=2999-01-01T00:00:00Z", "must be in the past"),
+        ("since=yesterday", "bad query string"),
+        ("window=1h", "bad query string"),
+    ] {
+        let (status, _, body) = call(&app, "GET", &format!("/api/metrics/mcp/series?{query}"), &[TOKEN]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert!(body["message"].as_str().unwrap_or_default().contains(says), "{query}: {body}");
+    }
+    let (status, _, _) = call(&app, "GET", "/api/metrics/mcp/series", &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }

@@ -465,14 +465,20 @@ pub async fn circuits_and_queue_stats_are_visible_to_another_store(t: TestStore)
     assert_eq!((seen.len(), seen[0].state.as_str()), (1, "open"));
     t.store.enqueue_batch((0..3).map(job).collect()).await.expect("enqueue");
     t.store.enqueue(job(9).with_run_at(test_support::epoch() + chrono::Duration::seconds(60))).await.expect("delayed");
-    t.store.claim(&claim("w", 1)).await.expect("claim");
+    let claimed = t.store.claim(&claim("w", 2)).await.expect("claim");
+    t.store.complete("w", vec![Completion::new(claimed[0].id, None)]).await.expect("complete");
     t.clock.advance(chrono::Duration::seconds(5));
     let stats = other.queue_stats().await.expect("stats");
     assert_eq!(stats.len(), 1);
     assert_eq!(
         (stats[0].ready, stats[0].delayed, stats[0].claimed, stats[0].oldest_ready_age_ms),
-        (2, 1, 1, Some(5000))
+        (1, 1, 1, Some(5000))
     );
+    assert_eq!((stats[0].done_last_minute, stats[0].failed_last_minute), (1, 0), "the last minute's throughput");
+    // a minute later the completion no longer counts as throughput
+    t.clock.advance(chrono::Duration::seconds(61));
+    let later = other.queue_stats().await.expect("stats");
+    assert_eq!((later[0].done_last_minute, later[0].claimed), (0, 1));
     other.close().await;
 }
 
@@ -711,6 +717,16 @@ pub async fn handler_detail_reaches_events_and_the_mcp_summary(t: TestStore) {
     // a window that starts later sees nothing
     let later = s.mcp_summary(test_support::epoch() + chrono::Duration::hours(1)).await.expect("summary");
     assert_eq!(later.total.calls, 0);
+    // over time: every bucket is there, the calls (recorded now) in the last one
+    let since = test_support::epoch() - chrono::Duration::minutes(10);
+    let series = s.mcp_series(since, None, 10).await.expect("series");
+    assert_eq!((series.buckets.len(), series.bucket_ms), (10, 60_000));
+    assert_eq!(series.buckets.iter().map(|b| b.calls).sum::<u64>(), 2);
+    let last = series.buckets.last().expect("last");
+    assert_eq!((last.calls, last.fails, last.p95), (2, 1, Some(40.0)));
+    assert_eq!(series.buckets[0].start, since);
+    let one = s.mcp_series(since, Some("browser.other_tool"), 10).await.expect("series");
+    assert_eq!(one.buckets.iter().map(|b| b.calls).sum::<u64>(), 0);
 }
 
 /// Sealed secrets are stored opaque, replaced by name, listed by name and removed.
