@@ -598,18 +598,31 @@ impl Run<'_> {
                 lines.push(clip(line, 200));
             }
         }
-        let scores = self.orch.text_similarities(&registry::without_urls(query), &lines).await;
+        // the URL's placeholder words ("web page URL") must not pick the `URL:` line
+        if let Some(index) = labelled_answer(&registry::drop_urls(query), &lines) {
+            return vec![lines[index].clone()];
+        }
+        let query = registry::without_urls(query);
+        let scores = self.orch.text_similarities(&query, &lines).await;
         let mut ranked: Vec<(f64, String)> = scores.into_iter().zip(lines).collect();
         ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+        // a clear winner is the only choice: a small model picks among near-equals at random
+        if let [(first, _), (second, _), ..] = ranked.as_slice()
+            && first - second >= 0.2
+        {
+            ranked.truncate(1);
+        }
         ranked.into_iter().take(3).map(|(_, line)| line).collect()
     }
 
-    /// The distinct outputs of the succeeded steps, for an answer.
+    /// The distinct outputs of the succeeded tool steps, for an answer (what earlier `respond`
+    /// steps wrote is derived from these, not evidence of its own).
     fn results_text(&self, max_each: usize) -> String {
         let mut seen = HashSet::new();
         self.state
             .done()
             .iter()
+            .filter(|(_, tool, _)| *tool != "respond")
             .map(|(_, _, output)| output.trim())
             .filter(|output| !output.is_empty() && seen.insert(*output))
             .map(|output| clip(output, max_each))
@@ -1302,6 +1315,32 @@ pub fn normalize_plan(mut plan: Plan) -> (Plan, Vec<String>) {
     (plan, fixes)
 }
 
+/// A result line `Label: value` whose label names what the goal asks for (`Page Title: …` for
+/// "report its title") gains 0.25 per label word found in the goal, up to 0.5.
+fn label_bonus(goal: &str, line: &str) -> f64 {
+    let Some((label, _)) = line.split_once(':') else { return 0.0 };
+    if label.len() > 40 {
+        return 0.0;
+    }
+    let goal = goal.to_lowercase();
+    let goal_words: HashSet<&str> = goal.split(|c: char| !c.is_alphanumeric()).filter(|w| w.len() >= 3).collect();
+    let hits = label
+        .to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.len() >= 3 && goal_words.contains(w))
+        .count();
+    (0.25 * hits as f64).min(0.5)
+}
+
+/// The one line whose label names more of what is asked than any other line's, if there is one.
+fn labelled_answer(goal: &str, lines: &[String]) -> Option<usize> {
+    let bonuses: Vec<f64> = lines.iter().map(|line| label_bonus(goal, line)).collect();
+    let best = bonuses.iter().copied().fold(0.0, f64::max);
+    (best > 0.0 && bonuses.iter().filter(|b| **b == best).count() == 1)
+        .then(|| bonuses.iter().position(|b| *b == best))
+        .flatten()
+}
+
 /// Words too common to tell whether a step is about the goal.
 const COMMON_WORDS: [&str; 16] = [
     "with", "that", "this", "from", "then", "than", "into", "onto", "when", "what", "which", "there", "their", "them",
@@ -1496,6 +1535,19 @@ mod tests {
         assert!(fixes[0].contains("became s2"), "{fixes:?}");
         let fine = Plan { steps: vec![step("s1", &[]), step("s2", &["s1"])] };
         assert!(normalize_plan(fine).1.is_empty());
+    }
+
+    #[test]
+    fn result_labels_that_name_what_is_asked_weigh_in() {
+        let goal = "Open the page and report its title";
+        assert_eq!(label_bonus(goal, "Page Title: COGO example page"), 0.5);
+        assert_eq!(label_bonus(goal, "Page URL: x"), 0.25);
+        assert_eq!(label_bonus(goal, "no label here"), 0.0);
+        assert_eq!(label_bonus(goal, "Console: 1 errors"), 0.0);
+        let output = "### Page\n- Page URL: http://127.0.0.1:38311/\n- Page Title: COGO example page\n- Console: 1 errors, 0 warnings\n### Snapshot\n- [Snapshot](browser/page-2026-12-06T03-03-55-850Z.yml)";
+        let lines: Vec<String> = output.lines().map(|l| l.trim().trim_start_matches("- ").trim().to_owned()).collect();
+        let query = registry::drop_urls("Open the page http://127.0.0.1:38311/ and report its title");
+        assert_eq!(labelled_answer(&query, &lines).map(|i| lines[i].as_str()), Some("Page Title: COGO example page"));
     }
 
     #[test]

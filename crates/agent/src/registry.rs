@@ -232,6 +232,11 @@ pub fn without_urls(text: &str) -> String {
         .join(" ")
 }
 
+/// `text` without its URLs (not even a placeholder word).
+pub fn drop_urls(text: &str) -> String {
+    text.split_whitespace().filter(|word| !looks_like_url(word)).collect::<Vec<_>>().join(" ")
+}
+
 /// The URLs in `text`, in order.
 pub fn urls_in(text: &str) -> Vec<String> {
     text.split_whitespace()

@@ -152,6 +152,23 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
+/// The HTTP server on loopback `port` answers `GET path` with 200. Never panics. A bare TCP
+/// connect is not enough to tell a server listens: to a just-freed ephemeral port, a connect can
+/// reach itself (a TCP simultaneous open), and that socket then holds the port the server wanted.
+pub fn http_ready(port: u16, path: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    if stream.local_addr().is_ok_and(|local| local.port() == port) {
+        return false; // connected to itself
+    }
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let mut answer = [0u8; 12];
+    stream.write_all(request.as_bytes()).is_ok()
+        && stream.read_exact(&mut answer).is_ok()
+        && (answer.starts_with(b"HTTP/1.1 200") || answer.starts_with(b"HTTP/1.0 200"))
+}
+
 /// A server process stopped (by PID) when dropped.
 pub struct ServerProcess {
     child: std::process::Child,
@@ -215,7 +232,8 @@ pub fn llm_model() -> std::path::PathBuf {
 /// the default place under the repository's `target/`).
 pub fn llm_server_python() -> std::path::PathBuf {
     std::env::var("COGO_LLM_SERVER_PYTHON").map(std::path::PathBuf::from).unwrap_or_else(|_| {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/venvs/llama-cpp-python-0.3.36/bin/python")
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/venvs/llama-cpp-python-0.3.36-portable/bin/python")
     })
 }
 
@@ -244,7 +262,7 @@ pub fn start_openai_compatible_server() -> ServerProcess {
         if let Ok(Some(status)) = server.child.try_wait() {
             panic!("llama-cpp-python's server exited with {status}: run scripts/llm-server install");
         }
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if http_ready(port, "/v1/models") {
             return server;
         }
         assert!(std::time::Instant::now() < deadline, "llama-cpp-python's server did not listen within 90 s");

@@ -36,7 +36,7 @@ async fn browser_goal_reports_the_page_title_and_replays_identically() {
     let done = node.settle(&goal, Duration::from_secs(300)).await;
     assert_eq!(done.status, GoalStatus::Succeeded, "{done:?}");
     let answer = done.answer.clone().unwrap_or_default();
-    assert!(answer.contains("COGO example page"), "the answer holds the page's title: {answer}");
+    assert!(answer.contains("COGO example page"), "the answer holds the page's title: {answer}\n{done:?}");
 
     // every step went over the bus with the goal's trace and a key derived from the goal and step
     let messages = t

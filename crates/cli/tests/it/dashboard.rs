@@ -30,19 +30,6 @@ fn call(port: u16, method: &str, path: &str, body: &Value) -> (u16, Value) {
     (status, json)
 }
 
-/// The server answers `/readyz` with 200. Never panics: before the server listens, a connection
-/// is refused (or, to a just-freed loopback port, may even connect to itself).
-fn ready(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-    let mut answer = String::new();
-    stream.write_all(request.as_bytes()).is_ok()
-        && stream.read_to_string(&mut answer).is_ok()
-        && answer.starts_with("HTTP/1.1 200")
-}
-
 /// Polls `probe` until it returns a value or `limit` passes.
 fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
@@ -87,7 +74,7 @@ fn dashboard_views_render_live_data_in_chromium() {
     let mut up = Up(command.spawn().expect("starting cogo up"));
     wait_for("the server", Duration::from_secs(120), || {
         assert!(up.0.try_wait().expect("cogo up").is_none(), "cogo up exited early");
-        ready(port).then_some(())
+        test_support::http_ready(port, "/readyz").then_some(())
     });
 
     // MCP calls to a real server, one of them failing
