@@ -75,7 +75,8 @@ pub async fn decide(
         let pending: Vec<String> =
             state.approvals.iter().filter(|(_, a)| a.decision.is_none()).map(|(k, _)| k.clone()).collect();
         let Some(approval) = state.approvals.get_mut(step_key) else {
-            return Err(Error::Invalid(format!(
+            // the goal is not in a state that asks this: a conflict, not a malformed request
+            return Err(Error::Conflict(format!(
                 "goal {goal_id} asks no approval for step {step_key:?}; pending: {}",
                 if pending.is_empty() { "none".to_owned() } else { pending.join(", ") }
             )));

@@ -62,31 +62,55 @@ impl From<agent::Error> for ApiError {
 #[serde(deny_unknown_fields)]
 pub(crate) struct BudgetBody {
     /// Most steps dispatched over all plans.
+    #[serde(default, deserialize_with = "whole")]
     #[schemars(range(min = 1, max = 100))]
     max_steps: Option<u32>,
     /// Most replans.
+    #[serde(default, deserialize_with = "whole")]
     #[schemars(range(min = 0, max = 10))]
     max_replans: Option<u32>,
     /// Most seconds.
+    #[serde(default, deserialize_with = "whole")]
     #[schemars(range(min = 1, max = 86400))]
     max_seconds: Option<u64>,
     /// Most model tokens.
+    #[serde(default, deserialize_with = "whole")]
     #[schemars(range(min = 100, max = 10000000))]
     max_tokens: Option<u64>,
+}
+
+/// A whole number that JSON may write as `50` or `50.0` (both are the integer 50 to JSON Schema).
+fn whole<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    let value: Option<f64> = serde::Deserialize::deserialize(deserializer)?;
+    value
+        .map(|v| {
+            if v.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(&v) {
+                T::try_from(v as u64).map_err(|_| serde::de::Error::custom(format!("{v} is out of range")))
+            } else {
+                Err(serde::de::Error::custom(format!("{v} is not a whole number of 0 or more")))
+            }
+        })
+        .transpose()
 }
 
 /// Body of `POST /api/goals`.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct GoalBody {
-    /// What to achieve.
-    #[schemars(length(min = 1, max = 2000))]
+    /// What to achieve (no control characters but newlines and tabs).
+    #[schemars(length(min = 1, max = 2000), regex(pattern = r"^[^\u0000-\u0008\u000b-\u001f\u007f-\u009f]*$"))]
     goal: String,
     /// Owning tenant (default `default`).
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9_.-]+$"))]
     tenant: Option<String>,
-    /// Limits (defaults from agent_policy.json).
-    budget: Option<BudgetBody>,
+    /// Limits (defaults from agent_policy.json). Read as a value first: serde would take a
+    /// struct from an array too, and the schema says object.
+    #[schemars(with = "Option<BudgetBody>")]
+    budget: Option<serde_json::Value>,
 }
 
 async fn submit(
@@ -95,7 +119,12 @@ async fn submit(
 ) -> Result<impl IntoResponse, ApiError> {
     let api = api(&state)?;
     let body = crate::mcp_routes::body(body)?;
-    let given = body.budget.unwrap_or_default();
+    let given: BudgetBody = match body.budget {
+        None | Some(serde_json::Value::Null) => BudgetBody::default(),
+        Some(value @ serde_json::Value::Object(_)) => serde_json::from_value(value)
+            .map_err(|err| ApiError::new(ErrorCode::InvalidRequest, format!("budget: {err}")))?,
+        Some(_) => return Err(ApiError::new(ErrorCode::InvalidRequest, "budget must be an object")),
+    };
     let budget = Budget {
         max_steps: given.max_steps.unwrap_or(api.budget.max_steps),
         max_replans: given.max_replans.unwrap_or(api.budget.max_replans),
@@ -133,6 +162,13 @@ async fn list(
     let limit = q.limit.unwrap_or(50);
     if !(1..=store::goals::MAX_GOALS_PAGE).contains(&limit) {
         return Err(ApiError::new(ErrorCode::InvalidRequest, format!("limit {limit} must be 1 to 500")));
+    }
+    for (name, value, max) in [("tenant", q.tenant.as_deref(), 128), ("before", q.before.as_deref(), 64)] {
+        if let Some(value) = value
+            && (value.is_empty() || value.len() > max)
+        {
+            return Err(ApiError::new(ErrorCode::InvalidRequest, format!("{name} must be 1 to {max} characters")));
+        }
     }
     let tenant = scope.tenant().map(str::to_owned).or(q.tenant);
     let filter = store::goals::GoalFilter {

@@ -468,6 +468,10 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
     ]
 }
 
+/// Second success answers: (method, path, status, description).
+const ALSO_SUCCESS: [(&str, &str, u16, &str); 1] =
+    [("post", "/api/mcp/enqueue", 200, "A message with this idempotency key exists: that message")];
+
 /// Status codes every operation may answer with, besides its own.
 const ERROR_STATUSES: [(u16, &str); 10] = [
     (400, "The request is malformed or breaks a rule"),
@@ -494,7 +498,12 @@ pub(crate) fn document(routes: &model::config::RoutePolicies) -> Value {
             Reply::Json(schema) => json!({ "application/json": { "schema": schema } }),
             Reply::Text(media) => json!({ *media: { "schema": { "type": "string" } } }),
         };
-        responses.insert(op.status.to_string(), json!({ "description": "Success", "content": content }));
+        responses.insert(op.status.to_string(), json!({ "description": "Success", "content": content.clone() }));
+        if let Some((_, _, status, description)) =
+            ALSO_SUCCESS.iter().find(|(method, path, _, _)| *method == op.method && *path == op.path)
+        {
+            responses.insert(status.to_string(), json!({ "description": description, "content": content }));
+        }
         for (status, description) in ERROR_STATUSES {
             responses.insert(
                 status.to_string(),

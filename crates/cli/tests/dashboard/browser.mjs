@@ -190,6 +190,23 @@ await step("goals", async () => {
   await shot("goal");
 });
 
+// a tool answer with an image: its artifact directory shows the image inline
+await step("artifacts", async () => {
+  const { id } = await api("/api/mcp/enqueue", { method: "POST", body: JSON.stringify({ toolset: "everything", tool: "get-tiny-image", params: {} }) });
+  let message = null;
+  for (let i = 0; i < 100 && message?.status !== "done"; i++) {
+    message = await api(`/api/messages/${id}`);
+    if (message.status !== "done") await new Promise((r) => setTimeout(r, 100));
+  }
+  check(message?.status === "done" && message.result.images.length >= 1, `the image call is done with an image (${message?.status})`);
+  const dir = message.result.artifacts.replace(/^artifacts\//, "");
+  await page.goto(`${base}/#/artifacts/${dir}`);
+  await ready("artifacts");
+  await page.waitForFunction(() => [...document.querySelectorAll(".shots img")].some((img) => img.complete && img.naturalWidth > 0), null, { timeout: 10_000 });
+  check((await page.$$('[data-file="response.json"] pre')).length === 1, "the response JSON is shown");
+  await shot("artifacts");
+});
+
 await step("knowledge", async () => {
   await page.click('[data-nav="knowledge"]');
   await ready("knowledge");

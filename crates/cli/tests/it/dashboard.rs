@@ -143,9 +143,19 @@ fn dashboard_views_render_live_data_in_chromium() {
     let report = super::text(&output);
     eprintln!("browser report: {report}\nscreenshots in {}", shots.display());
     assert!(output.status.success(), "the browser checks failed: {report}");
-    for view in
-        ["token", "overview", "mcp", "events", "dlq", "goals", "goal", "knowledge", "phone-overview", "unreachable"]
-    {
+    for view in [
+        "token",
+        "overview",
+        "mcp",
+        "events",
+        "dlq",
+        "goals",
+        "goal",
+        "artifacts",
+        "knowledge",
+        "phone-overview",
+        "unreachable",
+    ] {
         assert!(shots.join(format!("{view}.png")).is_file(), "no screenshot of {view}");
     }
     drop(up);

@@ -416,11 +416,33 @@ async fn goals_are_submitted_read_approved_and_scoped() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _, _) = call(&app, "GET", "/api/goals/01a21103-fa61-700f-93ee-8e564cd0c5a0", &[TOKEN]).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    // no approval was asked for: a clear 400 naming what is pending
+    // no approval was asked for: a 409 (the goal's state) naming what is pending
     let (status, body) =
         send(&app, "POST", &format!("/api/goals/{id}/approvals/r1.s1"), &[ADMIN], json!({"approve": true})).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(body["message"].as_str().unwrap_or_default().contains("pending: none"), "{body}");
+    // empty filters are refused; whole numbers may be written as 50.0
+    let (status, _, body) = call(&app, "GET", "/api/goals?tenant=", &[TOKEN]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["message"].as_str().unwrap_or_default().contains("tenant must be 1 to 128"), "{body}");
+    let (status, body) = send(
+        &app,
+        "POST",
+        "/api/goals",
+        &[ADMIN],
+        json!({"goal": "x", "budget": {"max_steps": 5.0, "max_tokens": 1000}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) =
+        send(&app, "POST", "/api/goals", &[ADMIN], json!({"goal": "x", "budget": {"max_steps": 2.5}})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["message"].as_str().unwrap_or_default().contains("2.5 is not a whole number"), "{body}");
+    let (status, body) = send(&app, "POST", "/api/goals", &[ADMIN], json!({"goal": "x", "budget": [null]})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["message"].as_str().unwrap_or_default().contains("budget must be an object"), "{body}");
+    let (status, body) = send(&app, "POST", "/api/goals", &[ADMIN], json!({"goal": "a\u{1}b"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     // another tenant's token does not see the goal
     let (text, row) = secrets::tokens::generate("globex", "ci", test_support::epoch());
     t.store.create_api_token(row).await.expect("token");
