@@ -666,26 +666,7 @@ impl Run<'_> {
                     });
                     match checked {
                         Ok(plan) => {
-                            let run = PlanRun {
-                                revision: 1,
-                                steps: plan
-                                    .steps
-                                    .iter()
-                                    .map(|s| StepRun {
-                                        id: s.id.clone(),
-                                        description: s.description.clone(),
-                                        success_criteria: s.success_criteria.clone(),
-                                        depends_on: s.depends_on.clone(),
-                                        status: StepStatus::Pending,
-                                        tool: None,
-                                        params: None,
-                                        message_id: None,
-                                        output: None,
-                                        result_url: None,
-                                        error: None,
-                                    })
-                                    .collect(),
-                            };
+                            let run = PlanRun { revision: 1, steps: plan.steps.iter().map(StepRun::pending).collect() };
                             self.decide(About {
                                 kind,
                                 step: None,
@@ -731,22 +712,7 @@ impl Run<'_> {
             why: format!("no valid plan from the model ({}): the goal itself is the one step", errors.join("; ")),
         })
         .await?;
-        Ok(Some(PlanRun {
-            revision: 1,
-            steps: vec![StepRun {
-                id: step.id,
-                description: step.description,
-                success_criteria: step.success_criteria,
-                depends_on: Vec::new(),
-                status: StepStatus::Pending,
-                tool: None,
-                params: None,
-                message_id: None,
-                output: None,
-                result_url: None,
-                error: None,
-            }],
-        }))
+        Ok(Some(PlanRun { revision: 1, steps: vec![StepRun::pending(&step)] }))
     }
 
     fn step_mut(&mut self, id: &str) -> Option<&mut StepRun> {

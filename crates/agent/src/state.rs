@@ -129,6 +129,23 @@ pub struct StepRun {
 }
 
 impl StepRun {
+    /// A planned step, not started.
+    pub fn pending(step: &llm::shapes::PlanStep) -> Self {
+        Self {
+            id: step.id.clone(),
+            description: step.description.clone(),
+            success_criteria: step.success_criteria.clone(),
+            depends_on: step.depends_on.clone(),
+            status: StepStatus::Pending,
+            tool: None,
+            params: None,
+            message_id: None,
+            output: None,
+            result_url: None,
+            error: None,
+        }
+    }
+
     /// The step's key within the goal: `r<revision>.<id>`.
     pub fn key(revision: u32, id: &str) -> String {
         format!("r{revision}.{id}")
