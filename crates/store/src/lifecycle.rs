@@ -113,3 +113,18 @@ where
         at,
     })
 }
+
+/// A row of `service, role, done, failed` (both backends' finished-messages query).
+pub(crate) fn finished<'r, R: sqlx::Row>(row: &'r R) -> Result<crate::Finished, sqlx::Error>
+where
+    &'static str: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(crate::Finished {
+        service: row.try_get("service")?,
+        role: row.try_get("role")?,
+        done: row.try_get("done")?,
+        failed: row.try_get("failed")?,
+    })
+}

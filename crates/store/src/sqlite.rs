@@ -800,17 +800,7 @@ impl SqliteBus {
         .fetch_all(&self.reader)
         .await
         .map_err(db("counting finished messages"))?;
-        rows.iter()
-            .map(|row| -> Result<Finished, sqlx::Error> {
-                Ok(Finished {
-                    service: row.try_get("service")?,
-                    role: row.try_get("role")?,
-                    done: row.try_get("done")?,
-                    failed: row.try_get("failed")?,
-                })
-            })
-            .collect::<Result<_, _>>()
-            .map_err(db("counting finished messages"))
+        rows.iter().map(crate::lifecycle::finished).collect::<Result<_, _>>().map_err(db("counting finished messages"))
     }
 
     pub(crate) async fn create_api_token(&self, token: &ApiToken) -> Result<(), Error> {
