@@ -114,6 +114,9 @@ pub enum Command {
     /// Give the orchestrator a goal and follow it to the end (exit code: 0 achieved, 1 failed or
     /// cancelled, 4 waiting for an approval).
     Run(RunArgs),
+    /// Check a whole installation stage by stage; the exit code is the verdict.
+    #[command(subcommand)]
+    Gate(GateCommand),
     /// Goals: list, show, approve or reject a waiting step, cancel.
     #[command(subcommand)]
     Goals(GoalsCommand),
@@ -514,6 +517,10 @@ pub struct ServeArgs {
     /// Do not start the example MCP servers (up only).
     #[arg(long, env = "COGO_NO_EXAMPLES")]
     pub no_examples: bool,
+    /// The lightweight server (serve only): health, metrics, summaries and artifacts; no MCP
+    /// calls, goals, knowledge or models.
+    #[arg(long, env = "COGO_MINIMAL")]
+    pub minimal: bool,
     /// Example MCP servers (up only).
     #[command(flatten)]
     pub examples: ExamplesArgs,
@@ -625,6 +632,42 @@ pub enum GoalsCommand {
         /// Goal id.
         id: String,
     },
+}
+
+/// Gates.
+#[derive(Debug, Subcommand)]
+pub enum GateCommand {
+    /// 1 MCP ping of every toolset, 2 local scenario (embedded), 3 distributed scenario
+    /// (PostgreSQL of COGO_DATABASE_URL, separate processes), 4 docker scenario (skipped where no
+    /// Docker engine answers). Reports and artifacts under DATA_DIR/artifacts/gate-run/<ts>/;
+    /// exit code 0 passed, 1 a stage failed.
+    Unified(GateArgs),
+}
+
+/// Options of `gate unified`.
+#[derive(Debug, Clone, Args)]
+pub struct GateArgs {
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the JUnit XML report to this file.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+    /// Stages to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4", value_parser = clap::value_parser!(u8).range(1..=4))]
+    pub stages: Vec<u8>,
+    /// Use the MCP servers already running instead of starting the example servers.
+    #[arg(long)]
+    pub no_examples: bool,
+    /// The example MCP servers.
+    #[command(flatten)]
+    pub examples: ExamplesArgs,
+    /// Messages the distributed scenario's workers drain.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub messages: u32,
+    /// Compose file of the docker scenario.
+    #[arg(long, default_value = "docker-compose.ci.yml")]
+    pub compose_file: PathBuf,
 }
 
 /// Options of `eval goals`.

@@ -170,6 +170,7 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
         llm_client: Some(llm),
         lease: DEFAULT_LEASE,
         toolsets,
+        embedder: true,
     };
     let node = start_node(global, "cogo-run", &roles, options).await?;
     let goal = match agent::submit(&node.store, &args.tenant, &args.goal, budget).await {
@@ -471,6 +472,7 @@ pub async fn eval_goals(global: &Global, args: EvalGoalsArgs) -> anyhow::Result<
         llm_client: Some(llm),
         lease: DEFAULT_LEASE,
         toolsets: servers.toolsets.clone(),
+        embedder: true,
     };
     let node = start_node(&scoped, "cogo-eval", &roles, options).await?;
     let outcome = run_suite(&scoped, &node, &suite, &args, &configs.agent.budget, &servers.pages_url).await;

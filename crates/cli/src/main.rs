@@ -5,6 +5,7 @@ mod bench;
 mod bus_cmd;
 mod config_cmd;
 mod doctor;
+mod gate;
 mod goal_cmd;
 mod knowledge_bench;
 mod knowledge_cmd;
@@ -77,6 +78,7 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
         Command::Graph(command) => runtime()?.block_on(knowledge_cmd::graph(&cli.global, command)),
         Command::Eval(command) => runtime()?.block_on(knowledge_cmd::eval(&cli.global, command)),
         Command::Run(args) => runtime()?.block_on(goal_cmd::run(&cli.global, args)),
+        Command::Gate(args::GateCommand::Unified(args)) => runtime()?.block_on(gate::unified(&cli.global, args)),
         Command::Goals(command) => runtime()?.block_on(goal_cmd::goals(&cli.global, command)),
         Command::Replay { trace_id, json } => runtime()?.block_on(goal_cmd::replay(&cli.global, &trace_id, json)),
         Command::Llm(command) => runtime()?.block_on(llm_cmd::run(&cli.global, command)),

@@ -54,23 +54,7 @@ pub async fn run(global: &Global, command: McpCommand) -> anyhow::Result<()> {
                 toolset(&configs, name)?;
             }
             let timeout = Duration::from_millis(timeout_ms.max(1));
-            let pings = configs
-                .mcp
-                .toolsets
-                .iter()
-                .filter(|(name, t)| t.enabled && only.as_ref().is_none_or(|o| o == *name))
-                .map(|(name, config)| async move {
-                    let started = std::time::Instant::now();
-                    let result = async {
-                        let client = mcp::McpClient::connect(name, config, timeout).await?;
-                        let rtt = client.ping(timeout).await;
-                        client.close().await;
-                        rtt
-                    }
-                    .await;
-                    (name.clone(), started.elapsed(), result)
-                });
-            let results = futures_util::future::join_all(pings).await;
+            let results = ping_toolsets(&configs, only.as_deref(), timeout).await;
             let mut failed = 0;
             for (name, elapsed, result) in &results {
                 let line = match result {
@@ -138,6 +122,29 @@ pub async fn run(global: &Global, command: McpCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Connects to every enabled toolset of mcp.json (or only `only`) and pings it, all at once:
+/// name, time to connect and ping, and the ping's round trip or the error.
+pub async fn ping_toolsets(
+    configs: &crate::settings::Configs,
+    only: Option<&str>,
+    timeout: Duration,
+) -> Vec<(String, Duration, Result<Duration, mcp::Error>)> {
+    let pings = configs.mcp.toolsets.iter().filter(|(name, t)| t.enabled && only.is_none_or(|o| o == *name)).map(
+        |(name, config)| async move {
+            let started = std::time::Instant::now();
+            let result = async {
+                let client = mcp::McpClient::connect(name, config, timeout).await?;
+                let rtt = client.ping(timeout).await;
+                client.close().await;
+                rtt
+            }
+            .await;
+            (name.clone(), started.elapsed(), result)
+        },
+    );
+    futures_util::future::join_all(pings).await
 }
 
 async fn examples(global: &Global, args: &ExamplesArgs, stop: bool) -> anyhow::Result<()> {

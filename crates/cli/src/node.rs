@@ -205,6 +205,8 @@ pub(crate) struct NodeOptions<'a> {
     pub(crate) lease: std::time::Duration,
     /// Toolsets that replace mcp.json's of the same name (example servers started by the command).
     pub(crate) toolsets: std::collections::BTreeMap<String, model::config::mcp::Toolset>,
+    /// Load the embedding model (knowledge routes and roles); the minimal server does not.
+    pub(crate) embedder: bool,
 }
 
 pub(crate) async fn start_node(
@@ -213,7 +215,8 @@ pub(crate) async fn start_node(
     roles: &[&Role],
     options: NodeOptions<'_>,
 ) -> anyhow::Result<Node> {
-    let NodeOptions { concurrency, shards, llm: llm_args, llm_client, lease, toolsets: extra_toolsets } = options;
+    let NodeOptions { concurrency, shards, llm: llm_args, llm_client, lease, toolsets: extra_toolsets, embedder } =
+        options;
     let configs = load_configs_or_exit(&global.config_dir)?;
     let store = open_store(global).await?;
     let policies = Arc::new(resilience::Policies::new(&configs.retry, &configs.breaker));
@@ -261,7 +264,7 @@ pub(crate) async fn start_node(
             .with_scrubbed_values(opened.iter().map(|(_, value)| value.to_string())),
     );
     drop(opened);
-    let embedder = load_embedder(global);
+    let embedder = if embedder { load_embedder(global) } else { None };
     let llm = match (llm_client, llm_args) {
         (Some(client), _) => Ok(client),
         (None, Some(args)) if roles.iter().any(|r| r.needs_llm) => {
@@ -315,13 +318,90 @@ pub(crate) fn load_embedder(global: &Global) -> Option<Arc<dyn knowledge::Embedd
 
 async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(listen).await.map_err(|err| {
+        let port = listen.port();
         let hint = if err.kind() == std::io::ErrorKind::AddrInUse {
-            format!("port {} is already in use: stop the other process (`ss -ltnp 'sport = :{}'` shows it) or pass --listen 127.0.0.1:0 for a free port", listen.port(), listen.port())
+            let holder = match port_holder(port) {
+                Some(holder) => format!("{holder} holds it"),
+                None => format!("`ss -ltnp 'sport = :{port}'` shows which process holds it"),
+            };
+            format!("port {port} is already in use: {holder}; stop that process or pass --listen 127.0.0.1:0 for a free port")
         } else {
             format!("{err}")
         };
         anyhow::Error::new(ExitWith(1, format!("error: cannot listen on {listen}: {hint}")))
     })
+}
+
+/// The process listening on TCP `port` ("pid 1234 (cogo serve …)"), found through /proc: the
+/// listening socket's inode in /proc/net/tcp{,6}, then the process whose descriptors hold it.
+/// `None` where /proc does not say (another OS, or a process of another user).
+fn port_holder(port: u16) -> Option<String> {
+    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let local_port = fields.get(1)?.rsplit(':').next()?;
+                    let listening = *fields.get(3)? == "0A";
+                    (listening && u16::from_str_radix(local_port, 16).ok()? == port)
+                        .then(|| fields.get(9).map(|inode| format!("socket:[{inode}]")))
+                        .flatten()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if inodes.is_empty() {
+        return None;
+    }
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+        });
+        if holds {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let command: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .filter(|part| !part.is_empty())
+                .take(4)
+                .map(|part| String::from_utf8_lossy(part).into_owned())
+                .collect();
+            return Some(format!("pid {pid} ({})", command.join(" ").chars().take(120).collect::<String>()));
+        }
+    }
+    None
+}
+
+/// A worker's own endpoint: `/metrics`, `/healthz`, `/readyz` (the database answers).
+async fn serve_worker_metrics(listener: tokio::net::TcpListener, metrics: server::MetricsRender, store: store::Store) {
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move { metrics() }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let store = store.clone();
+                async move {
+                    match store.ping().await {
+                        Ok(()) => (axum::http::StatusCode::OK, "ready"),
+                        Err(_) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "database unavailable"),
+                    }
+                }
+            }),
+        );
+    if let Err(err) = axum::serve(listener, app).await {
+        tracing::error!(error = %err, "metrics endpoint failed");
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -382,6 +462,7 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
         llm_client: None,
         lease: DEFAULT_LEASE,
         toolsets: Default::default(),
+        embedder: !args.minimal,
     };
     let node = start_node(global, "cogo", &roles, options).await?;
     let state = server::AppState {
@@ -398,7 +479,8 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
             data_dir: global.data_dir.clone(),
         })),
         knowledge: node.embedder.clone().map(|embedder| Arc::new(server::KnowledgeApi { embedder })),
-        goals: Some(Arc::new(server::GoalsApi { data_dir: global.data_dir.clone(), budget: configs.agent.budget })),
+        goals: (!args.minimal)
+            .then(|| Arc::new(server::GoalsApi { data_dir: global.data_dir.clone(), budget: configs.agent.budget })),
     };
     let token_note = if state.admin_token.is_some() {
         "admin token set"
@@ -407,7 +489,8 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
     };
     let limits =
         server::Limits { rate_per_second: args.rate_limit, rate_burst: args.rate_burst, ..server::Limits::default() };
-    let app = server::router(state, limits);
+    let app = if args.minimal { server::minimal_router(state, limits) } else { server::router(state, limits) };
+    let mode = if args.minimal { "minimal server: health, metrics, summaries, artifacts" } else { mode };
     {
         let mut out = std::io::stdout().lock();
         writeln!(
@@ -418,7 +501,9 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
             store::redact_url(&database_url(global))
         )?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        writeln!(out, "  dashboard  {scheme}://{address}/  (it asks for the admin or an API token)")?;
+        if !args.minimal {
+            writeln!(out, "  dashboard  {scheme}://{address}/  (it asks for the admin or an API token)")?;
+        }
         writeln!(out, "  API        {scheme}://{address}/api/metrics/summary  (OpenAPI: /api/openapi.json)")?;
         writeln!(out, "  health     {scheme}://{address}/healthz  {scheme}://{address}/readyz")?;
         writeln!(out, "  metrics    {scheme}://{address}/metrics")?;
@@ -502,6 +587,9 @@ fn embedded_admin_token(
 }
 
 pub async fn up(global: &Global, mut args: ServeArgs) -> anyhow::Result<()> {
+    if args.minimal {
+        return Err(ExitWith(2, "error: --minimal is for `cogo serve`; `cogo up` runs everything".to_owned()).into());
+    }
     let (token, path) = embedded_admin_token(global, args.admin_token.take())?;
     args.admin_token = Some(token);
     if let Some(path) = path {
@@ -535,8 +623,22 @@ pub async fn worker(global: &Global, args: WorkerArgs) -> anyhow::Result<()> {
         llm_client: None,
         lease: std::time::Duration::from_millis(args.lease_ms),
         toolsets: Default::default(),
+        embedder: true,
+    };
+    // a taken port stops the worker before it claims anything
+    let metrics_listener = match args.metrics_addr {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
     };
     let node = start_node(global, "worker", &roles, options).await?;
+    let metrics_endpoint = match metrics_listener {
+        Some(listener) => {
+            let bound = listener.local_addr().context("reading the bound address")?;
+            tokio::spawn(serve_worker_metrics(listener, metrics, node.store.clone()));
+            Some(bound)
+        }
+        None => None,
+    };
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -545,37 +647,11 @@ pub async fn worker(global: &Global, args: WorkerArgs) -> anyhow::Result<()> {
         args.roles.join(","),
         store::redact_url(&database_url(global))
     )?;
-    drop(out);
-    if let Some(addr) = args.metrics_addr {
-        let listener = bind(addr).await?;
-        let store = node.store.clone();
-        let app = axum::Router::new()
-            .route(
-                "/metrics",
-                axum::routing::get(move || {
-                    let metrics = metrics.clone();
-                    async move { metrics() }
-                }),
-            )
-            .route("/healthz", axum::routing::get(|| async { "ok" }))
-            .route(
-                "/readyz",
-                axum::routing::get(move || {
-                    let store = store.clone();
-                    async move {
-                        match store.ping().await {
-                            Ok(()) => (axum::http::StatusCode::OK, "ready"),
-                            Err(_) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "database unavailable"),
-                        }
-                    }
-                }),
-            );
-        tokio::spawn(async move {
-            if let Err(err) = axum::serve(listener, app).await {
-                tracing::error!(error = %err, "metrics endpoint failed");
-            }
-        });
+    if let Some(bound) = metrics_endpoint {
+        writeln!(out, "  metrics    http://{bound}/metrics  (health: /healthz /readyz)")?;
     }
+    out.flush()?;
+    drop(out);
     wait_for_signal().await;
     stop(node).await;
     Ok(())

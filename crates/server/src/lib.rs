@@ -25,6 +25,7 @@ pub use error::{ApiError, ErrorCode};
 pub use goal_routes::GoalsApi;
 pub use knowledge_routes::KnowledgeApi;
 pub use mcp_routes::McpApi;
+pub use routes::MINIMAL_ROUTES;
 pub use security::Scope;
 
 /// Renders the Prometheus text of this process.
@@ -106,9 +107,19 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tls:
 /// The whole application router. Serve it with
 /// `into_make_service_with_connect_info::<ClientAddr>()` so rate limits apply per client address.
 pub fn router(state: AppState, limits: Limits) -> Router {
+    layered(routes::router(state.clone()), state, limits)
+}
+
+/// The lightweight server (`cogo serve --minimal`): health, metrics, summaries and artifacts
+/// ([`MINIMAL_ROUTES`]) under the same security layers; every other route answers 404.
+pub fn minimal_router(state: AppState, limits: Limits) -> Router {
+    layered(routes::minimal_router(state.clone()), state, limits)
+}
+
+fn layered(routes: Router, state: AppState, limits: Limits) -> Router {
     let limiter = limit::RateLimits::new(limits.rate_per_second, limits.rate_burst).map(Arc::new);
     let tokens = Arc::new(security::TokenCache::default());
-    routes::router(state.clone())
+    routes
         .layer(axum::middleware::from_fn_with_state((state, tokens), security::guard))
         .layer(axum::middleware::from_fn_with_state(limiter, limit::rate_limit))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(limits.max_body_bytes))

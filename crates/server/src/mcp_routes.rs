@@ -268,7 +268,7 @@ pub(crate) fn default_since(state: &AppState) -> DateTime<Utc> {
 }
 
 /// `GET /api/metrics/mcp/summary`: calls, failures, p50/p95 overall and per `<toolset>.<tool>`.
-async fn summary(
+pub(crate) async fn summary(
     State(state): State<AppState>,
     q: Result<Query<WindowQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -292,7 +292,7 @@ pub(crate) struct SeriesQuery {
 
 /// `GET /api/metrics/mcp/series`: calls, failures and p50/p95 latency over time, in equal
 /// buckets, for one tool or all.
-async fn series(
+pub(crate) async fn series(
     State(state): State<AppState>,
     q: Result<Query<SeriesQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -325,7 +325,7 @@ async fn series(
 
 /// `GET /api/metrics/mcp/events`: the events of the MCP service (calls, retries, dead letters),
 /// with the filters of `/api/events`.
-async fn events(
+pub(crate) async fn events(
     State(state): State<AppState>,
     axum::extract::Extension(scope): axum::extract::Extension<crate::Scope>,
     q: Result<Query<crate::routes::EventQuery>, QueryRejection>,
@@ -341,7 +341,7 @@ const MAX_ARTIFACT_DIRS: usize = 100_000;
 
 /// `GET /api/metrics/mcp/artifacts/summary`: per toolset, the call directories, their files and
 /// bytes, and the newest.
-async fn artifacts_summary(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+pub(crate) async fn artifacts_summary(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let root = api(&state)?.data_dir.join("artifacts").join("mcp");
     let summary = tokio::task::spawn_blocking(move || artifact_counts(&root))
         .await
@@ -414,7 +414,7 @@ const MAX_ARTIFACT_BYTES: u64 = 64 * 1024 * 1024;
 /// `GET /api/artifacts/<family>/…`: a file's bytes, or a directory's listing. Every segment must be
 /// a plain name (no `..`, no separators, no hidden names) and the resolved path must stay inside
 /// the artifacts directory (symbolic links included).
-async fn artifact(
+pub(crate) async fn artifact(
     State(state): State<AppState>,
     Path(path): Path<String>,
 ) -> Result<axum::response::Response, ApiError> {

@@ -552,6 +552,25 @@ pub(crate) async fn openapi(State(state): State<AppState>) -> Json<Value> {
     Json(document(&state.routes))
 }
 
+/// The document of the minimal server: only the routes it serves.
+pub(crate) async fn openapi_minimal(State(state): State<AppState>) -> Json<Value> {
+    Json(minimal_document(&state.routes))
+}
+
+/// [`document`] cut down to [`crate::routes::MINIMAL_ROUTES`].
+pub(crate) fn minimal_document(routes: &model::config::RoutePolicies) -> Value {
+    let mut doc = document(routes);
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        paths.retain(|path, _| crate::routes::MINIMAL_ROUTES.iter().any(|(_, p)| p == path));
+        for (path, ops) in paths.iter_mut() {
+            if let Some(ops) = ops.as_object_mut() {
+                ops.retain(|method, _| crate::routes::MINIMAL_ROUTES.contains(&(method.as_str(), path.as_str())));
+            }
+        }
+    }
+    doc
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

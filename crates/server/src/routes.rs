@@ -39,6 +39,40 @@ pub(crate) fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The routes of `cogo serve --minimal`: health, metrics, summaries and artifacts, nothing that
+/// changes state or calls out. Paths as in the OpenAPI document.
+pub const MINIMAL_ROUTES: [(&str, &str); 10] = [
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/api/metrics/summary"),
+    ("get", "/api/metrics/mcp/summary"),
+    ("get", "/api/metrics/mcp/series"),
+    ("get", "/api/metrics/mcp/events"),
+    ("get", "/api/metrics/mcp/artifacts/summary"),
+    ("get", "/api/artifacts/{path}"),
+    ("get", "/api/openapi.json"),
+];
+
+/// The lightweight server's router: [`MINIMAL_ROUTES`] only; everything else is 404.
+pub(crate) fn minimal_router(state: AppState) -> Router {
+    use crate::mcp_routes as mcp;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(prometheus))
+        .route("/api/metrics/summary", get(summary))
+        .route("/api/metrics/mcp/summary", get(mcp::summary))
+        .route("/api/metrics/mcp/series", get(mcp::series))
+        .route("/api/metrics/mcp/events", get(mcp::events))
+        .route("/api/metrics/mcp/artifacts/summary", get(mcp::artifacts_summary))
+        .route("/api/artifacts/{*path}", get(mcp::artifact))
+        .route("/api/openapi.json", get(crate::openapi::openapi_minimal))
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route (this is the minimal server)") })
+        .layer(Extension(std::sync::Arc::new(SummaryCache::default())))
+        .with_state(state)
+}
+
 async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }

@@ -1,6 +1,7 @@
 //! The `cogo` binary, run as a user would: exit codes, messages, generated docs.
 
 mod dashboard;
+mod gate;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -710,4 +711,100 @@ fn goal_survives_kill_9_of_the_orchestrator_without_repeating_a_step() {
     let dispatched: Vec<String> =
         state.plans.iter().flat_map(|p| p.steps.iter()).filter_map(|s| s.message_id.clone()).collect();
     assert_eq!(dispatched.len(), steps.len(), "{dispatched:?}");
+}
+
+/// `/metrics` of a live `cogo up`, read by a Prometheus text-format parser: every seed metric name
+/// is there with its type and help text, and the counters count the calls made.
+#[test]
+fn metrics_parse_as_prometheus_text_with_the_seed_names() {
+    let data = tempfile::tempdir().expect("data dir");
+    let configs = tempfile::tempdir().expect("config dir");
+    let mcp = serde_json::json!({ "toolsets": { "everything": { "command": "node", "args": [test_support::everything_js(), "stdio"] } } });
+    std::fs::write(configs.path().join("mcp.json"), mcp.to_string()).expect("mcp.json");
+    let port = test_support::free_port();
+    let mut up = Command::new(env!("CARGO_BIN_EXE_cogo"))
+        .args([
+            "--data-dir",
+            data.path().to_str().expect("path"),
+            "--config-dir",
+            configs.path().to_str().expect("path"),
+        ])
+        .args(["up", "--no-examples", "--listen", &format!("127.0.0.1:{port}"), "--admin-token", "metrics-admin"])
+        .env_remove("COGO_DATABASE_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(data.path().join("up.err")).expect("log"))
+        .spawn()
+        .expect("cogo up");
+    let ready = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        test_support::http_ready(port, "/healthz")
+    });
+    let admin = [("x-admin-token", "metrics-admin")];
+    let calls: Vec<String> = (0..3)
+        .map(|n| {
+            http(port, "POST", "/api/mcp/everything/echo", &admin, &format!(r#"{{"params": {{"message": "m{n}"}}}}"#))
+        })
+        .collect();
+    let failed = http(port, "POST", "/api/mcp/everything/no-such-tool", &admin, "{}");
+    let answer = http(port, "GET", "/metrics", &[], "");
+    let _ = up.kill();
+    let _ = up.wait();
+    assert!(
+        ready,
+        "cogo up did not start: {}",
+        std::fs::read_to_string(data.path().join("up.err")).unwrap_or_default()
+    );
+    assert!(calls.iter().all(|c| c.starts_with("HTTP/1.1 200")), "{calls:?}");
+    assert!(failed.starts_with("HTTP/1.1"), "{failed}");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.to_ascii_lowercase().contains("content-type: text/plain"),
+        "{head}"
+    );
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text");
+    let sample = |name: &str, labels: &[(&str, &str)]| {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+                prometheus_parse::Value::Summary(_) => 1.0,
+            })
+            .sum::<f64>()
+    };
+    assert_eq!(sample("cogo_mcp_calls_total", &[("toolset", "everything"), ("tool", "echo")]), 3.0, "{body}");
+    assert!(sample("cogo_mcp_fail_total", &[("toolset", "everything"), ("tool", "no-such-tool")]) >= 1.0, "{body}");
+    let latency =
+        scrape.samples.iter().find(|s| s.metric == "cogo_mcp_latency_ms" && s.labels.get("tool") == Some("echo"));
+    match latency.map(|s| &s.value) {
+        Some(prometheus_parse::Value::Histogram(buckets)) => {
+            assert_eq!(buckets.last().map(|b| b.count), Some(3.0), "+Inf bucket counts every call: {body}")
+        }
+        other => panic!("cogo_mcp_latency_ms is not a histogram: {other:?}\n{body}"),
+    }
+    // every seed family the process registers carries HELP, and the always-present ones are here
+    for name in [
+        "cogo_mcp_calls_total",
+        "cogo_mcp_fail_total",
+        "cogo_mcp_latency_ms",
+        "cogo_circuit_open_current",
+        "cogo_bus_claimed_total",
+        "cogo_bus_succeeded_total",
+    ] {
+        assert!(scrape.samples.iter().any(|s| s.metric == name), "{name} missing from /metrics:\n{body}");
+        assert!(scrape.docs.contains_key(name), "{name} has no # HELP:\n{body}");
+    }
+    for sample in &scrape.samples {
+        // a histogram's _sum and _count lines come out as samples of their own
+        let family = ["_sum", "_count"]
+            .iter()
+            .find_map(|suffix| sample.metric.strip_suffix(suffix))
+            .filter(|base| model::metrics::ALL.contains(base))
+            .unwrap_or(&sample.metric);
+        assert!(model::metrics::ALL.contains(&family), "{} is not a seed metric name", sample.metric);
+    }
 }

@@ -544,3 +544,45 @@ async fn mcp_series_buckets_calls_over_time() {
     let (status, _, _) = call(&app, "GET", "/api/metrics/mcp/series", &[]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+/// `cogo serve --minimal`: health, metrics, summaries and artifacts, under the same security; every
+/// other route is 404 and its OpenAPI document names only what it serves.
+#[tokio::test]
+async fn the_minimal_server_serves_only_its_routes() {
+    let t = test_support::sqlite().await;
+    let app = server::minimal_router(state(&t.store, None), server::Limits::default());
+    for (uri, headers, want) in [
+        ("/healthz", &[][..], StatusCode::OK),
+        ("/readyz", &[][..], StatusCode::OK),
+        ("/api/metrics/summary", &[TOKEN][..], StatusCode::OK),
+        ("/api/metrics/summary", &[][..], StatusCode::UNAUTHORIZED),
+        ("/api/metrics/mcp/summary", &[TOKEN][..], StatusCode::OK),
+        ("/api/metrics/mcp/events", &[TOKEN][..], StatusCode::OK),
+        ("/api/messages", &[TOKEN][..], StatusCode::NOT_FOUND),
+        ("/api/goals", &[TOKEN][..], StatusCode::NOT_FOUND),
+        ("/", &[][..], StatusCode::NOT_FOUND),
+    ] {
+        let (status, headers, body) = call(&app, "GET", uri, headers).await;
+        assert_eq!(status, want, "GET {uri}: {body}");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "GET {uri}");
+    }
+    let (status, _, body) = call(&app, "GET", "/metrics", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, body) = call(&app, "POST", "/api/mcp/enqueue", &[ADMIN]).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{body}");
+    let (status, _, doc) = call(&app, "GET", "/api/openapi.json", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut served: Vec<(String, String)> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object().expect("ops").keys().map(move |method| (method.clone(), path.clone())).collect::<Vec<_>>()
+        })
+        .collect();
+    served.sort();
+    let mut want: Vec<(String, String)> =
+        server::MINIMAL_ROUTES.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect();
+    want.sort();
+    assert_eq!(served, want);
+}
