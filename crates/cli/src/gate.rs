@@ -271,6 +271,7 @@ struct Env {
 impl Env {
     fn new(global: &Global) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("finding the cogo binary")?;
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
         Ok(Self {
             exe,

@@ -225,6 +225,7 @@ impl OpenAiEmbedder {
                 "an embeddings provider needs a model name and a dimension of 1 to 16000".into(),
             ));
         }
+        install_tls_provider();
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .build()
@@ -254,10 +255,9 @@ impl Embedder for OpenAiEmbedder {
                 if let Some(key) = &self.api_key {
                     request = request.bearer_auth(key);
                 }
-                let response = request
-                    .send()
-                    .await
-                    .map_err(|err| Error::Provider(format!("calling {}/embeddings: {err}", self.base_url)))?;
+                let response = request.send().await.map_err(|err| {
+                    Error::Provider(format!("calling {}/embeddings: {}", self.base_url, with_causes(&err)))
+                })?;
                 let status = response.status();
                 let body = response
                     .bytes()
@@ -299,4 +299,26 @@ impl Embedder for OpenAiEmbedder {
             Ok(out)
         })
     }
+}
+
+/// An error with its causes ("error sending request: … : invalid peer certificate: UnknownIssuer"):
+/// reqwest's own message leaves out why a connection failed.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// HTTPS for reqwest: rustls with the ring provider as the process default (once; a provider
+/// already installed stays), with the operating system's certificate roots.
+fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

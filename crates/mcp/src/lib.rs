@@ -200,6 +200,7 @@ impl McpClient {
                     handler.serve(child).await.map_err(|e| connect_error(e.to_string()))
                 }
                 Transport::Http(url) => {
+                    install_tls_provider();
                     let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(url.as_str());
                     handler.serve(transport).await.map_err(|e| connect_error(e.to_string()))
                 }
@@ -322,4 +323,10 @@ impl McpClient {
     pub async fn close(self) {
         let _ = self.service.cancel().await;
     }
+}
+
+/// HTTPS for reqwest: rustls with the ring provider as the process default (once; a provider
+/// already installed stays), with the operating system's certificate roots.
+fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -513,6 +513,28 @@ fn the_api_serves_https_with_the_given_certificate() {
     let mut refused = Vec::new();
     let _ = plain.read_to_end(&mut refused);
     assert!(!String::from_utf8_lossy(&refused).contains("200 OK"), "plain HTTP is not served");
+    // outbound HTTPS (the OpenAI-compatible provider): certificates are verified against the
+    // system's roots, so the self-signed one is refused until SSL_CERT_FILE trusts it; then the
+    // request goes through TLS and COGO's API answers it (404: it is no LLM endpoint)
+    let chat = |trust: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cogo"));
+        command
+            .args(["llm", "chat", "hi", "--llm-provider", "openai", "--llm-name", "m"])
+            .args(["--llm-url", &format!("https://localhost:{port}/v1")])
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR");
+        if trust {
+            command.env("SSL_CERT_FILE", &cert);
+        }
+        let out = command.output().expect("cogo llm chat");
+        (out.status.code(), text(&out))
+    };
+    let (code, untrusted) = chat(false);
+    assert_ne!(code, Some(0), "{untrusted}");
+    assert!(untrusted.to_ascii_lowercase().contains("certificate") && !untrusted.contains("panicked"), "{untrusted}");
+    let (code, trusted) = chat(true);
+    assert_ne!(code, Some(0), "{trusted}");
+    assert!(trusted.contains("404") && !trusted.to_ascii_lowercase().contains("certificate"), "{trusted}");
     let _ = serve.kill();
     let _ = serve.wait();
     let missing = cogo(&[
