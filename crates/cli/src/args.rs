@@ -639,7 +639,7 @@ pub enum GoalsCommand {
 pub enum GateCommand {
     /// 1 MCP ping of every toolset, 2 local scenario (embedded), 3 distributed scenario
     /// (PostgreSQL of COGO_DATABASE_URL, separate processes), 4 docker scenario (skipped where no
-    /// Docker engine answers). Reports and artifacts under DATA_DIR/artifacts/gate-run/<ts>/;
+    /// Docker engine answers). Reports and artifacts under DATA_DIR/artifacts/gate-run/TS/;
     /// exit code 0 passed, 1 a stage failed.
     Unified(GateArgs),
 }

@@ -404,6 +404,8 @@ pub async fn graph(global: &Global, args: BenchGraphArgs) -> anyhow::Result<()> 
                 .await?;
         }
         let write_s = started.elapsed().as_secs_f64();
+        // as `cogo index` does after a large ingest: plans for the tables as they now are
+        store.knowledge_analyze().await?;
         let filter = KnowledgeFilter { tenant: "bench".into(), ..KnowledgeFilter::default() };
         let mut samples = Vec::new();
         let mut reached = 0usize;

@@ -110,6 +110,9 @@ pub struct Progress {
     pub chunks: usize,
 }
 
+/// Documents written or deleted by one run from which the tables' statistics are refreshed.
+pub const ANALYZE_AFTER: usize = 50;
+
 /// Writes documents into the knowledge store.
 #[derive(Debug, Clone)]
 pub struct Indexer<E: ?Sized> {
@@ -198,10 +201,20 @@ impl<E: Embedder + ?Sized> Indexer<E> {
                 .collect();
             report.deleted = self.store.knowledge_delete_documents(scope, &vanished).await? as usize;
         }
+        self.analyze_after(&report).await?;
         report.seen = files.len();
         report.elapsed_ms = started.elapsed().as_millis() as u64;
         crate::telemetry::documents(report.indexed, report.unchanged, report.deleted, report.skipped.len());
         Ok(report)
+    }
+
+    /// After a large change (at least [`ANALYZE_AFTER`] documents written or deleted) the planner's
+    /// statistics are refreshed, so the next walks and searches are not planned for the old tables.
+    async fn analyze_after(&self, report: &IndexReport) -> Result<(), Error> {
+        if report.indexed + report.deleted >= ANALYZE_AFTER {
+            self.store.knowledge_analyze().await?;
+        }
+        Ok(())
     }
 
     /// Indexes documents given inline.
@@ -233,6 +246,7 @@ impl<E: Embedder + ?Sized> Indexer<E> {
         }
         let seen = documents.len() + report.skipped.len();
         let mut report = self.index_documents(scope, documents, report, progress).await?;
+        self.analyze_after(&report).await?;
         report.seen = seen;
         report.elapsed_ms = started.elapsed().as_millis() as u64;
         crate::telemetry::documents(report.indexed, report.unchanged, report.deleted, report.skipped.len());

@@ -468,6 +468,13 @@ impl Store {
         dispatch!(self, bus => bus.kb_prepare(model, dim, reset).await)
     }
 
+    /// Refreshes the planner's statistics of the knowledge tables (PostgreSQL `ANALYZE`, SQLite
+    /// `PRAGMA optimize`): after a large ingest, before autovacuum gets to it, graph walks and
+    /// searches would otherwise be planned for empty tables.
+    pub async fn knowledge_analyze(&self) -> Result<(), Error> {
+        dispatch!(self, bus => bus.kb_analyze().await)
+    }
+
     /// The documents of a scope, by source.
     pub async fn knowledge_documents(
         &self,

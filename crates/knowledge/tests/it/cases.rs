@@ -201,6 +201,8 @@ pub async fn graph_traversal_follows_structure(test: TestStore) {
     let root = dir.path().join("proj");
     corpus(&root);
     Indexer::new(test.store.clone(), model()).index_path(&scope(), &root, &no_progress).await.expect("index");
+    // what a large ingest does before the next walks: fresh planner statistics, nothing else changes
+    test.store.knowledge_analyze().await.expect("statistics refreshed");
     let filter = KnowledgeFilter { tenant: "acme".into(), project: Some("platform".into()), source_prefix: None };
     let find = |name: &'static str| {
         let store = test.store.clone();

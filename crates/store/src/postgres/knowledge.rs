@@ -59,6 +59,16 @@ impl PgBus {
         }
     }
 
+    pub(crate) async fn kb_analyze(&self) -> Result<(), Error> {
+        sqlx::query(
+            "ANALYZE knowledge_documents, knowledge_chunks, knowledge_entities, knowledge_relations, knowledge_mentions",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(db("refreshing the knowledge tables' statistics"))?;
+        Ok(())
+    }
+
     pub(crate) async fn kb_prepare(&self, model: &str, dim: usize, reset: bool) -> Result<(), Error> {
         if !reset && check_model(self.kb_recorded_model().await?, model, dim)? {
             return Ok(());

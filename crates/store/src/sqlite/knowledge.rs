@@ -62,6 +62,14 @@ impl SqliteBus {
         Ok((model.zip(dim), generation))
     }
 
+    pub(crate) async fn kb_analyze(&self) -> Result<(), Error> {
+        sqlx::query("PRAGMA optimize")
+            .execute(&self.writer)
+            .await
+            .map_err(db("refreshing the knowledge tables' statistics"))?;
+        Ok(())
+    }
+
     pub(crate) async fn kb_prepare(&self, model: &str, dim: usize, reset: bool) -> Result<(), Error> {
         let (recorded, _) = self.kb_recorded_model().await?;
         if !reset && check_model(recorded, model, dim)? {
