@@ -404,6 +404,12 @@ async fn serve_worker_metrics(listener: tokio::net::TcpListener, metrics: server
     }
 }
 
+/// The HTTP server's graceful shutdown: on Ctrl-C or SIGTERM, live event streams end too.
+async fn stop_serving() {
+    wait_for_signal().await;
+    server::begin_shutdown();
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn wait_for_signal() {
     #[cfg(unix)]
@@ -532,11 +538,9 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
     match tls {
         Some(config) => {
             let listener = server::tls::TlsListener::new(listener, config).context("starting TLS")?;
-            axum::serve(listener, service).with_graceful_shutdown(wait_for_signal()).await.context("serving HTTPS")?;
+            axum::serve(listener, service).with_graceful_shutdown(stop_serving()).await.context("serving HTTPS")?;
         }
-        None => {
-            axum::serve(listener, service).with_graceful_shutdown(wait_for_signal()).await.context("serving HTTP")?
-        }
+        None => axum::serve(listener, service).with_graceful_shutdown(stop_serving()).await.context("serving HTTP")?,
     }
     stop(node).await;
     drop(examples);

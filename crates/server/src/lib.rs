@@ -104,6 +104,24 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tls:
     }
 }
 
+/// The process's stop signal for long-lived answers (the live event stream).
+fn shutdown_signal() -> &'static tokio::sync::watch::Sender<bool> {
+    static SIGNAL: std::sync::OnceLock<tokio::sync::watch::Sender<bool>> = std::sync::OnceLock::new();
+    SIGNAL.get_or_init(|| tokio::sync::watch::channel(false).0)
+}
+
+/// Ends every live event stream of this process: call it when the server starts its graceful
+/// shutdown, or the shutdown waits for clients that never hang up.
+pub fn begin_shutdown() {
+    shutdown_signal().send_replace(true);
+}
+
+/// Resolves once [`begin_shutdown`] was called.
+pub(crate) async fn shutting_down() {
+    let mut stopped = shutdown_signal().subscribe();
+    let _ = stopped.wait_for(|stopping| *stopping).await;
+}
+
 /// The whole application router. Serve it with
 /// `into_make_service_with_connect_info::<ClientAddr>()` so rate limits apply per client address.
 pub fn router(state: AppState, limits: Limits) -> Router {

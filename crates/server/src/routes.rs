@@ -309,6 +309,8 @@ async fn event_stream(
         };
         futures_util::stream::iter(items)
     });
+    // a stopping server ends the stream, so graceful shutdown does not wait for the client
+    let stream = stream.take_until(crate::shutting_down());
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

@@ -830,3 +830,54 @@ fn metrics_parse_as_prometheus_text_with_the_seed_names() {
         assert!(model::metrics::ALL.contains(&family), "{} is not a seed metric name", sample.metric);
     }
 }
+
+/// SIGTERM stops `cogo serve` cleanly even while a client holds the live event stream open.
+#[test]
+fn serve_stops_on_sigterm_with_an_event_stream_open() {
+    use std::io::{Read, Write};
+    let data = tempfile::tempdir().expect("data dir");
+    let port = test_support::free_port();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_cogo"))
+        .args([
+            "--data-dir",
+            data.path().to_str().expect("path"),
+            "--config-dir",
+            repo().join("configs").to_str().expect("path"),
+        ])
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--api-tokens", "stream-reader"])
+        .env_remove("COGO_DATABASE_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("cogo serve");
+    let ready = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        test_support::http_ready(port, "/healthz")
+    });
+    assert!(ready, "cogo serve did not start");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .write_all(b"GET /api/events/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer stream-reader\r\n\r\n")
+        .expect("send");
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("timeout");
+    let mut head = [0u8; 256];
+    let n = stream.read(&mut head).expect("the stream's head");
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(serve.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = serve.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = serve.kill();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.is_some_and(|s| s.success()), "cogo serve did not stop within 15 s of SIGTERM: {status:?}");
+    // the client sees its stream end rather than hang
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+}
