@@ -30,6 +30,12 @@ pub fn markdown() -> String {
         );
     }
     out.push_str("\n`RUST_LOG` sets the log filter when `COGO_LOG` is unset.\n");
+    out.push_str(
+        "\nRead from the environment only (no flag):\n\n| variable | used by | meaning |\n|---|---|---|\n\
+         | `COGO_MASTER_KEY` | every command that opens secrets | 64 hex digits: the key secrets are sealed with; unset, `DATA_DIR/master.key` (mode 0600) is used or created |\n\
+         | `COGO_CHROMIUM` | the example browser server | the Chromium binary (default `/usr/bin/chromium`) |\n\
+         | `SSL_CERT_FILE`, `SSL_CERT_DIR` | outbound HTTPS (LLM, embeddings, streamable-HTTP MCP) | extra CA certificates besides the system's roots |\n",
+    );
     for file in ConfigFile::ALL {
         let schema = file.schema();
         let _ = writeln!(out, "\n## `configs/{}`\n", file.file_name());
