@@ -256,7 +256,7 @@ impl Embedder for OpenAiEmbedder {
                     request = request.bearer_auth(key);
                 }
                 let response = request.send().await.map_err(|err| {
-                    Error::Provider(format!("calling {}/embeddings: {}", self.base_url, with_causes(&err)))
+                    Error::Provider(format!("calling {}/embeddings: {}", self.base_url, model::with_causes(&err)))
                 })?;
                 let status = response.status();
                 let body = response
@@ -299,22 +299,6 @@ impl Embedder for OpenAiEmbedder {
             Ok(out)
         })
     }
-}
-
-/// An error with its causes ("error sending request: … : invalid peer certificate: UnknownIssuer"):
-/// reqwest's own message leaves out why a connection failed.
-fn with_causes(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// HTTPS for reqwest: rustls with the ring provider as the process default (once; a provider

@@ -209,7 +209,11 @@ impl OpenAiProvider {
     fn send_error(&self, err: &reqwest::Error) -> Error {
         let kind = if err.is_timeout() { ErrorKind::Timeout } else { ErrorKind::Transport };
         // reqwest's message names the URL, never the headers
-        provider_error(&self.name, kind, format!("calling {}/chat/completions: {}", self.base_url, with_causes(&err)))
+        provider_error(
+            &self.name,
+            kind,
+            format!("calling {}/chat/completions: {}", self.base_url, model::with_causes(&err)),
+        )
     }
 
     async fn call(
@@ -521,22 +525,6 @@ impl StreamParser {
             }),
         })
     }
-}
-
-/// An error with its causes ("error sending request: … : invalid peer certificate: UnknownIssuer"):
-/// reqwest's own message leaves out why a connection failed.
-fn with_causes(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// HTTPS for reqwest: rustls with the ring provider as the process default (once; a provider
