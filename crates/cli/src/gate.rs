@@ -435,11 +435,17 @@ struct Api<'a> {
 
 impl Api<'_> {
     /// One request with the admin token; a 429 is waited out (its `Retry-After`) up to 5 times.
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+    /// The status and the body as text.
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, String), String> {
         for _ in 0..5 {
             let mut request =
                 self.http.request(method.clone(), format!("{}{path}", self.base)).header("x-admin-token", &self.token);
-            if let Some(body) = &body {
+            if let Some(body) = body {
                 request = request.json(body);
             }
             let response = request.send().await.map_err(|e| format!("{method} {path}: {e}"))?;
@@ -455,10 +461,15 @@ impl Api<'_> {
                 continue;
             }
             let text = response.text().await.map_err(|e| format!("{method} {path}: reading the answer: {e}"))?;
-            let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-            return Ok((status, value));
+            return Ok((status, text));
         }
         Err(format!("{method} {path}: still rate limited after 5 tries"))
+    }
+
+    /// [`Self::request`] with the body read as JSON (text that is not JSON becomes a string).
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+        let (status, text) = self.request(method, path, body.as_ref()).await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
     }
 
     async fn get(&self, path: &str) -> Result<Value, String> {
@@ -476,16 +487,10 @@ impl Api<'_> {
     }
 
     async fn text(&self, path: &str) -> Result<String, String> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header("x-admin-token", &self.token)
-            .send()
-            .await
-            .map_err(|e| format!("GET {path}: {e}"))?;
-        let status = response.status();
-        let text = response.text().await.map_err(|e| format!("GET {path}: {e}"))?;
-        if status.is_success() { Ok(text) } else { Err(format!("GET {path}: {status}")) }
+        match self.request(reqwest::Method::GET, path, None).await? {
+            (200..=299, text) => Ok(text),
+            (status, _) => Err(format!("GET {path}: {status}")),
+        }
     }
 
     /// Every item of a listing, following `next` cursors (at most `max` items).
