@@ -173,7 +173,8 @@ impl Environment for BusEnvironment {
                     "gateway",
                     Intent::MCP_CALL,
                     json!({"toolset": toolset, "tool": tool, "params": step.params}),
-                    None,
+                    // retried as long as the call's retry policy says
+                    self.gateway.as_ref().map(|gateway| gateway.max_attempts(toolset, tool)),
                 ),
                 // commands may have side effects: one attempt
                 Target::Role { service, role, intent } => {

@@ -508,6 +508,14 @@ pub struct ServeArgs {
     /// Requests a client or token may make at once above the steady rate.
     #[arg(long, env = "COGO_RATE_BURST", default_value_t = 200)]
     pub rate_burst: u32,
+    /// Wrong tokens per second allowed to one client address (an IPv6 /64 counts as one),
+    /// whatever --rate-limit says; over it, requests from there that carry a token get 429 with
+    /// Retry-After before the token is checked. 0 turns this limit off.
+    #[arg(long, env = "COGO_AUTH_FAILURE_RATE", default_value_t = 1)]
+    pub auth_failure_rate: u32,
+    /// Wrong tokens a client address may send at once above --auth-failure-rate.
+    #[arg(long, env = "COGO_AUTH_FAILURE_BURST", default_value_t = 10)]
+    pub auth_failure_burst: u32,
     /// Serve HTTPS with this PEM certificate chain (with --tls-key).
     #[arg(long, env = "COGO_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -642,6 +650,71 @@ pub enum GateCommand {
     /// Docker engine answers). Reports and artifacts under DATA_DIR/artifacts/gate-run/TS/;
     /// exit code 0 passed, 1 a stage failed.
     Unified(GateArgs),
+    /// Faults injected into real COGO processes on loopback (workers killed with SIGKILL,
+    /// PostgreSQL restarted, SQLite writers crashed, MCP servers killed, slowed and cut, the
+    /// artifact disk full and read-only); each scenario reports messages sent, completed, lost and
+    /// duplicated and the time to recover. Reports under DATA_DIR/artifacts/gate-run/TS/chaos/;
+    /// exit code 0 passed, 1 a scenario failed.
+    Chaos(ChaosArgs),
+}
+
+/// Options of `gate chaos`.
+#[derive(Debug, Clone, Args)]
+pub struct ChaosArgs {
+    /// Scenarios to run, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_enum,
+        default_value = "worker-kill,postgres-restart,sqlite-crash,mcp-restart,mcp-slow,mcp-flapping,artifacts-unwritable"
+    )]
+    pub scenarios: Vec<ChaosScenario>,
+    /// Messages of the bus scenarios (the SQLite one sends at most 20,000).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(100..=1_000_000))]
+    pub messages: u32,
+    /// MCP calls of each MCP scenario.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(8..=10_000))]
+    pub calls: u32,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the JUnit XML report to this file.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+}
+
+/// A fault scenario of `gate chaos`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ChaosScenario {
+    /// PostgreSQL: three noop workers, two killed with SIGKILL mid-drain.
+    WorkerKill,
+    /// PostgreSQL: a worker killed, then the local server restarted mid-drain.
+    PostgresRestart,
+    /// SQLite: the worker process killed three times mid-transaction.
+    SqliteCrash,
+    /// The MCP server killed with SIGKILL and started again during calls.
+    McpRestart,
+    /// The MCP server's answers slower than the tool timeout for 3 s.
+    McpSlow,
+    /// Every connection to the MCP server cut every 500 ms for 3 s.
+    McpFlapping,
+    /// The artifact directory full, then read-only, during MCP calls.
+    ArtifactsUnwritable,
+}
+
+impl ChaosScenario {
+    /// Its name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::WorkerKill => "worker-kill",
+            Self::PostgresRestart => "postgres-restart",
+            Self::SqliteCrash => "sqlite-crash",
+            Self::McpRestart => "mcp-restart",
+            Self::McpSlow => "mcp-slow",
+            Self::McpFlapping => "mcp-flapping",
+            Self::ArtifactsUnwritable => "artifacts-unwritable",
+        }
+    }
 }
 
 /// Options of `gate unified`.
@@ -826,6 +899,23 @@ pub enum BenchCommand {
     Ingest(BenchSearchArgs),
     /// 2-hop graph query latency over N relations.
     Graph(BenchGraphArgs),
+    /// Mixed traffic against a real `cogo up` for a chosen time: memory must stay flat, latency
+    /// must not drift, nothing may fail or stay unfinished (exit code 1 otherwise).
+    Soak(BenchSoakArgs),
+}
+
+/// Options of `bench soak`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchSoakArgs {
+    /// Seconds of traffic (reported in six windows of at least 5 s).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(10..=604_800))]
+    pub duration: u64,
+    /// Operations a second (MCP calls enqueued, noop batches, API reads).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=5_000))]
+    pub rate: u32,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `bench search` and `bench ingest`.

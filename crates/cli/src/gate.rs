@@ -26,6 +26,9 @@ use crate::ExitWith;
 use crate::args::{GateArgs, Global};
 use crate::settings::load_configs_or_exit;
 
+pub(crate) mod chaos;
+pub(crate) mod soak;
+
 /// The goal of the local scenario: one the default model usually reaches (see docs/BENCHMARKS.md).
 const GOAL: &str = "Navigate the browser to {pages}form.html and tell me the page title";
 /// What its answer must contain.
@@ -226,7 +229,7 @@ pub async fn unified(global: &Global, args: GateArgs) -> anyhow::Result<()> {
         "stages": stages,
     });
     write_json(&gate_dir.join("report.json"), &report);
-    let junit = junit(&stages, started.elapsed());
+    let junit = junit("cogo gate unified", &stages, started.elapsed());
     std::fs::write(gate_dir.join("junit.xml"), &junit).with_context(|| format!("writing {}", gate_dir.display()))?;
     if let Some(path) = &args.junit {
         std::fs::write(path, &junit).with_context(|| format!("writing {}", path.display()))?;
@@ -1176,12 +1179,13 @@ fn xml(text: &str) -> String {
 
 /// The report as JUnit XML: a test suite per stage, a test case per check; a skipped stage is one
 /// skipped case carrying its reason.
-fn junit(stages: &[Stage], elapsed: Duration) -> String {
+fn junit(suite_name: &str, stages: &[Stage], elapsed: Duration) -> String {
     let tests: usize = stages.iter().map(|s| s.checks.len().max(1)).sum();
     let failures: usize = stages.iter().map(|s| s.checks.iter().filter(|c| !c.ok).count()).sum();
     let skipped = stages.iter().filter(|s| s.status == Status::Skipped).count();
     let mut out = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"cogo gate unified\" tests=\"{tests}\" failures=\"{failures}\" skipped=\"{skipped}\" time=\"{:.3}\">\n",
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"{}\" tests=\"{tests}\" failures=\"{failures}\" skipped=\"{skipped}\" time=\"{:.3}\">\n",
+        xml(suite_name),
         elapsed.as_secs_f64()
     );
     for stage in stages {
@@ -1254,7 +1258,7 @@ mod tests {
             stage(Status::Failed, &[("ping browser", true, "1 ms"), ("ping figma", false, "refused <a&b>")]),
             stage(Status::Skipped, &[]),
         ];
-        let xml = junit(&stages, Duration::from_millis(2500));
+        let xml = junit("cogo gate unified", &stages, Duration::from_millis(2500));
         assert!(xml.contains("tests=\"3\" failures=\"1\" skipped=\"1\" time=\"2.500\""), "{xml}");
         assert!(xml.contains("<failure message=\"refused &lt;a&amp;b&gt;\"/>"), "{xml}");
         assert!(xml.contains("<skipped message=\"no &lt;engine&gt; &amp; &quot;docker&quot;\"/>"), "{xml}");

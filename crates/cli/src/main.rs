@@ -79,6 +79,7 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
         Command::Eval(command) => runtime()?.block_on(knowledge_cmd::eval(&cli.global, command)),
         Command::Run(args) => runtime()?.block_on(goal_cmd::run(&cli.global, args)),
         Command::Gate(args::GateCommand::Unified(args)) => runtime()?.block_on(gate::unified(&cli.global, args)),
+        Command::Gate(args::GateCommand::Chaos(args)) => runtime()?.block_on(gate::chaos::run(&cli.global, args)),
         Command::Goals(command) => runtime()?.block_on(goal_cmd::goals(&cli.global, command)),
         Command::Replay { trace_id, json } => runtime()?.block_on(goal_cmd::replay(&cli.global, &trace_id, json)),
         Command::Llm(command) => runtime()?.block_on(llm_cmd::run(&cli.global, command)),

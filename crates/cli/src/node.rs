@@ -399,9 +399,7 @@ async fn serve_worker_metrics(listener: tokio::net::TcpListener, metrics: server
                 }
             }),
         );
-    if let Err(err) = axum::serve(listener, app).await {
-        tracing::error!(error = %err, "metrics endpoint failed");
-    }
+    server::serve(listener, app, server::Limits::default(), std::future::pending()).await;
 }
 
 /// The HTTP server's graceful shutdown: on Ctrl-C or SIGTERM, live event streams end too.
@@ -493,8 +491,13 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
     } else {
         "no admin token: mutating routes are refused (set COGO_ADMIN_TOKEN)"
     };
-    let limits =
-        server::Limits { rate_per_second: args.rate_limit, rate_burst: args.rate_burst, ..server::Limits::default() };
+    let limits = server::Limits {
+        rate_per_second: args.rate_limit,
+        rate_burst: args.rate_burst,
+        auth_failures_per_second: args.auth_failure_rate,
+        auth_failure_burst: args.auth_failure_burst,
+        ..server::Limits::default()
+    };
     let app = if args.minimal { server::minimal_router(state, limits) } else { server::router(state, limits) };
     let mode = if args.minimal { "minimal server: health, metrics, summaries, artifacts" } else { mode };
     {
@@ -534,13 +537,12 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
         out.flush()?;
     }
     let _policies = node.policies.clone();
-    let service = app.into_make_service_with_connect_info::<server::ClientAddr>();
     match tls {
         Some(config) => {
             let listener = server::tls::TlsListener::new(listener, config).context("starting TLS")?;
-            axum::serve(listener, service).with_graceful_shutdown(stop_serving()).await.context("serving HTTPS")?;
+            server::serve(listener, app, limits, stop_serving()).await;
         }
-        None => axum::serve(listener, service).with_graceful_shutdown(stop_serving()).await.context("serving HTTP")?,
+        None => server::serve(listener, app, limits, stop_serving()).await,
     }
     stop(node).await;
     drop(examples);

@@ -316,7 +316,9 @@ fn overlap_start(
     if overlap == 0 {
         return piece_start;
     }
-    let room = max.saturating_sub(chars(text, piece_start, piece_end));
+    // the chunk runs from the overlap's start to `piece_end`: what lies between the previous end and
+    // the piece (blank lines) counts too
+    let room = max.saturating_sub(chars(text, previous_end.min(piece_start), piece_end));
     let back = overlap.min(room);
     if back == 0 {
         return piece_start;
@@ -409,8 +411,10 @@ pub fn html_to_text(html: &str) -> (String, Option<String>) {
             skipped = true;
         }
         if !skipped {
-            let end = after.find('>').map_or(after.len(), |i| i + 1);
-            let tag = &after[1..end.saturating_sub(1).max(1)];
+            // an unclosed tag runs to the end of the page
+            let close = after.find('>');
+            let end = close.map_or(after.len(), |i| i + 1);
+            let tag = &after[1..close.unwrap_or(after.len())];
             let name: String = tag.trim_start_matches('/').chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
             let closing = tag.starts_with('/');
             if name == "title" && !closing {
@@ -485,7 +489,8 @@ fn decode_entities(text: &str) -> String {
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
         let tail = &rest[amp..];
-        let Some(semi) = tail[..tail.len().min(12)].find(';') else {
+        // `;` within 12 bytes (counted in bytes, so a character across the 12th byte is no problem)
+        let Some(semi) = tail.bytes().take(12).position(|b| b == b';') else {
             out.push('&');
             rest = &tail[1..];
             continue;

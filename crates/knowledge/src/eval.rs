@@ -46,30 +46,55 @@ fn read(path: &Path) -> Result<String, Error> {
     std::fs::read_to_string(path).map_err(|err| Error::Io { path: path.display().to_string(), source: err })
 }
 
+/// One file of a BEIR dataset, as text: what errors call it (its path) and its contents.
+#[derive(Debug, Clone, Copy)]
+pub struct DatasetFile<'a> {
+    /// The name errors give the file (its path).
+    pub name: &'a str,
+    /// The file's text.
+    pub text: &'a str,
+}
+
 impl Dataset {
     /// Loads a BEIR directory.
     pub fn load(dir: &Path) -> Result<Self, Error> {
-        let mut dataset = Self::default();
         let corpus_path = dir.join("corpus.jsonl");
-        for (number, line) in read(&corpus_path)?.lines().enumerate() {
+        let corpus = read(&corpus_path)?;
+        let qrels_path = [dir.join("qrels/test.tsv"), dir.join("qrels.tsv")]
+            .into_iter()
+            .find(|p| p.is_file())
+            .ok_or_else(|| Error::Invalid(format!("{} has neither qrels/test.tsv nor qrels.tsv", dir.display())))?;
+        let qrels = read(&qrels_path)?;
+        let queries_path = dir.join("queries.jsonl");
+        let queries = read(&queries_path)?;
+        let (corpus_name, qrels_name, queries_name) =
+            (corpus_path.display().to_string(), qrels_path.display().to_string(), queries_path.display().to_string());
+        Self::parse(
+            DatasetFile { name: &corpus_name, text: &corpus },
+            DatasetFile { name: &qrels_name, text: &qrels },
+            DatasetFile { name: &queries_name, text: &queries },
+        )
+    }
+
+    /// Parses the three files of a BEIR dataset (`corpus.jsonl`, the qrels TSV and `queries.jsonl`)
+    /// from their text; errors name the file and line.
+    pub fn parse(corpus: DatasetFile<'_>, qrels: DatasetFile<'_>, queries: DatasetFile<'_>) -> Result<Self, Error> {
+        let mut dataset = Self::default();
+        for (number, line) in corpus.text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
             let parsed: CorpusLine = serde_json::from_str(line).map_err(|err| {
                 Error::Invalid(format!(
                     "{} line {}: {err} (expected {{\"_id\", \"title\", \"text\"}})",
-                    corpus_path.display(),
+                    corpus.name,
                     number + 1
                 ))
             })?;
             dataset.corpus.push((parsed.id, parsed.title, parsed.text));
         }
-        let qrels_path = [dir.join("qrels/test.tsv"), dir.join("qrels.tsv")]
-            .into_iter()
-            .find(|p| p.is_file())
-            .ok_or_else(|| Error::Invalid(format!("{} has neither qrels/test.tsv nor qrels.tsv", dir.display())))?;
         let documents: HashSet<&str> = dataset.corpus.iter().map(|(id, _, _)| id.as_str()).collect();
-        for (number, line) in read(&qrels_path)?.lines().enumerate() {
+        for (number, line) in qrels.text.lines().enumerate() {
             let fields: Vec<&str> = line.split('\t').collect();
             if fields.len() < 3 || (number == 0 && fields[0] == "query-id") {
                 continue;
@@ -77,7 +102,7 @@ impl Dataset {
             let grade: u32 = fields[2].trim().parse().map_err(|_| {
                 Error::Invalid(format!(
                     "{} line {}: score {:?} is not a whole number",
-                    qrels_path.display(),
+                    qrels.name,
                     number + 1,
                     fields[2]
                 ))
@@ -85,7 +110,7 @@ impl Dataset {
             if !documents.contains(fields[1]) {
                 return Err(Error::Invalid(format!(
                     "{} line {}: document {:?} is not in corpus.jsonl",
-                    qrels_path.display(),
+                    qrels.name,
                     number + 1,
                     fields[1]
                 )));
@@ -94,24 +119,19 @@ impl Dataset {
                 dataset.qrels.entry(fields[0].to_owned()).or_default().insert(fields[1].to_owned(), grade);
             }
         }
-        let queries_path = dir.join("queries.jsonl");
-        for (number, line) in read(&queries_path)?.lines().enumerate() {
+        for (number, line) in queries.text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
             let parsed: QueryLine = serde_json::from_str(line).map_err(|err| {
-                Error::Invalid(format!(
-                    "{} line {}: {err} (expected {{\"_id\", \"text\"}})",
-                    queries_path.display(),
-                    number + 1
-                ))
+                Error::Invalid(format!("{} line {}: {err} (expected {{\"_id\", \"text\"}})", queries.name, number + 1))
             })?;
             if dataset.qrels.contains_key(&parsed.id) {
                 dataset.queries.push((parsed.id, parsed.text));
             }
         }
         if dataset.queries.is_empty() {
-            return Err(Error::Invalid(format!("{}: no query has a relevance judgement", dir.display())));
+            return Err(Error::Invalid(format!("{}: no query has a relevance judgement", queries.name)));
         }
         Ok(dataset)
     }

@@ -60,6 +60,9 @@ pub struct GatewayAnswer {
     pub artifact_dir: String,
     /// Image files written beside the JSON (names inside `artifact_dir`).
     pub images: Vec<String>,
+    /// Why the artifacts could not be written (a full or read-only disk), when they could not;
+    /// the answer itself is whole and must then be kept inline.
+    pub artifacts_error: Option<String>,
 }
 
 /// One attempt's outcome and the fields of its `mcp_call_succeeded|failed` event
@@ -273,8 +276,8 @@ impl Gateway {
         Self { toolsets, scrub: Vec::new(), breakers, data_dir, stamps: TsAllocator::new(instance) }
     }
 
-    /// Replaces these values (secrets) by `***` wherever they appear in answers, errors and
-    /// artifacts. Values shorter than 4 characters are ignored (they would blank ordinary text).
+    /// Replaces these values (secrets) by `***` wherever they appear in answers (object keys too),
+    /// errors and artifacts. Values shorter than 4 characters are ignored (they would blank ordinary text).
     pub fn with_scrubbed_values(mut self, values: impl IntoIterator<Item = String>) -> Self {
         self.scrub = values.into_iter().filter(|v| v.chars().count() >= 4).collect();
         // longest first, so a value that contains another is replaced whole
@@ -282,15 +285,21 @@ impl Gateway {
         self
     }
 
-    /// `text` with the scrubbed values replaced by `***`.
+    /// `text` with the scrubbed values replaced by `***`, until none is left: a replacement can make
+    /// a value whole again (`a***b` around a `***`); each round shortens the text, so this ends.
     pub fn scrub_text(&self, text: &str) -> String {
         let mut text = text.to_owned();
-        for value in &self.scrub {
-            if text.contains(value.as_str()) {
-                text = text.replace(value.as_str(), "***");
-            }
+        while let Some(value) = self.scrub.iter().find(|value| text.contains(value.as_str())) {
+            text = text.replace(value.as_str(), "***");
         }
         text
+    }
+
+    /// What the gateway keeps of a tool's result, as written to `response.json` and answered to the
+    /// caller: the result with the scrubbed values replaced by `***` and its base64 images taken
+    /// out as files to write beside the JSON (`image-<n>.<ext>`), a reference left in their place.
+    pub fn answer_artifacts(&self, result: Value) -> (Value, Vec<(String, Vec<u8>)>) {
+        take_images(self.scrub_json(result))
     }
 
     fn scrub_json(&self, value: Value) -> Value {
@@ -300,9 +309,20 @@ impl Gateway {
         match value {
             Value::String(text) => Value::String(self.scrub_text(&text)),
             Value::Array(items) => Value::Array(items.into_iter().map(|v| self.scrub_json(v)).collect()),
-            Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, self.scrub_json(v))).collect()),
+            // keys too: a tool may answer with a secret as a key
+            Value::Object(map) => {
+                Value::Object(map.into_iter().map(|(k, v)| (self.scrub_text(&k), self.scrub_json(v))).collect())
+            }
             other => other,
         }
+    }
+
+    /// The attempt budget of a queued call of `toolset.tool`: `max_attempts` of its retry policy
+    /// (`mcp.call.<toolset>.<tool>`), so that the bus retries it as long as the policy says (a
+    /// message's own budget bounds its attempts).
+    pub fn max_attempts(&self, toolset: &str, tool: &str) -> i32 {
+        let policy = self.breakers.policies().retry(&model::policy::mcp_call_key(toolset, tool));
+        i32::try_from(policy.max_attempts).unwrap_or(i32::MAX).clamp(1, model::message::MAX_ATTEMPTS_LIMIT)
     }
 
     /// Names of the enabled toolsets.
@@ -440,7 +460,8 @@ impl Gateway {
         let dir = self.data_dir.join(&artifact_dir);
         detail["artifacts"] = json!(artifact_dir);
         let request = json!({ "toolset": call.toolset, "tool": call.tool, "params": self.scrub_json(redact(&call.params)), "trace_id": context.trace_id, "message_id": context.message_id, "attempt": context.attempt });
-        write_artifacts(dir.clone(), vec![json_file(mcp_files::REQUEST, &request)]).await;
+        let mut artifacts_error =
+            write_artifacts(dir.clone(), vec![json_file(mcp_files::REQUEST, &request)]).await.err();
         metrics::counter!(model::metrics::MCP_CALLS_TOTAL, &labels).increment(1);
         let started = Instant::now();
         let outcome = async {
@@ -483,7 +504,7 @@ impl Gateway {
         });
         match outcome {
             Ok(answer) => {
-                let (result, images) = take_images(self.scrub_json(answer.result));
+                let (result, images) = self.answer_artifacts(answer.result);
                 let names: Vec<String> = images.iter().map(|(name, _)| name.clone()).collect();
                 summary["images"] = json!(names);
                 let mut files = vec![json_file(mcp_files::SUMMARY, &summary), json_file(mcp_files::RESPONSE, &result)];
@@ -491,16 +512,34 @@ impl Gateway {
                     files.push(json_file(mcp_files::ERROR, &json!({ "kind": "tool_error", "result": result })));
                 }
                 files.extend(images);
-                write_artifacts(dir, files).await;
-                Ok(GatewayAnswer { result, is_error: answer.is_error, latency_ms, artifact_dir, images: names })
+                if let Err(err) = write_artifacts(dir, files).await {
+                    artifacts_error.get_or_insert(err);
+                }
+                if let Some(err) = &artifacts_error {
+                    detail["artifacts_error"] = json!(err);
+                }
+                Ok(GatewayAnswer {
+                    result,
+                    is_error: answer.is_error,
+                    latency_ms,
+                    artifact_dir,
+                    images: names,
+                    artifacts_error,
+                })
             }
             Err(err) => {
                 let error = json!({ "kind": err.kind().as_str(), "error": self.scrub_text(&err.to_string()) });
-                write_artifacts(
+                if let Err(err) = write_artifacts(
                     dir,
                     vec![json_file(mcp_files::SUMMARY, &summary), json_file(mcp_files::ERROR, &error)],
                 )
-                .await;
+                .await
+                {
+                    artifacts_error.get_or_insert(err);
+                }
+                if let Some(err) = &artifacts_error {
+                    detail["artifacts_error"] = json!(err);
+                }
                 Err(err)
             }
         }
@@ -555,21 +594,29 @@ fn json_file(name: &str, value: &Value) -> (String, Vec<u8>) {
 }
 
 /// Writes `files` into `dir` (created if needed) in one blocking task, off the async workers. An
-/// artifact that cannot be written must not fail the call: the failure is logged.
-async fn write_artifacts(dir: PathBuf, files: Vec<(String, Vec<u8>)>) {
+/// artifact that cannot be written must not fail the call: the failure is logged, counted in
+/// `cogo_artifact_write_failures_total` and returned for the call's event, and the caller keeps
+/// the answer inline.
+async fn write_artifacts(dir: PathBuf, files: Vec<(String, Vec<u8>)>) -> Result<(), String> {
     let written = tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&dir)
             .and_then(|()| files.iter().try_for_each(|(name, bytes)| std::fs::write(dir.join(name), bytes)))
             .map_err(|err| (dir, err))
     })
     .await;
-    match written {
-        Ok(Ok(())) => {}
+    let error = match written {
+        Ok(Ok(())) => return Ok(()),
         Ok(Err((dir, err))) => {
-            tracing::warn!(dir = %dir.display(), error = %err, "could not write MCP artifacts");
+            tracing::warn!(dir = %dir.display(), error = %err, "could not write MCP artifacts; the answer stays inline");
+            format!("could not write the artifacts: {err}")
         }
-        Err(err) => tracing::warn!(error = %err, "the MCP artifact writer stopped"),
-    }
+        Err(err) => {
+            tracing::warn!(error = %err, "the MCP artifact writer stopped");
+            "could not write the artifacts: the writer stopped".to_owned()
+        }
+    };
+    metrics::counter!(model::metrics::ARTIFACT_WRITE_FAILURES_TOTAL, "family" => "mcp").increment(1);
+    Err(error)
 }
 
 /// Runs `mcp_call` messages through the gateway (the bus decides retries by the error kind).
@@ -607,16 +654,23 @@ impl worker::Handler for GatewayHandler {
             };
             let Attempt { outcome, detail } = gateway.attempt(&call, &context).await;
             match outcome {
-                Ok(answer) if answer.is_error => Err(worker::HandlerError::new(
-                    ErrorKind::ToolError,
-                    format!(
-                        "tool {}.{} reported an error (see {}/error.json)",
-                        call.toolset, call.tool, answer.artifact_dir
-                    ),
-                )
-                .with_detail(detail)),
+                Ok(answer) if answer.is_error => {
+                    let message = match &answer.artifacts_error {
+                        None => format!(
+                            "tool {}.{} reported an error (see {}/error.json)",
+                            call.toolset, call.tool, answer.artifact_dir
+                        ),
+                        Some(why) => {
+                            let text: String = answer.result.to_string().chars().take(2000).collect();
+                            format!("tool {}.{} reported an error ({why}): {text}", call.toolset, call.tool)
+                        }
+                    };
+                    Err(worker::HandlerError::new(ErrorKind::ToolError, message).with_detail(detail))
+                }
                 Ok(answer) => {
-                    let inline = model::message::payload_size(&answer.result) <= max_inline;
+                    // a result whose response.json could not be written stays inline, whatever its size
+                    let inline =
+                        answer.artifacts_error.is_some() || model::message::payload_size(&answer.result) <= max_inline;
                     let result = json!({ "ok": true, "latency_ms": answer.latency_ms, "artifacts": answer.artifact_dir, "images": answer.images, "result": if inline { answer.result } else { Value::Null } });
                     let result_url = (!inline).then(|| format!("{}/{}", answer.artifact_dir, mcp_files::RESPONSE));
                     Ok(worker::HandlerOutput { result: Some(result), result_url, detail: Some(detail) })

@@ -300,8 +300,7 @@ impl McpClient {
         })?;
         let result = answer.map_err(|e| request_error(&self.toolset, &what, e))?;
         let latency = started.elapsed();
-        let is_error = result.is_error.unwrap_or(false);
-        let result = serde_json::to_value(&result).unwrap_or(Value::Null);
+        let (result, is_error) = call_answer(&result);
         Ok(CallOutcome { is_error, result, latency })
     }
 
@@ -322,6 +321,26 @@ impl McpClient {
     /// Ends the session (the stdio child is stopped).
     pub async fn close(self) {
         let _ = self.service.cancel().await;
+    }
+}
+
+/// A tool's result as the gateway receives it: the whole result as JSON and its `isError` flag.
+fn call_answer(result: &rmcp::model::CallToolResult) -> (Value, bool) {
+    (serde_json::to_value(result).unwrap_or(Value::Null), result.is_error.unwrap_or(false))
+}
+
+/// The answer to a `tools/call` that one WebSocket text frame from a server carries, decoded as a
+/// session decodes it: `Some((result, is_error))` with the result exactly as [`McpClient::call`]
+/// hands it to the gateway, `None` when the frame is not a JSON-RPC message or not a tool's result.
+/// The entry point of the `mcp_frame` fuzz target (`fuzz/`).
+pub fn tool_answer_of_frame(text: &str) -> Option<(Value, bool)> {
+    use rmcp::model::{JsonRpcMessage, ServerResult};
+    match websocket::decode_text_frame(text)? {
+        JsonRpcMessage::Response(response) => match response.result {
+            ServerResult::CallToolResult(result) => Some(call_answer(&result)),
+            _ => None,
+        },
+        _ => None,
     }
 }
 

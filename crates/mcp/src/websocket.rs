@@ -36,13 +36,7 @@ pub(crate) async fn connect(
     });
     let stream = read.filter_map(|frame| async move {
         match frame {
-            Ok(Message::Text(text)) => match serde_json::from_str::<ServerJsonRpcMessage>(&text) {
-                Ok(message) => Some(message),
-                Err(err) => {
-                    tracing::warn!(error = %err, "dropping a WebSocket frame that is not a JSON-RPC message");
-                    None
-                }
-            },
+            Ok(Message::Text(text)) => decode_text_frame(&text),
             Ok(_) => None,
             Err(err) => {
                 tracing::debug!(error = %err, "WebSocket read failed");
@@ -51,4 +45,16 @@ pub(crate) async fn connect(
         }
     });
     Ok((Box::pin(sink), Box::pin(stream)))
+}
+
+/// Decodes one text frame from the server as a JSON-RPC message; a frame that is not one is dropped
+/// (`None`) with a warning.
+pub(crate) fn decode_text_frame(text: &str) -> Option<ServerJsonRpcMessage> {
+    match serde_json::from_str::<ServerJsonRpcMessage>(text) {
+        Ok(message) => Some(message),
+        Err(err) => {
+            tracing::warn!(error = %err, "dropping a WebSocket frame that is not a JSON-RPC message");
+            None
+        }
+    }
 }

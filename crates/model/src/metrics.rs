@@ -40,6 +40,9 @@ pub const LLM_LATENCY_MS: &str = "cogo_llm_latency_ms";
 pub const LLM_TOKENS_TOTAL: &str = "cogo_llm_tokens_total";
 /// Policy files reloaded, by `file`, `outcome`.
 pub const CONFIG_RELOADS_TOTAL: &str = "cogo_config_reloads_total";
+/// Artifact writes that failed (a full or read-only disk), by `family` (`mcp`: the MCP call's files); the
+/// work they belong to goes on without them.
+pub const ARTIFACT_WRITE_FAILURES_TOTAL: &str = "cogo_artifact_write_failures_total";
 
 /// Knowledge searches, by `mode` (`fulltext`, `vector`, `hybrid`, `graphrag`).
 pub const KNOWLEDGE_SEARCHES_TOTAL: &str = "cogo_knowledge_searches_total";
@@ -62,7 +65,7 @@ pub const GOAL_REPLANS_TOTAL: &str = "cogo_goal_replans_total";
 pub const GOAL_DURATION_MS: &str = "cogo_goal_duration_ms";
 
 /// Every metric name above, for documentation and naming checks.
-pub const ALL: [&str; 28] = [
+pub const ALL: [&str; 29] = [
     MCP_CALLS_TOTAL,
     MCP_FAIL_TOTAL,
     MCP_LATENCY_MS,
@@ -82,6 +85,7 @@ pub const ALL: [&str; 28] = [
     LLM_LATENCY_MS,
     LLM_TOKENS_TOTAL,
     CONFIG_RELOADS_TOTAL,
+    ARTIFACT_WRITE_FAILURES_TOTAL,
     KNOWLEDGE_SEARCHES_TOTAL,
     KNOWLEDGE_SEARCH_LATENCY_MS,
     KNOWLEDGE_EMBEDDED_CHUNKS_TOTAL,
@@ -94,7 +98,7 @@ pub const ALL: [&str; 28] = [
 ];
 
 /// The `# HELP` text of every metric, in the order of [`ALL`].
-pub const HELP: [(&str, &str); 28] = [
+pub const HELP: [(&str, &str); 29] = [
     (MCP_CALLS_TOTAL, "MCP tool calls made (attempts), by toolset and tool."),
     (MCP_FAIL_TOTAL, "MCP tool calls that failed, by toolset, tool and error kind."),
     (MCP_LATENCY_MS, "MCP tool call latency in milliseconds, by toolset and tool."),
@@ -114,6 +118,7 @@ pub const HELP: [(&str, &str); 28] = [
     (LLM_LATENCY_MS, "LLM call latency in milliseconds, by provider and model."),
     (LLM_TOKENS_TOTAL, "LLM tokens, by provider, model and direction."),
     (CONFIG_RELOADS_TOTAL, "Policy file reloads, by file and outcome."),
+    (ARTIFACT_WRITE_FAILURES_TOTAL, "Artifact writes that failed (full or read-only disk), by family."),
     (KNOWLEDGE_SEARCHES_TOTAL, "Knowledge searches, by mode (fulltext, vector, hybrid, graphrag)."),
     (KNOWLEDGE_SEARCH_LATENCY_MS, "Knowledge search latency in milliseconds, by mode."),
     (KNOWLEDGE_EMBEDDED_CHUNKS_TOTAL, "Texts turned into embeddings, by model."),

@@ -74,6 +74,11 @@ impl Breakers {
         Self { policies, map: RwLock::default(), started: Instant::now(), started_wall: Utc::now(), transitions }
     }
 
+    /// The policies the breakers (and the retries around them) follow.
+    pub fn policies(&self) -> &Arc<Policies> {
+        &self.policies
+    }
+
     /// Milliseconds since these breakers were created (their monotonic clock).
     pub fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64

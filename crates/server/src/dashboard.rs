@@ -6,11 +6,11 @@
 //! `304` until the binary changes.
 
 use axum::Router;
-use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::error::ApiPath;
 use crate::{ApiError, AppState, ErrorCode};
 
 /// One file of the dashboard.
@@ -76,7 +76,7 @@ async fn index(headers: HeaderMap) -> Response {
     serve(&INDEX, &headers)
 }
 
-async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn asset(ApiPath(path): ApiPath<String>, headers: HeaderMap) -> Result<Response, ApiError> {
     ASSETS
         .iter()
         .find(|a| a.name == path)

@@ -18,6 +18,9 @@ pub enum ErrorCode {
     NotFound,
     /// 405: the path exists, for other methods (see `Allow`).
     MethodNotAllowed,
+    /// 408: the request took longer than the limit (its body arrived too slowly, or the work
+    /// took too long).
+    Timeout,
     /// 409: the thing is in a state that forbids the operation.
     Conflict,
     /// 413: body too large.
@@ -39,6 +42,7 @@ impl ErrorCode {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Timeout => StatusCode::REQUEST_TIMEOUT,
             Self::Conflict => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -83,6 +87,32 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A path parameter ([`axum::extract::Path`]) whose rejection is an [`ApiError`] (`{code, message}`)
+/// rather than axum's plain text, e.g. for a percent-encoded segment that is not UTF-8.
+#[derive(Debug)]
+pub(crate) struct ApiPath<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(rejection) if rejection.status().is_server_error() => {
+                tracing::error!(error = %rejection.body_text(), "path parameters of a route do not match its handler");
+                Err(ApiError::new(ErrorCode::Internal, "internal error; see the server log"))
+            }
+            Err(rejection) => {
+                Err(ApiError::new(ErrorCode::InvalidRequest, format!("bad path: {}", rejection.body_text())))
+            }
+        }
+    }
+}
+
 impl From<store::Error> for ApiError {
     fn from(err: store::Error) -> Self {
         use store::Error as E;
@@ -102,3 +132,6 @@ impl From<store::Error> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

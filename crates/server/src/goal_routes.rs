@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Extension, Json, Router, routing::get, routing::post};
@@ -15,6 +15,7 @@ use serde_json::json;
 use model::config::agent::Budget;
 use model::goal::GoalStatus;
 
+use crate::error::ApiPath;
 use crate::routes::query;
 use crate::{ApiError, AppState, ErrorCode, Scope};
 
@@ -211,7 +212,7 @@ async fn goal_for(state: &AppState, scope: &Scope, id: &str) -> Result<model::go
 async fn read(
     State(state): State<AppState>,
     Extension(scope): Extension<Scope>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let api = api(&state)?;
     let goal = goal_for(&state, &scope, &id).await?;
@@ -235,7 +236,7 @@ pub(crate) struct ApprovalBody {
 
 async fn approve(
     State(state): State<AppState>,
-    Path((id, step)): Path<(String, String)>,
+    ApiPath((id, step)): ApiPath<(String, String)>,
     body: Result<Json<ApprovalBody>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_id(&id)?;
@@ -245,7 +246,7 @@ async fn approve(
     Ok(Json(goal))
 }
 
-async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+async fn cancel(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<impl IntoResponse, ApiError> {
     check_id(&id)?;
     let goal = agent::approvals::cancel(&state.store, &id, "api").await?;
     Ok(Json(goal))

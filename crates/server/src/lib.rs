@@ -1,9 +1,11 @@
 //! COGO's HTTP API: the routes over the store, guarded by the route policies (deny by default),
-//! the admin token, security headers, body limits and timeouts; errors as `{code, message}`.
+//! the admin token, security headers, body limits and timeouts; errors as `{code, message}`;
+//! [`serve`], which serves them with a bound on how long a client may take to send a request.
 //!
 //! Invariants: a route missing from `route_policies.json` answers 404 whether or not it exists in
 //! code; 5xx bodies never carry internals (the real error is logged); tokens are compared in
-//! constant time and never logged.
+//! constant time and never logged; a client address that keeps sending wrong tokens has its tokens
+//! refused unchecked for a while.
 
 mod dashboard;
 mod error;
@@ -66,15 +68,27 @@ impl std::fmt::Debug for AppState {
 /// Limits on every request.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Largest request body.
+    /// Largest request body, with `Content-Length` or chunked (a larger one is answered 413).
     pub max_body_bytes: usize,
-    /// Longest a request may take.
+    /// Longest a request may take once its head has arrived, reading its body included (408).
     pub request_timeout: Duration,
+    /// Longest a connection may take to send a request's head (request line and headers), and
+    /// so also the longest a kept-alive connection may stay idle: past it the connection is
+    /// closed without an answer. Applies only to connections served by [`serve`].
+    pub header_read_timeout: Duration,
     /// Requests per second allowed to one client address and, separately, to one token
     /// (0 turns rate limiting off).
     pub rate_per_second: u32,
     /// Requests a client or token may make at once above the steady rate.
     pub rate_burst: u32,
+    /// Failed authentications per second allowed to one client address (an IPv4 address or an
+    /// IPv6 /64), whatever the rate limit above: a request carrying a token (admin header or
+    /// bearer) that is wrong counts, a wrong token sent again does not. Over it, every request
+    /// from that address that carries a token is answered 429 with `Retry-After` before its token
+    /// is checked, so guessing learns nothing. 0 turns this limit off.
+    pub auth_failures_per_second: u32,
+    /// Failed authentications a client address may make at once above the steady rate.
+    pub auth_failure_burst: u32,
 }
 
 impl Default for Limits {
@@ -82,8 +96,11 @@ impl Default for Limits {
         Self {
             max_body_bytes: 2 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
             rate_per_second: 100,
             rate_burst: 200,
+            auth_failures_per_second: 1,
+            auth_failure_burst: 10,
         }
     }
 }
@@ -134,16 +151,75 @@ pub fn minimal_router(state: AppState, limits: Limits) -> Router {
     layered(routes::minimal_router(state.clone()), state, limits)
 }
 
+/// The layers every router gets, innermost first: the body is read (after the guard, so an
+/// unauthenticated client never has its body read), the guard, rate limits, the early refusal of
+/// a declared body over the limit, the request timeout, security headers.
 fn layered(routes: Router, state: AppState, limits: Limits) -> Router {
     let limiter = limit::RateLimits::new(limits.rate_per_second, limits.rate_burst).map(Arc::new);
-    let tokens = Arc::new(security::TokenCache::default());
+    let guard = security::Guard {
+        app: state,
+        tokens: Arc::new(security::TokenCache::default()),
+        failures: limit::AuthFailures::new(limits.auth_failures_per_second, limits.auth_failure_burst).map(Arc::new),
+    };
     routes
-        .layer(axum::middleware::from_fn_with_state((state, tokens), security::guard))
+        .layer(axum::middleware::from_fn_with_state(limits.max_body_bytes, limit::read_body))
+        .layer(axum::middleware::from_fn_with_state(guard, security::guard))
         .layer(axum::middleware::from_fn_with_state(limiter, limit::rate_limit))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(limits.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(limits.max_body_bytes, limit::declared_body))
+        .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
         ))
-        .layer(axum::middleware::from_fn(security::headers))
+        .layer(axum::middleware::from_fn_with_state(limits, security::headers))
+}
+
+/// Serves `app` on `listener` (plain TCP, or [`tls::TlsListener`]) until `shutdown` resolves;
+/// then stops accepting, lets the open connections finish the request they are on, and returns.
+///
+/// HTTP/1.1 as `axum::serve` does, plus what it lacks: every request carries its client's
+/// address (`ConnectInfo<ClientAddr>`, for the rate limits), and a connection that takes longer
+/// than [`Limits::header_read_timeout`] to send a request's head, or stays idle that long between
+/// requests, is closed, so slow or silent clients cannot hold connections open for ever.
+pub async fn serve<L, F>(mut listener: L, app: Router, limits: Limits, shutdown: F)
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+    F: std::future::Future<Output = ()>,
+{
+    use tower::ServiceExt as _;
+    let (stopping, stop) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (io, client) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        while connections.try_join_next().is_some() {}
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(ClientAddr(client)));
+            app.clone().oneshot(request.map(axum::body::Body::new))
+        });
+        let mut stop = stop.clone();
+        connections.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = async { drop(stop.wait_for(|stopping| *stopping).await) } => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(err) = ended {
+                tracing::debug!(%client, error = %err, "connection closed on an error");
+            }
+        });
+    }
+    drop(listener);
+    stopping.send_replace(true);
+    while connections.join_next().await.is_some() {}
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::IntoResponse;
 use axum::{Json, Router, routing::get, routing::post};
 use chrono::{DateTime, Utc};
@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use model::event::NewEvent;
 
+use crate::error::ApiPath;
 use crate::routes::query;
 use crate::{ApiError, AppState, ErrorCode};
 
@@ -97,7 +98,7 @@ pub(crate) struct CallBody {
 /// an `mcp_call_succeeded|failed` event.
 async fn call(
     State(state): State<AppState>,
-    Path((toolset, tool)): Path<(String, String)>,
+    ApiPath((toolset, tool)): ApiPath<(String, String)>,
     payload: Result<Json<CallBody>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let api = api(&state)?;
@@ -150,7 +151,7 @@ async fn call(
 /// the tool must be one it lists.
 async fn ping(
     State(state): State<AppState>,
-    Path((toolset, tool)): Path<(String, String)>,
+    ApiPath((toolset, tool)): ApiPath<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let api = api(&state)?;
     known_toolset(api, &toolset)?;
@@ -223,6 +224,10 @@ async fn enqueue(
     let intent = model::Intent::new("mcp_call").map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     let payload = json!({ "toolset": request.toolset, "tool": request.tool, "params": request.params });
     let mut message = model::NewMessage::new("mcp", "gateway", intent, payload);
+    if let Some(api) = state.mcp.as_ref() {
+        // the bus retries the call as long as its retry policy says
+        message.max_attempts = api.gateway.max_attempts(&request.toolset, &request.tool);
+    }
     message.shard = request.shard.unwrap_or_default();
     message.idempotency_key = request.idempotency_key;
     if let Some(tenant) = request.tenant {
@@ -416,7 +421,7 @@ const MAX_ARTIFACT_BYTES: u64 = 64 * 1024 * 1024;
 /// the artifacts directory (symbolic links included).
 pub(crate) async fn artifact(
     State(state): State<AppState>,
-    Path(path): Path<String>,
+    ApiPath(path): ApiPath<String>,
 ) -> Result<axum::response::Response, ApiError> {
     let api = api(&state)?;
     let segments: Vec<&str> = path.split('/').collect();

@@ -1,7 +1,7 @@
 //! The route handlers: health, Prometheus, messages, events, traces, dead letters, agents, summary.
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use model::{MessageId, MessageStatus};
 use store::{EventFilter, MessageFilter, PageRequest};
 
+use crate::error::ApiPath;
 use crate::{ApiError, AppState, ErrorCode, Scope};
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -182,7 +183,7 @@ pub(crate) fn limit_to(scope: &Scope, tenant: &mut Option<String>) {
 async fn message(
     State(state): State<AppState>,
     Extension(scope): Extension<Scope>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let message = state.store.message(parse_id(&id)?).await?;
     if scope.tenant().is_some_and(|tenant| tenant != message.tenant) {
@@ -317,7 +318,7 @@ async fn event_stream(
 async fn trace(
     State(state): State<AppState>,
     Extension(scope): Extension<Scope>,
-    Path(trace_id): Path<String>,
+    ApiPath(trace_id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     if !model::trace::is_valid_trace_id(&trace_id) {
         return Err(ApiError::new(ErrorCode::InvalidRequest, "a trace id is 32 lower-case hex digits"));
@@ -346,7 +347,7 @@ async fn dead_letters(
     Ok(Json(state.store.dead_letters(&filter, &page).await?))
 }
 
-async fn requeue(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+async fn requeue(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<impl IntoResponse, ApiError> {
     let message = state.store.requeue(parse_id(&id)?).await?;
     tracing::info!(message_id = %message.id, "requeued from the dead-letter queue by an operator");
     Ok(Json(message))

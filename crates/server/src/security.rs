@@ -1,4 +1,4 @@
-//! Route policies, tokens and security headers.
+//! Route policies, tokens and security headers; every error answer as `{code, message}` JSON.
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
@@ -90,12 +90,19 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// What the guard needs: the app, the tenant tokens it has read, the failed-authentication limit.
+#[derive(Clone)]
+pub(crate) struct Guard {
+    pub(crate) app: AppState,
+    pub(crate) tokens: std::sync::Arc<TokenCache>,
+    pub(crate) failures: Option<std::sync::Arc<crate::limit::AuthFailures>>,
+}
+
 /// Deny by default: the route must be in the allowlist and the caller must hold what it needs.
-pub(crate) async fn guard(
-    State((state, tokens)): State<(AppState, std::sync::Arc<TokenCache>)>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// Tokens are not looked at on public routes; on the others, a client address over its failed
+/// authentications gets 429 before its tokens are checked.
+pub(crate) async fn guard(State(guard): State<Guard>, mut request: Request, next: Next) -> Response {
+    let state = &guard.app;
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let Some(access) = state.routes.decide(method.as_str(), &path) else {
@@ -111,37 +118,66 @@ pub(crate) async fn guard(
         }
         return response;
     };
+    if access == Access::Public {
+        request.extensions_mut().insert(Scope::All);
+        return next.run(request).await;
+    }
     let admin = request.headers().get("x-admin-token").and_then(|v| v.to_str().ok());
     let bearer = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let is_admin = match (&state.admin_token, admin.or(bearer)) {
-        (Some(expected), Some(given)) => constant_time_eq(expected.as_bytes(), given.as_bytes()),
-        _ => false,
+    let supplied = admin.is_some() || bearer.is_some();
+    let mut attempt = match (&guard.failures, supplied) {
+        (Some(failures), true) => match failures.begin(crate::limit::client_ip(&request), (admin, bearer)) {
+            Ok(attempt) => Some((failures, attempt)),
+            Err(wait) => {
+                return crate::limit::too_many(
+                    wait,
+                    format!(
+                        "too many failed authentications from this address: retry after {wait} s (tokens from it are not checked until then)"
+                    ),
+                );
+            }
+        },
+        _ => None,
     };
+    let admin_matches =
+        |given: &str| state.admin_token.as_ref().is_some_and(|t| constant_time_eq(t.as_bytes(), given.as_bytes()));
+    let is_admin = admin.or(bearer).is_some_and(admin_matches);
     let mut scope = Scope::All;
-    let mut has_token = is_admin
-        || bearer
-            .is_some_and(|given| state.api_tokens.iter().any(|t| constant_time_eq(t.as_bytes(), given.as_bytes())));
-    if !has_token && let Some((id, secret)) = bearer.and_then(secrets::tokens::split) {
-        match tokens.lookup(&state.store, id).await {
+    let mut bearer_ok = bearer.is_some_and(|given| {
+        admin_matches(given) || state.api_tokens.iter().any(|t| constant_time_eq(t.as_bytes(), given.as_bytes()))
+    });
+    if !bearer_ok && let Some((id, secret)) = bearer.and_then(secrets::tokens::split) {
+        match guard.tokens.lookup(&state.store, id).await {
             Ok(Some(token)) if secrets::tokens::verify(secret, &token) => {
-                has_token = true;
+                bearer_ok = true;
                 scope = Scope::Tenant(token.tenant);
             }
             Ok(_) => {}
-            Err(err) => return ApiError::from(err).into_response(),
+            Err(err) => {
+                // the store failed, not the client: its check spends nothing
+                if let Some((failures, attempt)) = attempt.take() {
+                    failures.end(attempt, true);
+                }
+                return ApiError::from(err).into_response();
+            }
         }
     }
+    // every token given must be right: a wrong admin header next to a good bearer is a guess too
+    let admin_ok = admin.is_none_or(admin_matches);
+    if let Some((failures, attempt)) = attempt {
+        failures.end(attempt, admin_ok && (bearer.is_none() || bearer_ok));
+    }
+    let has_token = is_admin || bearer_ok;
     let allowed = match access {
         Access::Public => true,
         Access::Token => has_token,
         Access::Admin => is_admin,
     };
     if !allowed {
-        let supplied = admin.is_some() || bearer.is_some();
         let what = if access == Access::Admin {
             "the admin token (x-admin-token)"
         } else {
@@ -162,7 +198,6 @@ pub(crate) async fn guard(
         return ApiError::new(code, format!("{method} {path} needs {what}")).into_response();
     }
     if let Scope::Tenant(tenant) = &scope
-        && access != Access::Public
         && !TENANT_ROUTES.iter().any(|template| model::config::routes::template_matches(template, &path))
     {
         return ApiError::new(
@@ -175,11 +210,13 @@ pub(crate) async fn guard(
     next.run(request).await
 }
 
-/// Security headers on every answer; payload-too-large answers as JSON.
-pub(crate) async fn headers(request: Request, next: Next) -> Response {
+/// Security headers on every answer; every error answer as `{code, message}` JSON, also the
+/// ones made outside the handlers (the request timeout, extractors' rejections).
+pub(crate) async fn headers(State(limits): State<crate::Limits>, request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
-    if response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE && !is_json(&response) {
-        response = ApiError::new(ErrorCode::PayloadTooLarge, "request body is larger than the limit").into_response();
+    let status = response.status();
+    if (status.is_client_error() || status.is_server_error()) && !is_json(&response) {
+        response = as_json_error(response, &limits).await;
     }
     let headers = response.headers_mut();
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
@@ -194,6 +231,55 @@ pub(crate) async fn headers(request: Request, next: Next) -> Response {
     // the dashboard's assets set their own (revalidated with an ETag); everything else is not stored
     headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
     response
+}
+
+/// Longest text of a rejection kept as the message of its JSON error.
+const MAX_REJECTION_TEXT: usize = 512;
+
+/// The JSON error for an error answer that is not one: same status (and `Allow`, `Retry-After`),
+/// a code from the status, the limit named for 408 and 413, the text of a 4xx (an extractor's
+/// rejection), never the text of a 5xx.
+async fn as_json_error(response: Response, limits: &crate::Limits) -> Response {
+    use axum::http::StatusCode;
+    let (parts, body) = response.into_parts();
+    let status = parts.status;
+    let code = match status {
+        StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+        StatusCode::FORBIDDEN => ErrorCode::Forbidden,
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+        StatusCode::REQUEST_TIMEOUT => ErrorCode::Timeout,
+        StatusCode::CONFLICT => ErrorCode::Conflict,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+        StatusCode::TOO_MANY_REQUESTS => ErrorCode::RateLimited,
+        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
+        _ if status.is_server_error() => ErrorCode::Internal,
+        _ => ErrorCode::InvalidRequest,
+    };
+    let message = match code {
+        ErrorCode::Timeout => format!(
+            "the request took longer than the limit of {} s (request_timeout)",
+            limits.request_timeout.as_secs_f64()
+        ),
+        ErrorCode::PayloadTooLarge => {
+            format!("the request body is larger than the limit of {} bytes (max_body_bytes)", limits.max_body_bytes)
+        }
+        ErrorCode::Unavailable => "a dependency is unavailable; try again shortly".to_owned(),
+        ErrorCode::Internal => "internal error; see the server log".to_owned(),
+        _ => {
+            let text = axum::body::to_bytes(body, MAX_REJECTION_TEXT).await.unwrap_or_default();
+            let text = String::from_utf8_lossy(&text).trim().to_owned();
+            if text.is_empty() { status.canonical_reason().unwrap_or("refused").to_lowercase() } else { text }
+        }
+    };
+    let mut json = ApiError::new(code, message).into_response();
+    *json.status_mut() = status;
+    for name in [header::ALLOW, header::RETRY_AFTER] {
+        if let Some(value) = parts.headers.get(&name) {
+            json.headers_mut().insert(name, value.clone());
+        }
+    }
+    json
 }
 
 fn is_json(response: &Response) -> bool {

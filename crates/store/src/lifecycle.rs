@@ -128,3 +128,9 @@ where
         failed: row.try_get("failed")?,
     })
 }
+
+/// Counts the messages whose status disagrees with their columns: claimed without a holder or a
+/// lease, done without its completion time. A crash mid-transaction must never leave one.
+pub(crate) const INCONSISTENT_MESSAGES: &str = "SELECT COUNT(*) FROM agent_messages \
+     WHERE (status = 'claimed' AND (claimed_by IS NULL OR lease_until IS NULL)) \
+     OR (status = 'done' AND done_at IS NULL)";

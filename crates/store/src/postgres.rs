@@ -99,6 +99,18 @@ impl PgBus {
         self.ensure_partitions().await
     }
 
+    pub(crate) async fn integrity_check(&self) -> Result<Vec<String>, Error> {
+        let inconsistent: i64 = sqlx::query_scalar(crate::lifecycle::INCONSISTENT_MESSAGES)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("checking the messages' states"))?;
+        Ok(if inconsistent > 0 {
+            vec![format!("{inconsistent} messages whose status disagrees with their lease or completion")]
+        } else {
+            Vec::new()
+        })
+    }
+
     async fn ensure_partitions(&self) -> Result<(), Error> {
         let today = self.now().date_naive();
         for offset in -1..7i64 {

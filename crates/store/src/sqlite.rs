@@ -133,6 +133,29 @@ impl SqliteBus {
             .map_err(|source| Error::Migrate { backend: "sqlite", source })
     }
 
+    pub(crate) async fn integrity_check(&self) -> Result<Vec<String>, Error> {
+        let mut problems: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_all(&self.writer)
+            .await
+            .map_err(db("checking the database file's integrity"))?;
+        problems.retain(|line| line != "ok");
+        let foreign: Vec<sqlx::sqlite::SqliteRow> = sqlx::query("PRAGMA foreign_key_check")
+            .fetch_all(&self.writer)
+            .await
+            .map_err(db("checking the database's foreign keys"))?;
+        if !foreign.is_empty() {
+            problems.push(format!("{} rows break a foreign key", foreign.len()));
+        }
+        let inconsistent: i64 = sqlx::query_scalar(crate::lifecycle::INCONSISTENT_MESSAGES)
+            .fetch_one(&self.writer)
+            .await
+            .map_err(db("checking the messages' states"))?;
+        if inconsistent > 0 {
+            problems.push(format!("{inconsistent} messages whose status disagrees with their lease or completion"));
+        }
+        Ok(problems)
+    }
+
     pub(crate) async fn enqueue_batch(&self, messages: Vec<NewMessage>) -> Result<Vec<Enqueued>, Error> {
         let now = self.now();
         let ids: Vec<Uuid> = messages.iter().map(|_| model::new_id()).collect();

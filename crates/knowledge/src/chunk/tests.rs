@@ -42,6 +42,23 @@ fn long_sections_split_with_overlap_and_exact_offsets() {
 }
 
 #[test]
+fn an_overlap_never_grows_a_chunk_past_max_chars() {
+    // found by the `ingest` fuzz target: the blank lines between two paragraphs were not counted, so
+    // a chunk that repeated the end of the previous one came out 2 characters over the limit
+    let text = "# Circuit breakers\n\nA circuit breaker opens when the failure rate in its rolling window reaches \
+                the threshold (0.5 by\ndefault) after at least `min_requests` calls (5 by default).\n";
+    let options = ChunkOptions { max_chars: 100, overlap_chars: 25 };
+    for kind in [DocumentKind::Text, DocumentKind::Markdown] {
+        let (chunks, _) = chunk(text, kind, options);
+        assert!(chunks.len() > 1, "{kind:?}: {chunks:?}");
+        for piece in texts(text, &chunks) {
+            let count = piece.chars().count();
+            assert!(count <= 100, "{kind:?}: a chunk of {count} characters: {piece:?}");
+        }
+    }
+}
+
+#[test]
 fn a_huge_line_of_multibyte_text_is_cut_on_character_boundaries() {
     let text = "한글".repeat(3000);
     let (chunks, _) = chunk(&text, DocumentKind::Text, ChunkOptions { max_chars: 500, overlap_chars: 0 });
@@ -83,6 +100,18 @@ fn html_becomes_its_visible_text() {
     assert!(text.contains("Hello world <3"), "{text}");
     assert!(text.contains("## Next"), "{text}");
     assert!(!text.contains("var x") && !text.contains("hidden") && !text.contains("p{}"), "{text}");
+}
+
+#[test]
+fn html_cut_inside_a_character_does_not_panic() {
+    // found by the `ingest` fuzz target: an unclosed tag and an entity's 12-byte look-ahead were cut
+    // by bytes, inside a multi-byte character
+    assert_eq!(html_to_text("<\u{e9}").0, "");
+    let (text, title) = html_to_text("<title>&00;&#xD40;\u{4d5}svg");
+    assert_eq!(title, None);
+    assert!(text.contains("&00;"), "{text:?}");
+    let (text, _) = html_to_text("<p>a &aaaaaaaaaa\u{e9}; b</p>");
+    assert!(text.contains("a &aaaaaaaaaa\u{e9}; b"), "{text:?}");
 }
 
 #[test]

@@ -233,6 +233,22 @@ fn redaction_covers_nested_secret_keys() {
     );
 }
 
+/// Found by the `mcp_frame` fuzz target: a secret used as an object key was kept, and a secret
+/// containing `***` could be made whole again by its own replacement.
+#[test]
+fn scrubbed_values_leave_no_trace_in_keys_or_after_replacement() {
+    use std::sync::Arc;
+    let retry = model::config::parse::<model::config::RetryFile>("retry_policy.json", "{}").expect("retry");
+    let breaker = model::config::parse::<model::config::BreakerFile>("circuit_breaker.json", "{}").expect("breaker");
+    let breakers = Arc::new(resilience::Breakers::new(Arc::new(resilience::Policies::new(&retry, &breaker)), None));
+    let gateway = mcp::Gateway::new(Default::default(), breakers, tempfile_dir(), "t")
+        .with_scrubbed_values(["tent".to_owned(), "x***".to_owned()]);
+    let (kept, images) = gateway.answer_artifacts(json!({"result": {"content": "intent", "xx***": 1}}));
+    assert!(images.is_empty());
+    assert_eq!(kept, json!({"result": {"con***": "in***", "***": 1}}));
+    assert_eq!(gateway.scrub_text("a xx*** b"), "a *** b");
+}
+
 /// A toolset that is down opens its breaker after the threshold; calls then fail fast; once the
 /// server is back, a half-open probe closes it. Every transition is recorded in the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

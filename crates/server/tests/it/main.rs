@@ -1,5 +1,6 @@
-//! The router, called directly (no sockets).
+//! The router, called directly (no sockets), and served on 127.0.0.1 for the abuse tests.
 
+mod abuse;
 mod knowledge;
 mod mcp;
 

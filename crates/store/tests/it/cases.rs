@@ -855,3 +855,28 @@ pub async fn goals_are_durable_versioned_and_follow_their_lifecycle(t: TestStore
     assert!(too_big.to_string().contains("over the limit"), "{too_big}");
     assert_eq!(store.goal(&third.id).await.expect("read").version, 1);
 }
+
+pub async fn integrity_check_finds_torn_message_states(t: TestStore) {
+    let s = &t.store;
+    assert_eq!(s.integrity_check().await.expect("check"), Vec::<String>::new(), "a fresh store is healthy");
+    let first = s.enqueue(job(1)).await.expect("enqueue").message.id;
+    s.enqueue(job(2)).await.expect("enqueue");
+    s.claim(&claim("w1", 1)).await.expect("claim");
+    s.complete("w1", vec![Completion::new(first, None)]).await.expect("complete");
+    s.claim(&claim("w1", 1)).await.expect("claim");
+    assert_eq!(s.integrity_check().await.expect("check"), Vec::<String>::new(), "every lifecycle step is consistent");
+    // what a torn write would leave behind: a claim without its holder
+    let sql = "UPDATE agent_messages SET claimed_by = NULL WHERE status = 'claimed'";
+    if t.url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(&t.url).await.expect("second connection");
+        sqlx::query(sql).execute(&pool).await.expect("break a claim");
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(&t.url).await.expect("second connection");
+        sqlx::query(sql).execute(&pool).await.expect("break a claim");
+        pool.close().await;
+    }
+    let problems = s.integrity_check().await.expect("check");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].starts_with("1 messages whose status disagrees"), "{problems:?}");
+}

@@ -46,6 +46,7 @@ conformance!(
     enqueue_wakes_a_waiting_worker,
     a_flooding_tenant_does_not_starve_another,
     follow_events_streams_new_events,
+    integrity_check_finds_torn_message_states,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
