@@ -676,7 +676,15 @@ impl worker::Handler for GatewayHandler {
                     Ok(worker::HandlerOutput { result: Some(result), result_url, detail: Some(detail) })
                 }
                 Err(err) => {
-                    Err(worker::HandlerError::new(err.kind(), gateway.scrub_text(&err.to_string())).with_detail(detail))
+                    let failure =
+                        worker::HandlerError::new(err.kind(), gateway.scrub_text(&err.to_string())).with_detail(detail);
+                    Err(match &err {
+                        // retried once the breaker lets a probe through, not sooner
+                        GatewayError::Open(open) => {
+                            failure.with_retry_after(Duration::from_millis(open.retry_in_ms.saturating_add(20)))
+                        }
+                        _ => failure,
+                    })
                 }
             }
         })

@@ -45,12 +45,21 @@ pub struct HandlerError {
     pub message: String,
     /// Fields added to the `<intent>_failed` event (a JSON object).
     pub detail: Option<Value>,
+    /// The earliest a retry is worth making (an open breaker's time until it lets a probe
+    /// through): the retry waits at least this long, so attempts are not spent failing fast.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl HandlerError {
     /// A failure of `kind`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), detail: None }
+        Self { kind, message: message.into(), detail: None, retry_after: None }
+    }
+
+    /// The same failure, not worth retrying before `after`.
+    pub fn with_retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after);
+        self
     }
 
     /// The same failure with `detail` for its event.

@@ -305,14 +305,20 @@ async fn completer(
                 Finished::Failed(message, error) => {
                     let policy = retry(&message);
                     let elapsed = (now - message.created_at).to_std().unwrap_or_default();
-                    let decision = model::retry::bus_decision(
+                    let decision = match model::retry::bus_decision(
                         &policy,
                         error.kind,
                         message.attempts.max(0) as u32,
                         message.max_attempts.max(1) as u32,
                         elapsed,
                         rand::random::<f64>(),
-                    );
+                    ) {
+                        // not before the handler says a retry can succeed (an open breaker)
+                        model::retry::RetryDecision::RetryAfter(delay) => model::retry::RetryDecision::RetryAfter(
+                            error.retry_after.map_or(delay, |after| delay.max(after)),
+                        ),
+                        other => other,
+                    };
                     failures.push(Failure {
                         id: message.id,
                         kind: error.kind,

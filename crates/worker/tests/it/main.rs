@@ -108,6 +108,35 @@ async fn shutdown_releases_unfinished_work(t: TestStore) {
     assert!(all.items.iter().all(|m| m.attempts == 0), "a release is not an attempt");
 }
 
+async fn a_retry_waits_as_long_as_the_handler_says(t: TestStore) {
+    // an open breaker: failing fast again before it lets a probe through would only spend attempts
+    let handler = |_m: Message| -> BoxFuture<'static, Result<HandlerOutput, HandlerError>> {
+        Box::pin(async {
+            Err(HandlerError::new(ErrorKind::Transport, "circuit is open").with_retry_after(Duration::from_secs(60)))
+        })
+    };
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(Runtime::new(t.store.clone(), config(2), Arc::new(handler), instant_retry()).run(stopped));
+    let id = t.store.enqueue(job(1).with_max_attempts(3)).await.expect("enqueue").message.id;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let message = loop {
+        let message = t.store.message(id).await.expect("message");
+        if message.last_error.is_some() && message.status == MessageStatus::Queued {
+            break message;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the failure was not recorded: {message:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    stop.send(true).expect("stop");
+    task.await.expect("join");
+    assert_eq!(message.attempts, 1, "one attempt, not a burst of fast failures");
+    assert!(
+        message.run_at >= test_support::epoch() + chrono::Duration::seconds(60),
+        "the retry waits for the handler's 60 s, not the policy's zero delay: {}",
+        message.run_at
+    );
+}
+
 macro_rules! both {
     ($($name:ident),*) => {
         mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(test_support::sqlite().await).await } )* }
@@ -115,7 +144,12 @@ macro_rules! both {
     };
 }
 
-both!(drains_all_messages, failing_handler_retries_then_dead_letters, shutdown_releases_unfinished_work);
+both!(
+    drains_all_messages,
+    failing_handler_retries_then_dead_letters,
+    shutdown_releases_unfinished_work,
+    a_retry_waits_as_long_as_the_handler_says
+);
 
 #[test]
 fn policy_keys_name_the_tool() {
