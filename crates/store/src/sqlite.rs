@@ -91,7 +91,9 @@ impl SqliteBus {
         } else {
             SqlitePoolOptions::new()
                 .max_connections(options.max_connections.clamp(1, 16))
-                .connect_with(connect.read_only(true))
+                // each reader keeps a smaller page cache than the writer: up to 16 of them, and
+                // memory must stay bounded (8 MiB each, 32 MiB for the writer)
+                .connect_with(connect.read_only(true).pragma("cache_size", "-8192"))
                 .await
                 .map_err(db("opening SQLite readers"))?
         };
