@@ -348,8 +348,11 @@ fn split_block(text: &str, block: &Block, max: usize) -> Vec<Block> {
     for (offset, line) in lines(&text[block.start..block.end]) {
         let line_start = block.start + offset;
         let line_end = line_start + line.len();
-        if chars(text, start, line_end) > max && end > start {
-            out.push(Block { start, end, heading: block.heading.clone(), breaks: std::mem::take(&mut breaks) });
+        if chars(text, start, line_end) > max {
+            if end > start {
+                out.push(Block { start, end, heading: block.heading.clone(), breaks: std::mem::take(&mut breaks) });
+            }
+            // blank lines left over from the previous piece do not open the next one
             start = line_start;
         }
         if chars(text, line_start, line_end) > max {

@@ -59,6 +59,19 @@ fn an_overlap_never_grows_a_chunk_past_max_chars() {
 }
 
 #[test]
+fn a_blank_line_between_split_pieces_does_not_push_the_next_one_past_max_chars() {
+    // found by the `ingest` fuzz target: in an oversized block cut at lines, the blank line after a
+    // piece of exactly `max_chars` opened the next piece, which came out one character over
+    let text = format!("```\n{}\n\n{}\n```\n", "a".repeat(96), "b".repeat(100));
+    let (chunks, _) = chunk(&text, DocumentKind::Markdown, ChunkOptions { max_chars: 100, overlap_chars: 0 });
+    let pieces = texts(&text, &chunks);
+    for piece in &pieces {
+        assert!(piece.chars().count() <= 100, "{piece:?}");
+    }
+    assert!(pieces.contains(&"b".repeat(100).as_str()), "{pieces:?}");
+}
+
+#[test]
 fn a_huge_line_of_multibyte_text_is_cut_on_character_boundaries() {
     let text = "한글".repeat(3000);
     let (chunks, _) = chunk(&text, DocumentKind::Text, ChunkOptions { max_chars: 500, overlap_chars: 0 });
