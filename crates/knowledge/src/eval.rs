@@ -46,6 +46,10 @@ fn read(path: &Path) -> Result<String, Error> {
     std::fs::read_to_string(path).map_err(|err| Error::Io { path: path.display().to_string(), source: err })
 }
 
+/// Highest relevance grade a qrels file may give (BEIR's are 0 to 2 or 3). nDCG's gain is
+/// `2^grade - 1`: grades from 1024 up would make it infinite and the score NaN.
+pub const MAX_GRADE: u32 = 100;
+
 /// One file of a BEIR dataset, as text: what errors call it (its path) and its contents.
 #[derive(Debug, Clone, Copy)]
 pub struct DatasetFile<'a> {
@@ -107,6 +111,13 @@ impl Dataset {
                     fields[2]
                 ))
             })?;
+            if grade > MAX_GRADE {
+                return Err(Error::Invalid(format!(
+                    "{} line {}: score {grade} is out of range: relevance grades are 0 to {MAX_GRADE}",
+                    qrels.name,
+                    number + 1
+                )));
+            }
             if !documents.contains(fields[1]) {
                 return Err(Error::Invalid(format!(
                     "{} line {}: document {:?} is not in corpus.jsonl",
@@ -259,6 +270,19 @@ mod tests {
         let ideal = 1.0 + 1.0 / 3f64.log2();
         assert!((ndcg - dcg / ideal).abs() < 1e-9);
         assert_eq!(metrics_at_10(&[], &relevant), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn a_grade_out_of_range_is_refused() {
+        // found by the `ingest` fuzz target: a grade of 1024 made nDCG@10 NaN
+        let file = |name, text| DatasetFile { name, text };
+        let corpus = file("corpus.jsonl", "{\"_id\": \"d\", \"text\": \"x\"}\n");
+        let queries = file("queries.jsonl", "{\"_id\": \"q\", \"text\": \"x\"}\n");
+        let err = Dataset::parse(corpus, file("qrels.tsv", "q\td\t1024\n"), queries).expect_err("grade 1024");
+        assert!(err.to_string().contains("qrels.tsv line 1: score 1024 is out of range"), "{err}");
+        let dataset = Dataset::parse(corpus, file("qrels.tsv", "q\td\t100\n"), queries).expect("grade 100");
+        let (_, ndcg, _) = metrics_at_10(&["d".to_owned()], &dataset.qrels["q"]);
+        assert!((ndcg - 1.0).abs() < 1e-9, "{ndcg}");
     }
 
     #[test]
