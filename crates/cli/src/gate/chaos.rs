@@ -338,6 +338,18 @@ async fn held_by(store: &store::Store, tenant: &str, agent: &str) -> Option<usiz
     }
 }
 
+/// `cogo migrate` as its own process, with the database arguments of `common`.
+async fn migrate(env: &Env, dir: &Path, common: &[String]) -> Result<(), Abort> {
+    let mut args = common.to_vec();
+    args.push("migrate".into());
+    let mut migrate = Proc::spawn(env, dir, "migrate", &args)?;
+    let status = migrate.child.wait().await.map_err(|e| abort("cogo migrate", e))?;
+    if !status.success() {
+        return Err(abort("cogo migrate", format!("exited with {status}: {}", migrate.tail())));
+    }
+    Ok(())
+}
+
 /// A noop worker process with a short lease (a killed worker's work comes back quickly).
 async fn noop_worker(env: &Env, dir: &Path, name: &str, common: &[String]) -> Result<(Proc, String), Abort> {
     let mut args = common.to_vec();
@@ -419,13 +431,7 @@ async fn bus_run(
         "--database-url".to_owned(),
         url.to_owned(),
     ];
-    let mut migrate_args = common.clone();
-    migrate_args.push("migrate".into());
-    let mut migrate = Proc::spawn(env, dir, "migrate", &migrate_args)?;
-    let status = migrate.child.wait().await.map_err(|e| abort("cogo migrate", e))?;
-    if !status.success() {
-        return Err(abort("cogo migrate", format!("exited with {status}: {}", migrate.tail())));
-    }
+    migrate(env, dir, &common).await?;
     let token = admin_token();
     let mut serve_args = common.clone();
     serve_args.extend(["serve", "--listen", "127.0.0.1:0", "--admin-token", &token].map(str::to_owned));
@@ -636,13 +642,7 @@ async fn sqlite_scenario(stage: &mut Stage, env: &Env, dir: &Path, args: &ChaosA
     let _ = std::fs::create_dir_all(&data);
     let url = format!("sqlite://{}", data.join("cogo.db").display());
     let common = vec!["--data-dir".to_owned(), data.display().to_string()];
-    let mut migrate_args = common.clone();
-    migrate_args.push("migrate".into());
-    let mut migrate = Proc::spawn(env, dir, "migrate", &migrate_args)?;
-    let status = migrate.child.wait().await.map_err(|e| abort("cogo migrate", e))?;
-    if !status.success() {
-        return Err(abort("cogo migrate", format!("exited with {status}: {}", migrate.tail())));
-    }
+    migrate(env, dir, &common).await?;
     let store = store::Store::open(&url, store::StoreOptions::default()).await.map_err(|e| abort("store", e))?;
     let mut worker = noop_worker(env, dir, "worker", &common).await?;
     stage.check("processes started", Ok("a noop worker on the SQLite file (lease 2 s)".into()));
