@@ -230,7 +230,7 @@ impl knowledge::Embedder for HashEmbedder {
             Ok(texts
                 .iter()
                 .map(|text| {
-                    let mut vector = vec![1.0f32; 8];
+                    let mut vector = [1.0f32; 8];
                     for (index, byte) in text.bytes().enumerate() {
                         vector[(index + usize::from(byte)) % 8] += f32::from(byte) / 255.0;
                     }
