@@ -45,6 +45,17 @@ enum Status {
     Skipped,
 }
 
+impl Status {
+    /// How the text reports print it (one width).
+    fn label(self) -> &'static str {
+        match self {
+            Self::Passed => "passed ",
+            Self::Failed => "FAILED ",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
 /// One check of a stage.
 #[derive(Debug, Clone, Serialize)]
 struct Check {
@@ -228,22 +239,13 @@ pub async fn unified(global: &Global, args: GateArgs) -> anyhow::Result<()> {
         "artifacts": gate_dir_rel,
         "stages": stages,
     });
-    write_json(&gate_dir.join("report.json"), &report);
-    let junit = junit("cogo gate unified", &stages, started.elapsed());
-    std::fs::write(gate_dir.join("junit.xml"), &junit).with_context(|| format!("writing {}", gate_dir.display()))?;
-    if let Some(path) = &args.junit {
-        std::fs::write(path, &junit).with_context(|| format!("writing {}", path.display()))?;
-    }
+    write_reports(&gate_dir, &report, "cogo gate unified", &stages, started.elapsed(), args.junit.as_deref())?;
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{report}")?;
     } else {
         for stage in &stages {
-            let status = match stage.status {
-                Status::Passed => "passed ",
-                Status::Failed => "FAILED ",
-                Status::Skipped => "skipped",
-            };
+            let status = stage.status.label();
             let ok = stage.checks.iter().filter(|c| c.ok).count();
             write!(out, "stage {} {:<22} {status} {:>6.1} s", stage.stage, stage.name, stage.duration_ms as f64 / 1e3)?;
             match (&stage.reason, stage.status) {
@@ -283,6 +285,24 @@ impl Env {
             http: reqwest::Client::builder().timeout(Duration::from_secs(20)).build().context("HTTP client")?,
         })
     }
+}
+
+/// `report.json` and `junit.xml` in `dir`, and the JUnit report also at `junit_path` when asked.
+fn write_reports(
+    dir: &Path,
+    report: &Value,
+    suite_name: &str,
+    stages: &[Stage],
+    elapsed: Duration,
+    junit_path: Option<&Path>,
+) -> anyhow::Result<()> {
+    write_json(&dir.join("report.json"), report);
+    let junit = junit(suite_name, stages, elapsed);
+    std::fs::write(dir.join("junit.xml"), &junit).with_context(|| format!("writing {}", dir.display()))?;
+    if let Some(path) = junit_path {
+        std::fs::write(path, &junit).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn write_json(path: &Path, value: &impl Serialize) {

@@ -35,7 +35,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::{Abort, Api, Env, Proc, Stage, Status, abort, admin_token, junit, short, until, write_json};
+use super::{Abort, Api, Env, Proc, Stage, Status, abort, admin_token, short, until, write_json};
 use crate::ExitWith;
 use crate::args::{ChaosArgs, ChaosScenario, Global};
 
@@ -139,13 +139,8 @@ pub async fn run(global: &Global, args: ChaosArgs) -> anyhow::Result<()> {
         "totals": totals,
         "scenarios": scenarios,
     });
-    write_json(&dir.join("report.json"), &report);
     let stages: Vec<Stage> = scenarios.iter().map(|s| s.stage.clone()).collect();
-    let junit = junit("cogo gate chaos", &stages, started.elapsed());
-    std::fs::write(dir.join("junit.xml"), &junit).with_context(|| format!("writing {}", dir.display()))?;
-    if let Some(path) = &args.junit {
-        std::fs::write(path, &junit).with_context(|| format!("writing {}", path.display()))?;
-    }
+    super::write_reports(&dir, &report, "cogo gate chaos", &stages, started.elapsed(), args.junit.as_deref())?;
 
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -154,11 +149,7 @@ pub async fn run(global: &Global, args: ChaosArgs) -> anyhow::Result<()> {
         for scenario in &scenarios {
             let stage = &scenario.stage;
             let f = &scenario.figures;
-            let status = match stage.status {
-                Status::Passed => "passed ",
-                Status::Failed => "FAILED ",
-                Status::Skipped => "skipped",
-            };
+            let status = stage.status.label();
             write!(out, "{:<22} {status} {:>6.1} s", stage.name, stage.duration_ms as f64 / 1e3)?;
             match &stage.reason {
                 Some(reason) => writeln!(out, "  ({reason})")?,
