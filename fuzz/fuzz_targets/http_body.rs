@@ -194,6 +194,7 @@ async fn start() -> App {
         })),
         knowledge: Some(Arc::new(server::KnowledgeApi { embedder: Arc::new(HashEmbedder) })),
         goals: Some(Arc::new(server::GoalsApi { data_dir, budget: model::config::agent::Budget::default() })),
+        shared_limits: None,
     };
     let limits = server::Limits { rate_per_second: 0, ..server::Limits::default() };
     let router = server::router(state, limits);

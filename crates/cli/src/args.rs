@@ -516,6 +516,25 @@ pub struct ServeArgs {
     /// Wrong tokens a client address may send at once above --auth-failure-rate.
     #[arg(long, env = "COGO_AUTH_FAILURE_BURST", default_value_t = 10)]
     pub auth_failure_burst: u32,
+    /// Connections one client address (an IPv6 /64 counts as one) may hold open at once; one
+    /// more is answered 429 and closed. 0: no limit.
+    #[arg(long, env = "COGO_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256)]
+    pub max_connections_per_client: usize,
+    /// Connections the API holds open at once, all clients together; one more is answered 503
+    /// and closed. 0: no limit.
+    #[arg(long, env = "COGO_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Keep the request rate limits in this Redis (redis://[:password@]host[:port][/db]) so that
+    /// every server replica using it shares them; unset: in memory, per process. If Redis stops
+    /// answering, each server falls back to its own limits until it is back.
+    #[arg(long, env = "COGO_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Prefix of the rate-limit keys in Redis (replicas that share limits use the same one).
+    #[arg(long, env = "COGO_REDIS_PREFIX", default_value = "cogo")]
+    pub redis_prefix: String,
+    /// Seconds a write may wait on a client that reads nothing before its connection is closed.
+    #[arg(long, env = "COGO_WRITE_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub write_timeout_secs: u64,
     /// Serve HTTPS with this PEM certificate chain (with --tls-key).
     #[arg(long, env = "COGO_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

@@ -455,6 +455,14 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
         }
         _ => None,
     };
+    let shared_limits = match args.redis_url.as_deref().filter(|u| !u.is_empty()) {
+        Some(url) => Some(
+            server::SharedRateLimits::connect(url, &args.redis_prefix)
+                .await
+                .map_err(|e| ExitWith(2, format!("error: {e}")))?,
+        ),
+        None => None,
+    };
     let listener = bind(args.listen).await?;
     let examples =
         if mode == "embedded" && !args.no_examples { Some(start_examples(global, &args).await) } else { None };
@@ -485,6 +493,7 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
         knowledge: node.embedder.clone().map(|embedder| Arc::new(server::KnowledgeApi { embedder })),
         goals: (!args.minimal)
             .then(|| Arc::new(server::GoalsApi { data_dir: global.data_dir.clone(), budget: configs.agent.budget })),
+        shared_limits: shared_limits.clone(),
     };
     let token_note = if state.admin_token.is_some() {
         "admin token set"
@@ -496,6 +505,9 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
         rate_burst: args.rate_burst,
         auth_failures_per_second: args.auth_failure_rate,
         auth_failure_burst: args.auth_failure_burst,
+        max_connections_per_client: args.max_connections_per_client,
+        max_connections: args.max_connections,
+        write_timeout: std::time::Duration::from_secs(args.write_timeout_secs),
         ..server::Limits::default()
     };
     let app = if args.minimal { server::minimal_router(state, limits) } else { server::router(state, limits) };
@@ -532,6 +544,16 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
             None => {}
         }
         writeln!(out, "  security   {token_note}")?;
+        match (&shared_limits, args.rate_limit) {
+            (_, 0) => writeln!(out, "  limits     request rate limits off")?,
+            (Some(shared), _) => writeln!(
+                out,
+                "  limits     {}/s per client and per token, shared through Redis at {}",
+                args.rate_limit,
+                shared.url()
+            )?,
+            (None, _) => writeln!(out, "  limits     {}/s per client and per token, in this process", args.rate_limit)?,
+        }
         writeln!(out, "  policies   {} (reloaded on change)", global.config_dir.display())?;
         writeln!(out, "Press Ctrl-C to stop.")?;
         out.flush()?;

@@ -44,6 +44,15 @@ pub const CONFIG_RELOADS_TOTAL: &str = "cogo_config_reloads_total";
 /// work they belong to goes on without them.
 pub const ARTIFACT_WRITE_FAILURES_TOTAL: &str = "cogo_artifact_write_failures_total";
 
+/// HTTP connections the API server holds open now.
+pub const HTTP_CONNECTIONS_OPEN: &str = "cogo_http_connections_open";
+/// HTTP connections refused on arrival, by `reason` (`per_client`, `total`, `tls_handshakes`).
+pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "cogo_http_connections_refused_total";
+/// HTTP connections closed because the client read nothing for the write timeout.
+pub const HTTP_WRITE_TIMEOUTS_TOTAL: &str = "cogo_http_write_timeouts_total";
+/// Rate-limit checks that Redis could not answer (the server used its own buckets instead).
+pub const RATE_LIMIT_REDIS_ERRORS_TOTAL: &str = "cogo_rate_limit_redis_errors_total";
+
 /// Knowledge searches, by `mode` (`fulltext`, `vector`, `hybrid`, `graphrag`).
 pub const KNOWLEDGE_SEARCHES_TOTAL: &str = "cogo_knowledge_searches_total";
 /// Knowledge search latency histogram in milliseconds, by `mode`.
@@ -65,7 +74,7 @@ pub const GOAL_REPLANS_TOTAL: &str = "cogo_goal_replans_total";
 pub const GOAL_DURATION_MS: &str = "cogo_goal_duration_ms";
 
 /// Every metric name above, for documentation and naming checks.
-pub const ALL: [&str; 29] = [
+pub const ALL: [&str; 33] = [
     MCP_CALLS_TOTAL,
     MCP_FAIL_TOTAL,
     MCP_LATENCY_MS,
@@ -86,6 +95,10 @@ pub const ALL: [&str; 29] = [
     LLM_TOKENS_TOTAL,
     CONFIG_RELOADS_TOTAL,
     ARTIFACT_WRITE_FAILURES_TOTAL,
+    HTTP_CONNECTIONS_OPEN,
+    HTTP_CONNECTIONS_REFUSED_TOTAL,
+    HTTP_WRITE_TIMEOUTS_TOTAL,
+    RATE_LIMIT_REDIS_ERRORS_TOTAL,
     KNOWLEDGE_SEARCHES_TOTAL,
     KNOWLEDGE_SEARCH_LATENCY_MS,
     KNOWLEDGE_EMBEDDED_CHUNKS_TOTAL,
@@ -98,7 +111,7 @@ pub const ALL: [&str; 29] = [
 ];
 
 /// The `# HELP` text of every metric, in the order of [`ALL`].
-pub const HELP: [(&str, &str); 29] = [
+pub const HELP: [(&str, &str); 33] = [
     (MCP_CALLS_TOTAL, "MCP tool calls made (attempts), by toolset and tool."),
     (MCP_FAIL_TOTAL, "MCP tool calls that failed, by toolset, tool and error kind."),
     (MCP_LATENCY_MS, "MCP tool call latency in milliseconds, by toolset and tool."),
@@ -119,6 +132,13 @@ pub const HELP: [(&str, &str); 29] = [
     (LLM_TOKENS_TOTAL, "LLM tokens, by provider, model and direction."),
     (CONFIG_RELOADS_TOTAL, "Policy file reloads, by file and outcome."),
     (ARTIFACT_WRITE_FAILURES_TOTAL, "Artifact writes that failed (full or read-only disk), by family."),
+    (HTTP_CONNECTIONS_OPEN, "HTTP connections the API server holds open now."),
+    (
+        HTTP_CONNECTIONS_REFUSED_TOTAL,
+        "HTTP connections refused on arrival, by reason (per_client, total, tls_handshakes).",
+    ),
+    (HTTP_WRITE_TIMEOUTS_TOTAL, "HTTP connections closed because the client read nothing for the write timeout."),
+    (RATE_LIMIT_REDIS_ERRORS_TOTAL, "Rate-limit checks Redis could not answer (the server used its own buckets)."),
     (KNOWLEDGE_SEARCHES_TOTAL, "Knowledge searches, by mode (fulltext, vector, hybrid, graphrag)."),
     (KNOWLEDGE_SEARCH_LATENCY_MS, "Knowledge search latency in milliseconds, by mode."),
     (KNOWLEDGE_EMBEDDED_CHUNKS_TOTAL, "Texts turned into embeddings, by model."),

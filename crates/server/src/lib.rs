@@ -7,6 +7,7 @@
 //! constant time and never logged; a client address that keeps sending wrong tokens has its tokens
 //! refused unchecked for a while.
 
+mod conn;
 mod dashboard;
 mod error;
 mod goal_routes;
@@ -16,6 +17,7 @@ mod mcp_routes;
 mod openapi;
 mod routes;
 mod security;
+pub mod shared_limit;
 pub mod tls;
 
 use std::sync::Arc;
@@ -29,6 +31,7 @@ pub use knowledge_routes::KnowledgeApi;
 pub use mcp_routes::McpApi;
 pub use routes::MINIMAL_ROUTES;
 pub use security::Scope;
+pub use shared_limit::{SharedLimitError, SharedRateLimits};
 
 /// Renders the Prometheus text of this process.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
@@ -54,6 +57,8 @@ pub struct AppState {
     pub knowledge: Option<Arc<KnowledgeApi>>,
     /// The goal routes (`None`: they answer 503).
     pub goals: Option<Arc<GoalsApi>>,
+    /// Request rate limits shared with other replicas through Redis (`None`: in memory).
+    pub shared_limits: Option<SharedRateLimits>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -89,6 +94,16 @@ pub struct Limits {
     pub auth_failures_per_second: u32,
     /// Failed authentications a client address may make at once above the steady rate.
     pub auth_failure_burst: u32,
+    /// Connections one client address (an IPv4 address or an IPv6 /64) may hold open at once;
+    /// one more is answered 429 and closed. 0: no limit. Applies only to [`serve`].
+    pub max_connections_per_client: usize,
+    /// Connections the server holds open at once, all clients together; one more is answered
+    /// 503 and closed. 0: no limit. Applies only to [`serve`].
+    pub max_connections: usize,
+    /// Longest a write to a client may wait while the client reads nothing (its socket buffers
+    /// full); past it the connection is closed. A quiet connection is not affected. Applies only
+    /// to [`serve`].
+    pub write_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -101,6 +116,9 @@ impl Default for Limits {
             rate_burst: 200,
             auth_failures_per_second: 1,
             auth_failure_burst: 10,
+            max_connections_per_client: 256,
+            max_connections: 4096,
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -155,7 +173,8 @@ pub fn minimal_router(state: AppState, limits: Limits) -> Router {
 /// unauthenticated client never has its body read), the guard, rate limits, the early refusal of
 /// a declared body over the limit, the request timeout, security headers.
 fn layered(routes: Router, state: AppState, limits: Limits) -> Router {
-    let limiter = limit::RateLimits::new(limits.rate_per_second, limits.rate_burst).map(Arc::new);
+    let limiter =
+        limit::RateLimits::new(limits.rate_per_second, limits.rate_burst, state.shared_limits.clone()).map(Arc::new);
     let guard = security::Guard {
         app: state,
         tokens: Arc::new(security::TokenCache::default()),
@@ -180,7 +199,10 @@ fn layered(routes: Router, state: AppState, limits: Limits) -> Router {
 /// HTTP/1.1 as `axum::serve` does, plus what it lacks: every request carries its client's
 /// address (`ConnectInfo<ClientAddr>`, for the rate limits), and a connection that takes longer
 /// than [`Limits::header_read_timeout`] to send a request's head, or stays idle that long between
-/// requests, is closed, so slow or silent clients cannot hold connections open for ever.
+/// requests, is closed, so slow or silent clients cannot hold connections open for ever. A client
+/// over [`Limits::max_connections_per_client`], or any client once the server holds
+/// [`Limits::max_connections`], is answered 429 or 503 and closed; a write that waits on a client
+/// that reads nothing for [`Limits::write_timeout`] closes its connection.
 pub async fn serve<L, F>(mut listener: L, app: Router, limits: Limits, shutdown: F)
 where
     L: axum::serve::Listener<Addr = std::net::SocketAddr>,
@@ -189,6 +211,7 @@ where
     use tower::ServiceExt as _;
     let (stopping, stop) = tokio::sync::watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
+    let gate = conn::ConnectionGate::new(limits.max_connections_per_client, limits.max_connections);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (io, client) = tokio::select! {
@@ -196,6 +219,18 @@ where
             () = &mut shutdown => break,
         };
         while connections.try_join_next().is_some() {}
+        let permit = match gate.admit(client) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                metrics::counter!(model::metrics::HTTP_CONNECTIONS_REFUSED_TOTAL, "reason" => refused.label())
+                    .increment(1);
+                tracing::debug!(%client, reason = refused.label(), "connection refused");
+                let (per_client, total) = gate.limits();
+                conn::refuse(io, &refused.answer(per_client, total));
+                continue;
+            }
+        };
+        let io = conn::Guarded::new(io, permit, limits.write_timeout);
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(axum::extract::ConnectInfo(ClientAddr(client)));

@@ -20,28 +20,52 @@ use futures_util::StreamExt as _;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use crate::shared_limit::{Shared, SharedRateLimits};
 use crate::{ApiError, ErrorCode};
 
 /// How many requests pass between sweeps of idle buckets.
 const SWEEP_EVERY: u64 = 4096;
 
-/// The buckets of one server.
+/// The buckets of one server: in Redis when shared limits are set (see [`crate::shared_limit`]),
+/// in memory otherwise and whenever Redis cannot be asked.
 pub(crate) struct RateLimits {
     clients: DefaultKeyedRateLimiter<u64>,
     tokens: DefaultKeyedRateLimiter<u64>,
     requests: AtomicU64,
+    per_second: u32,
+    burst: u32,
+    shared: Option<SharedRateLimits>,
 }
 
 impl RateLimits {
     /// `None` when `per_second` is 0 (no limit).
-    pub(crate) fn new(per_second: u32, burst: u32) -> Option<Self> {
+    pub(crate) fn new(per_second: u32, burst: u32, shared: Option<SharedRateLimits>) -> Option<Self> {
         let rate = NonZeroU32::new(per_second)?;
-        let quota = Quota::per_second(rate).allow_burst(NonZeroU32::new(burst).unwrap_or(rate));
+        let burst = NonZeroU32::new(burst).unwrap_or(rate);
+        let quota = Quota::per_second(rate).allow_burst(burst);
         Some(Self {
             clients: RateLimiter::keyed(quota),
             tokens: RateLimiter::keyed(quota),
             requests: AtomicU64::new(0),
+            per_second,
+            burst: burst.get(),
+            shared,
         })
+    }
+
+    /// `Err(seconds to wait)` when the client or the token is over its rate, asking Redis when
+    /// the limits are shared and it answers.
+    async fn check_request(&self, client: Option<IpAddr>, token: Option<String>) -> Result<(), u64> {
+        let token = token.as_deref();
+        if let Some(shared) = &self.shared {
+            let client = client.map(|ip| ip.to_string()).unwrap_or_default();
+            match shared.check(self.per_second, self.burst, &client, token).await {
+                Shared::Allowed => return Ok(()),
+                Shared::Wait(seconds) => return Err(seconds),
+                Shared::Unavailable => {}
+            }
+        }
+        self.check(hashed(client), token.map(hashed))
     }
 
     /// `Err(seconds to wait)` when the client or the token is over its rate.
@@ -66,13 +90,13 @@ fn hashed(value: impl Hash) -> u64 {
     hasher.finish()
 }
 
-/// The token a request carries (admin header or bearer), hashed.
-fn token_key(request: &Request) -> Option<u64> {
+/// The token a request carries (admin header or bearer).
+fn token_value(request: &Request) -> Option<&str> {
     let headers = request.headers();
     let admin = headers.get("x-admin-token").and_then(|v| v.to_str().ok());
     let bearer =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    admin.or(bearer).map(hashed)
+    admin.or(bearer)
 }
 
 /// The client address of a request, if it came through [`crate::serve`] (or axum's connect info).
@@ -96,7 +120,8 @@ pub(crate) async fn rate_limit(
     next: Next,
 ) -> Response {
     let Some(limits) = limits else { return next.run(request).await };
-    if let Err(wait) = limits.check(hashed(client_ip(&request)), token_key(&request)) {
+    let (client, token) = (client_ip(&request), token_value(&request).map(str::to_owned));
+    if let Err(wait) = limits.check_request(client, token).await {
         return too_many(
             wait,
             format!("too many requests: retry after {wait} s (limits apply per client address and per token)"),
@@ -259,7 +284,7 @@ impl AuthFailures {
 
 /// What one client is, for the failures limit: an IPv4 address, or the /64 of an IPv6 one (one
 /// host usually holds a whole /64).
-fn client_block(client: Option<IpAddr>) -> Option<IpAddr> {
+pub(crate) fn client_block(client: Option<IpAddr>) -> Option<IpAddr> {
     client.map(|ip| match ip.to_canonical() {
         IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
         v4 => v4,
@@ -312,7 +337,7 @@ pub(crate) async fn read_body(State(max): State<usize>, request: Request, next: 
 mod tests {
     #[test]
     fn a_burst_then_refusal_then_other_keys_still_pass() {
-        let limits = super::RateLimits::new(1, 3).expect("limits");
+        let limits = super::RateLimits::new(1, 3, None).expect("limits");
         for _ in 0..3 {
             assert!(limits.check(1, None).is_ok());
         }
@@ -323,7 +348,7 @@ mod tests {
             assert!(limits.check(client, Some(7)).is_ok());
         }
         assert!(limits.check(20, Some(7)).is_err());
-        assert!(super::RateLimits::new(0, 10).is_none(), "0 turns limits off");
+        assert!(super::RateLimits::new(0, 10, None).is_none(), "0 turns limits off");
     }
 
     #[test]

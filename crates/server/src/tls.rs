@@ -17,6 +17,11 @@ use tokio_rustls::server::TlsStream;
 
 /// Longest a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes one client address (an IPv4 address or an IPv6 /64) may have under way at once;
+/// a connection over it is closed at once.
+const HANDSHAKES_PER_CLIENT: usize = 32;
+/// Handshakes under way at once, all clients together.
+const HANDSHAKES: usize = 1024;
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +89,7 @@ impl TlsListener {
         let local = listener.local_addr()?;
         let acceptor = TlsAcceptor::from(config);
         let (tx, ready) = mpsc::channel(256);
+        let handshakes = crate::conn::ConnectionGate::unreported(HANDSHAKES_PER_CLIENT, HANDSHAKES);
         tokio::spawn(async move {
             loop {
                 let (stream, peer) = match listener.accept().await {
@@ -97,9 +103,20 @@ impl TlsListener {
                 if tx.is_closed() {
                     return;
                 }
+                let permit = match handshakes.admit(peer) {
+                    Ok(permit) => permit,
+                    Err(_) => {
+                        metrics::counter!(model::metrics::HTTP_CONNECTIONS_REFUSED_TOTAL, "reason" => "tls_handshakes")
+                            .increment(1);
+                        tracing::debug!(%peer, "too many TLS handshakes under way; connection closed");
+                        continue;
+                    }
+                };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    drop(permit);
+                    match handshake {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
                         }

@@ -84,6 +84,11 @@ pub async fn postgres() -> TestStore {
     .await
 }
 
+/// The Redis server the shared rate-limit tests use: `COGO_TEST_REDIS_URL`, or the local one.
+pub fn redis_url() -> String {
+    std::env::var("COGO_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
 /// The PostgreSQL server with pgvector the knowledge tests use: `COGO_TEST_PGVECTOR_URL`, or the
 /// one `scripts/pgvector start` runs on port 5433.
 pub fn pgvector_admin_url() -> String {

@@ -637,6 +637,106 @@ async fn slow_and_idle_clients_are_cut_off_in_bounded_time() {
     assert_still_serves(addr).await;
 }
 
+/// A client address over its share of connections is answered 429 and closed, any client once
+/// the server is full 503, both as JSON naming the limit; a closed connection gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_caps_are_refused_and_places_come_back() {
+    let limits = server::Limits { max_connections_per_client: 4, max_connections: 6, ..limits() };
+    let served = serve(test_support::sqlite().await, limits).await;
+    let addr = served.addr;
+    let second = Duration::from_secs(5);
+    // a kept-alive connection with one answer read, so the server has surely admitted it
+    async fn admitted(from: [u8; 4], addr: SocketAddr) -> Conn {
+        let mut conn = Conn::open_from(from, addr).await;
+        conn.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(conn.read(Duration::from_secs(5)).await.reply("admitted").status, 200);
+        conn
+    }
+    let mut mine = Vec::new();
+    for _ in 0..4 {
+        mine.push(admitted(CLIENT, addr).await);
+    }
+    let mut fifth = Conn::open(addr).await;
+    fifth.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let reply = fifth.read(second).await.reply("a fifth connection from one address");
+    reply.assert_error(429, "rate_limited", "a fifth connection from one address");
+    assert!(reply.text().contains("max_connections_per_client"), "{}", reply.text());
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert!(fifth.closes_within(second).await, "a refused connection stays open");
+
+    // another address still gets in, up to the total
+    let others = [admitted([127, 0, 0, 2], addr).await, admitted([127, 0, 0, 2], addr).await];
+    let mut full = Conn::open_from([127, 0, 0, 3], addr).await;
+    let reply = full.read(second).await.reply("a connection over the total");
+    reply.assert_error(503, "unavailable", "a connection over the total");
+    assert!(reply.text().contains("max_connections"), "{}", reply.text());
+
+    // a closed connection gives its place back
+    drop(mine.pop());
+    drop(others);
+    let deadline = Instant::now() + second;
+    loop {
+        let mut again = Conn::open(addr).await;
+        again.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        match again.read(second).await {
+            Read::Reply(reply) if reply.status == 200 => break,
+            other => assert!(Instant::now() < deadline, "no place came back: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(mine);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_still_serves(addr).await;
+}
+
+/// A client that sends requests and reads none of the answers (pipelined, with a tiny receive
+/// buffer) has its connection closed once a write has waited for the write timeout, instead of
+/// holding a connection and its answers for ever; a slow but reading client is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_nothing_is_cut_off_after_the_write_timeout() {
+    let limits = server::Limits { write_timeout: Duration::from_secs(1), ..limits() };
+    let served = serve(test_support::sqlite().await, limits).await;
+    let addr = served.addr;
+    let one = http(addr, "GET", "/api/openapi.json", &[], None).await;
+    assert_eq!(one.status, 200);
+    // enough answers to outgrow every socket buffer on the way (a few MiB on loopback)
+    let requests = (32 * 1024 * 1024 / one.body.len()).clamp(100, 20_000);
+    let whole = requests * one.body.len();
+
+    let connect = |receive_buffer: u32| async move {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(receive_buffer).expect("receive buffer");
+        let stream = socket.connect(addr).await.expect("connecting");
+        Conn { stream, buffer: Vec::new(), ended: false }
+    };
+    let pipelined = "GET /api/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(requests);
+
+    let mut stalled = connect(4096).await;
+    stalled.send(pipelined.as_bytes()).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(stalled.closes_within(Duration::from_secs(20)).await, "a client reading nothing kept its connection");
+    assert!(stalled.buffer.len() < whole, "every answer was delivered ({} bytes)", stalled.buffer.len());
+
+    // a client reading slowly (a pause of 300 ms now and then, under the timeout) gets everything
+    let mut slow = connect(65536).await;
+    let few = 30;
+    slow.send("GET /api/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(few).as_bytes()).await;
+    let mut replies = 0;
+    while replies < few {
+        match slow.read(Duration::from_secs(10)).await {
+            Read::Reply(reply) => {
+                assert_eq!(reply.status, 200);
+                replies += 1;
+                if replies % 3 == 0 {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+            other => panic!("a slow reader lost its connection after {replies} answers: {other:?}"),
+        }
+    }
+    assert_still_serves(addr).await;
+}
+
 /// CR, LF and NUL in header values (request id, trace context, Host, tokens), malformed header
 /// lines, too large or too many headers: refused with a 4xx or ignored, never a 5xx, and never
 /// reflected into an answer's headers.

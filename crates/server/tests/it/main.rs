@@ -3,6 +3,7 @@
 mod abuse;
 mod knowledge;
 mod mcp;
+mod shared_limits;
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ fn state(store: &store::Store, mcp: Option<Arc<server::McpApi>>) -> server::AppS
             data_dir: std::env::temp_dir().join("cogo-server-tests"),
             budget: model::config::agent::Budget::default(),
         })),
+        shared_limits: None,
     }
 }
 
