@@ -921,6 +921,26 @@ pub enum BenchCommand {
     /// Mixed traffic against a real `cogo up` for a chosen time: memory must stay flat, latency
     /// must not drift, nothing may fail or stay unfinished (exit code 1 otherwise).
     Soak(BenchSoakArgs),
+    /// Drain rate of 1, 2, 4… separate `cogo worker` processes on one PostgreSQL queue (a fresh
+    /// database each), from the store's timestamps, with each process's share.
+    Drain(BenchDrainArgs),
+}
+
+/// Options of `bench drain`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchDrainArgs {
+    /// Worker process counts to measure, one run each (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [1u16, 2, 4], value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: Vec<u16>,
+    /// Noop messages per run.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub messages: u32,
+    /// Handlers at once in each worker process.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `bench soak`.

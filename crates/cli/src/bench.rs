@@ -20,6 +20,7 @@ pub async fn run(global: &Global, command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Ingest(args) => crate::knowledge_bench::ingest(global, args).await,
         BenchCommand::Graph(args) => crate::knowledge_bench::graph(global, args).await,
         BenchCommand::Soak(args) => crate::gate::soak::run(global, args).await,
+        BenchCommand::Drain(args) => crate::gate::drain::run(global, args).await,
     }
 }
 

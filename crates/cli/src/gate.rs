@@ -27,6 +27,7 @@ use crate::args::{GateArgs, Global};
 use crate::settings::load_configs_or_exit;
 
 pub(crate) mod chaos;
+pub(crate) mod drain;
 pub(crate) mod soak;
 
 /// The goal of the local scenario: one the default model usually reaches (see docs/BENCHMARKS.md).

@@ -12,6 +12,7 @@ mod knowledge_cmd;
 mod llm_cmd;
 mod mcp_cmd;
 mod node;
+mod process_metrics;
 mod reference;
 mod secrets_cmd;
 mod settings;
@@ -33,6 +34,7 @@ impl std::fmt::Display for ExitWith {
 impl std::error::Error for ExitWith {}
 
 fn main() -> ExitCode {
+    process_metrics::limit_arenas();
     let cli = args::Cli::parse();
     if let Err(err) = settings::init_logging(&cli.global) {
         eprintln!("error: {err:#}");

@@ -162,7 +162,10 @@ pub fn metrics_render() -> anyhow::Result<server::MetricsRender> {
         }
     }
     let handle = HANDLE.get().cloned().context("the Prometheus recorder is missing")?;
-    Ok(Arc::new(move || handle.render()))
+    Ok(Arc::new(move || {
+        crate::process_metrics::update();
+        handle.render()
+    }))
 }
 
 fn host_name() -> String {
@@ -283,6 +286,11 @@ pub(crate) async fn start_node(
     let maintenance =
         worker::Maintenance::new(store.clone(), worker::MaintenanceConfig::default(), presence, retry.clone());
     tasks.push(tokio::spawn(maintenance.run(shutdown_rx.clone())));
+    let trim = std::env::var("COGO_MALLOC_TRIM_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(MALLOC_TRIM_SECS);
+    tasks.push(tokio::spawn(crate::process_metrics::trim_every(
+        std::time::Duration::from_secs(trim),
+        shutdown_rx.clone(),
+    )));
     for role in roles {
         let handler = match (role.handler)(&role_context) {
             Ok(handler) => handler,
@@ -315,6 +323,10 @@ pub(crate) fn load_embedder(global: &Global) -> Option<Arc<dyn knowledge::Embedd
         }
     }
 }
+
+/// Seconds between two returns of the heap's free pages to the system (`COGO_MALLOC_TRIM_SECS`
+/// overrides it; 0 turns it off).
+const MALLOC_TRIM_SECS: u64 = 30;
 
 async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(listen).await.map_err(|err| {

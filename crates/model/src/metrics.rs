@@ -50,6 +50,16 @@ pub const HTTP_CONNECTIONS_OPEN: &str = "cogo_http_connections_open";
 pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "cogo_http_connections_refused_total";
 /// HTTP connections closed because the client read nothing for the write timeout.
 pub const HTTP_WRITE_TIMEOUTS_TOTAL: &str = "cogo_http_write_timeouts_total";
+/// Resident memory of this process in bytes (`VmRSS`).
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "cogo_process_resident_memory_bytes";
+/// Heap bytes allocated and in use (glibc `mallinfo2`: arenas plus mmapped blocks), all of it.
+pub const PROCESS_HEAP_BYTES: &str = "cogo_process_heap_bytes";
+/// Heap bytes malloc holds free in its arenas, not returned to the system (`mallinfo2` fordblks).
+pub const PROCESS_HEAP_FREE_BYTES: &str = "cogo_process_heap_free_bytes";
+/// Heap bytes held by the embedded SQLite (page caches, statements), part of the heap above.
+pub const SQLITE_MEMORY_BYTES: &str = "cogo_sqlite_memory_bytes";
+/// Open file descriptors of this process.
+pub const PROCESS_OPEN_FDS: &str = "cogo_process_open_fds";
 /// Rate-limit checks that Redis could not answer (the server used its own buckets instead).
 pub const RATE_LIMIT_REDIS_ERRORS_TOTAL: &str = "cogo_rate_limit_redis_errors_total";
 
@@ -74,7 +84,7 @@ pub const GOAL_REPLANS_TOTAL: &str = "cogo_goal_replans_total";
 pub const GOAL_DURATION_MS: &str = "cogo_goal_duration_ms";
 
 /// Every metric name above, for documentation and naming checks.
-pub const ALL: [&str; 33] = [
+pub const ALL: [&str; 38] = [
     MCP_CALLS_TOTAL,
     MCP_FAIL_TOTAL,
     MCP_LATENCY_MS,
@@ -99,6 +109,11 @@ pub const ALL: [&str; 33] = [
     HTTP_CONNECTIONS_REFUSED_TOTAL,
     HTTP_WRITE_TIMEOUTS_TOTAL,
     RATE_LIMIT_REDIS_ERRORS_TOTAL,
+    PROCESS_RESIDENT_MEMORY_BYTES,
+    PROCESS_HEAP_BYTES,
+    PROCESS_HEAP_FREE_BYTES,
+    SQLITE_MEMORY_BYTES,
+    PROCESS_OPEN_FDS,
     KNOWLEDGE_SEARCHES_TOTAL,
     KNOWLEDGE_SEARCH_LATENCY_MS,
     KNOWLEDGE_EMBEDDED_CHUNKS_TOTAL,
@@ -111,7 +126,7 @@ pub const ALL: [&str; 33] = [
 ];
 
 /// The `# HELP` text of every metric, in the order of [`ALL`].
-pub const HELP: [(&str, &str); 33] = [
+pub const HELP: [(&str, &str); 38] = [
     (MCP_CALLS_TOTAL, "MCP tool calls made (attempts), by toolset and tool."),
     (MCP_FAIL_TOTAL, "MCP tool calls that failed, by toolset, tool and error kind."),
     (MCP_LATENCY_MS, "MCP tool call latency in milliseconds, by toolset and tool."),
@@ -139,6 +154,11 @@ pub const HELP: [(&str, &str); 33] = [
     ),
     (HTTP_WRITE_TIMEOUTS_TOTAL, "HTTP connections closed because the client read nothing for the write timeout."),
     (RATE_LIMIT_REDIS_ERRORS_TOTAL, "Rate-limit checks Redis could not answer (the server used its own buckets)."),
+    (PROCESS_RESIDENT_MEMORY_BYTES, "Resident memory of this process in bytes."),
+    (PROCESS_HEAP_BYTES, "Heap bytes allocated and in use in this process (malloc's own count)."),
+    (PROCESS_HEAP_FREE_BYTES, "Heap bytes malloc holds free in its arenas, not returned to the system."),
+    (SQLITE_MEMORY_BYTES, "Heap bytes held by the embedded SQLite (page caches, statements)."),
+    (PROCESS_OPEN_FDS, "Open file descriptors of this process."),
     (KNOWLEDGE_SEARCHES_TOTAL, "Knowledge searches, by mode (fulltext, vector, hybrid, graphrag)."),
     (KNOWLEDGE_SEARCH_LATENCY_MS, "Knowledge search latency in milliseconds, by mode."),
     (KNOWLEDGE_EMBEDDED_CHUNKS_TOTAL, "Texts turned into embeddings, by model."),

@@ -95,6 +95,16 @@ pub enum Error {
         #[source]
         source: sqlx::Error,
     },
+    /// The PostgreSQL connection does not deliver LISTEN/NOTIFY: a transaction pooler is in between.
+    #[error(
+        "PostgreSQL at {url} does not deliver LISTEN/NOTIFY ({detail}). COGO needs session connections: a transaction pooler (PgBouncer with pool_mode = transaction, Supabase's pooler on port 6543) cannot keep a LISTEN. Connect to the server directly or through a session pooler (PgBouncer pool_mode = session; Supabase: the direct connection or the session pooler on port 5432)"
+    )]
+    NoNotifications {
+        /// The URL, password hidden.
+        url: String,
+        /// What the probe saw.
+        detail: String,
+    },
     /// No such goal.
     #[error("goal {id} not found")]
     GoalNotFound {

@@ -671,6 +671,15 @@ pub async fn drop_postgres_database(admin_url: &str, name: &str) -> Result<(), E
     admin_statement(admin_url, format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await
 }
 
+/// Bytes of heap the embedded SQLite holds now in this process, across every connection (page
+/// caches, statements, schemas): `sqlite3_memory_used()`.
+#[allow(unsafe_code)]
+pub fn sqlite_memory_used() -> i64 {
+    // SAFETY: sqlite3_memory_used takes no argument, only reads SQLite's own counters (under its
+    // mutex) and is callable from any thread at any time, before or after SQLite is initialised.
+    unsafe { libsqlite3_sys::sqlite3_memory_used() }
+}
+
 /// A database URL with its password hidden, for messages.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

@@ -62,8 +62,9 @@ impl PgBus {
             .connect_with(connect)
             .await
             .map_err(db("connecting to PostgreSQL"))?;
+        let listener = probe_notifications(&pool, url).await?;
         let wakeups = Wakeups::default();
-        spawn_listener(pool.clone(), wakeups.clone());
+        spawn_listener(pool.clone(), wakeups.clone(), listener);
         Ok(Self { pool, options, wakeups })
     }
 
@@ -1185,13 +1186,55 @@ fn event_from_row(row: &PgRow) -> Result<Event, Error> {
     read().map_err(|e| Error::Corrupt { what: "event", detail: e.to_string() })
 }
 
-/// Listens for `cogo_bus` notifications from every process and wakes local waiters. Reconnects with
-/// backoff; after a reconnect every queue is woken, since notifications may have been missed.
-fn spawn_listener(pool: PgPool, wakeups: Wakeups) {
+/// How long the start-up probe waits for its own notification.
+const NOTIFY_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The bus listener, LISTENing on `cogo_bus`, once a notification sent through the pool has come
+/// back on it: behind a transaction pooler LISTEN/NOTIFY silently delivers nothing (wake-ups would
+/// wait for the 2-second poll, and the pooler breaks prepared statements too), so that is a
+/// start-up error naming the fix rather than a slow, flaky bus.
+async fn probe_notifications(pool: &PgPool, url: &str) -> Result<PgListener, Error> {
+    let failed = |detail: String| Error::NoNotifications { url: crate::redact_url(url), detail };
+    let mut listener = PgListener::connect_with(pool).await.map_err(db("opening the bus listener connection"))?;
+    let channel = format!("cogo_probe_{}", model::new_id().simple());
+    listener.listen_all([BUS_CHANNEL, channel.as_str()]).await.map_err(|e| failed(format!("LISTEN failed: {e}")))?;
+    sqlx::raw_sql(AssertSqlSafe(format!("NOTIFY {channel}, 'probe'")))
+        .execute(pool)
+        .await
+        .map_err(|e| failed(format!("NOTIFY failed: {e}")))?;
+    let deadline = tokio::time::Instant::now() + NOTIFY_PROBE_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, listener.try_recv()).await {
+            Ok(Ok(Some(notification))) if notification.channel() == channel => break,
+            // a bus notification from another process: keep waiting for ours
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => return Err(failed("the listening connection was closed".into())),
+            Ok(Err(e)) => return Err(failed(format!("the listening connection failed: {e}"))),
+            Err(_) => {
+                return Err(failed(format!(
+                    "a notification sent through the pool did not arrive within {} s",
+                    NOTIFY_PROBE_TIMEOUT.as_secs()
+                )));
+            }
+        }
+    }
+    listener.unlisten(&channel).await.map_err(|e| failed(format!("UNLISTEN failed: {e}")))?;
+    Ok(listener)
+}
+
+/// Listens for `cogo_bus` notifications from every process and wakes local waiters, starting with
+/// `first` (already listening). Reconnects with backoff; after a reconnect every queue is woken,
+/// since notifications may have been missed.
+fn spawn_listener(pool: PgPool, wakeups: Wakeups, first: PgListener) {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
+        let mut first = Some(first);
         loop {
-            let mut listener = match PgListener::connect_with(&pool).await {
+            let connected = match first.take() {
+                Some(listener) => Ok(listener),
+                None => PgListener::connect_with(&pool).await,
+            };
+            let mut listener = match connected {
                 Ok(listener) => listener,
                 Err(err) => {
                     if pool.is_closed() {

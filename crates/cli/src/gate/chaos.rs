@@ -288,7 +288,7 @@ async fn tally(store: &store::Store, tenant: &str, success_event: &str, sent: u6
 }
 
 /// Enqueues `total` noop messages for `tenant` in batches of 500.
-async fn enqueue_noops(store: &store::Store, tenant: &str, from: usize, total: usize) -> Result<(), String> {
+pub(super) async fn enqueue_noops(store: &store::Store, tenant: &str, from: usize, total: usize) -> Result<(), String> {
     let intent = model::Intent::new("noop").map_err(|e| e.to_string())?;
     for chunk in (from..from + total).collect::<Vec<_>>().chunks(500) {
         let batch = chunk
@@ -305,7 +305,7 @@ async fn enqueue_noops(store: &store::Store, tenant: &str, from: usize, total: u
 }
 
 /// Messages of bus/noop not finished yet, or `None` when the store does not answer.
-async fn open_noops(store: &store::Store) -> Option<i64> {
+pub(super) async fn open_noops(store: &store::Store) -> Option<i64> {
     let stats = store.queue_stats().await.ok()?;
     Some(stats.iter().filter(|q| q.service == "bus" && q.role == "noop").map(|q| q.ready + q.delayed + q.claimed).sum())
 }

@@ -63,3 +63,98 @@ fn unknown_database_urls_are_refused() {
     let text = err.to_string();
     assert!(text.contains("unsupported database URL") && !text.contains("secret"), "{text}");
 }
+
+/// A real PgBouncer in front of the local PostgreSQL, as `postgres` (PgBouncer refuses to run as
+/// root), in `pool_mode`; stopped when dropped.
+struct PgBouncer {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PgBouncer {
+    fn start(pool_mode: &str) -> Self {
+        let binary = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).is_file())
+            .expect("PgBouncer is required for this test: apt-get install pgbouncer (scripts/test does)");
+        let admin: sqlx::postgres::PgConnectOptions =
+            test_support::postgres_admin_url().parse().expect("the test database URL");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ini = dir.path().join("pgbouncer.ini");
+        std::fs::write(
+            &ini,
+            format!(
+                "[databases]\ntest = host={} port={} dbname={} user={}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
+                 listen_port = {port}\nunix_socket_dir =\nauth_type = any\npool_mode = {pool_mode}\n\
+                 default_pool_size = 2\nignore_startup_parameters = extra_float_digits,options,search_path\n\
+                 logfile = {}\n",
+                admin.get_host(),
+                admin.get_port(),
+                admin.get_database().unwrap_or("test"),
+                admin.get_username(),
+                dir.path().join("pgbouncer.log").display(),
+            ),
+        )
+        .expect("writing pgbouncer.ini");
+        // as `postgres` when root, with setpriv, which execs (killing the child kills PgBouncer)
+        let mut command = if is_root() {
+            std::process::Command::new("chmod").args(["-R", "a+rwX"]).arg(dir.path()).status().expect("chmod");
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid=postgres", "--regid=postgres", "--init-groups", binary]);
+            c
+        } else {
+            std::process::Command::new(binary)
+        };
+        let child = command
+            .arg(&ini)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting pgbouncer");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "pgbouncer did not listen on {port}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self { child, port, dir }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/test", self.port)
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = &self.dir;
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+/// Behind a transaction pooler LISTEN/NOTIFY delivers nothing: opening the store says so and names
+/// the fix instead of running a bus whose wake-ups never come; a session pooler works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_pooler_is_refused_at_start_up_and_a_session_pooler_works() {
+    let transaction = PgBouncer::start("transaction");
+    let err = store::Store::open(&transaction.url(), store::StoreOptions::default())
+        .await
+        .expect_err("LISTEN/NOTIFY cannot work through a transaction pooler");
+    let text = err.to_string();
+    assert!(matches!(err, store::Error::NoNotifications { .. }), "{text}");
+    assert!(text.contains("transaction pooler") && text.contains("session"), "{text}");
+
+    let session = PgBouncer::start("session");
+    let store = store::Store::open(&session.url(), store::StoreOptions::default()).await.expect("a session pooler");
+    assert_eq!(store.kind(), store::BackendKind::Postgres);
+    store.close().await;
+}
