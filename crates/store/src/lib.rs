@@ -11,6 +11,7 @@ mod error;
 pub mod goals;
 pub mod knowledge;
 mod lifecycle;
+mod mcp_window;
 mod postgres;
 mod sqlite;
 mod types;
@@ -96,6 +97,8 @@ enum Backend {
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Backend,
+    /// The MCP call records of the last summary window, refreshed incrementally.
+    mcp_window: Arc<tokio::sync::Mutex<mcp_window::McpWindow>>,
 }
 
 macro_rules! dispatch {
@@ -118,7 +121,7 @@ impl Store {
         } else {
             return Err(Error::BadUrl { url: redact_url(url) });
         };
-        Ok(Self { backend })
+        Ok(Self { backend, mcp_window: Arc::default() })
     }
 
     /// Which database this is.
@@ -439,9 +442,31 @@ impl Store {
 
     /// MCP call figures (calls, failures, p50/p95, per `<toolset>.<tool>`) from the
     /// `mcp_call_succeeded|failed` events since `since` (at most [`MCP_SUMMARY_MAX_EVENTS`], newest).
+    ///
+    /// The records are kept between calls: a call reads only the events recorded since the
+    /// previous one (see `mcp_window`), so polling the summary costs what happened since the last
+    /// poll, not the whole window.
     pub async fn mcp_summary(&self, since: chrono::DateTime<chrono::Utc>) -> Result<McpSummary, Error> {
-        let records = dispatch!(self, bus => bus.mcp_calls(since, MCP_SUMMARY_MAX_EVENTS).await)?;
-        Ok(McpSummary::from_records(&records, since))
+        let window = self.mcp_window(since, true).await?.ok_or(Error::Internal { what: "the MCP window" })?;
+        Ok(McpSummary::from_refs(&window.since(since), since))
+    }
+
+    /// The records window brought up to date. A summary (`slide`) moves its start to `since`; a
+    /// series reads through it only when `since` falls inside it, else straight from the events.
+    async fn mcp_window(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        slide: bool,
+    ) -> Result<Option<tokio::sync::MutexGuard<'_, mcp_window::McpWindow>>, Error> {
+        let mut window = self.mcp_window.lock().await;
+        let (from, replace) = window.next_read(since);
+        if replace && !slide {
+            return Ok(None);
+        }
+        let start = if slide { since } else { window.start().unwrap_or(since) };
+        let read = dispatch!(self, bus => bus.mcp_calls(from, MCP_SUMMARY_MAX_EVENTS).await)?;
+        window.absorb(start, replace, read, MCP_SUMMARY_MAX_EVENTS as usize);
+        Ok(Some(window))
     }
 
     /// MCP calls from `since` until now in `buckets` equal buckets, for `tool` or for all.
@@ -451,7 +476,10 @@ impl Store {
         tool: Option<&str>,
         buckets: usize,
     ) -> Result<McpSeries, Error> {
-        let records = dispatch!(self, bus => bus.mcp_calls(since, MCP_SUMMARY_MAX_EVENTS).await)?;
+        let records: Vec<McpCallRecord> = match self.mcp_window(since, false).await? {
+            Some(window) => window.since(since).into_iter().cloned().collect(),
+            None => dispatch!(self, bus => bus.mcp_calls(since, MCP_SUMMARY_MAX_EVENTS).await)?,
+        };
         Ok(McpSeries::from_records(&records, tool, since, self.clock().now(), buckets))
     }
 

@@ -104,6 +104,7 @@ where
     String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     Ok(crate::McpCallRecord {
         tool: row.try_get("tool")?,
@@ -111,6 +112,7 @@ where
         error_kind: row.try_get("error_kind")?,
         latency_ms: row.try_get("latency_ms")?,
         at,
+        seq: row.try_get("seq")?,
     })
 }
 

@@ -777,7 +777,7 @@ SELECT count(*) FROM upd"#
         let rows = sqlx::query(
             "SELECT event_type = 'mcp_call_failed' AS failed, \
                coalesce(payload ->> 'toolset', '?') || '.' || coalesce(payload ->> 'tool', '?') AS tool, \
-               payload ->> 'error_kind' AS error_kind, (payload ->> 'latency_ms')::float8 AS latency_ms, created_at \
+               payload ->> 'error_kind' AS error_kind, (payload ->> 'latency_ms')::float8 AS latency_ms, created_at, seq \
              FROM bus_events WHERE event_type IN ('mcp_call_succeeded', 'mcp_call_failed') AND created_at >= $1 \
              ORDER BY created_at DESC LIMIT $2",
         )

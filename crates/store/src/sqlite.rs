@@ -801,7 +801,7 @@ impl SqliteBus {
         let rows = sqlx::query(
             "SELECT event_type = 'mcp_call_failed' AS failed, \
                coalesce(payload ->> '$.toolset', '?') || '.' || coalesce(payload ->> '$.tool', '?') AS tool, \
-               payload ->> '$.error_kind' AS error_kind, CAST(payload ->> '$.latency_ms' AS REAL) AS latency_ms, created_at \
+               payload ->> '$.error_kind' AS error_kind, CAST(payload ->> '$.latency_ms' AS REAL) AS latency_ms, created_at, seq \
              FROM bus_events WHERE event_type IN ('mcp_call_succeeded', 'mcp_call_failed') AND created_at >= ?1 \
              ORDER BY created_at DESC LIMIT ?2",
         )

@@ -328,6 +328,8 @@ pub struct McpCallRecord {
     pub latency_ms: Option<f64>,
     /// When it was recorded.
     pub at: DateTime<Utc>,
+    /// Its event's `seq`.
+    pub seq: i64,
 }
 
 /// MCP call figures of one tool or of all: calls, failures, latency percentiles.
@@ -388,16 +390,21 @@ fn figures(records: &[&McpCallRecord]) -> McpFigures {
 impl McpSummary {
     /// Figures over `records`, overall and per tool.
     pub fn from_records(records: &[McpCallRecord], since: DateTime<Utc>) -> Self {
+        let all: Vec<&McpCallRecord> = records.iter().collect();
+        Self::from_refs(&all, since)
+    }
+
+    /// [`McpSummary::from_records`] over borrowed records.
+    pub fn from_refs(all: &[&McpCallRecord], since: DateTime<Utc>) -> Self {
         let mut by_tool: BTreeMap<&str, Vec<&McpCallRecord>> = BTreeMap::new();
-        for record in records {
+        for record in all {
             by_tool.entry(record.tool.as_str()).or_default().push(record);
         }
-        let all: Vec<&McpCallRecord> = records.iter().collect();
         Self {
-            total: figures(&all),
+            total: figures(all),
             detail: by_tool.into_iter().map(|(tool, rs)| (tool.to_owned(), figures(&rs))).collect(),
             since,
-            truncated: records.len() as i64 >= MCP_SUMMARY_MAX_EVENTS,
+            truncated: all.len() as i64 >= MCP_SUMMARY_MAX_EVENTS,
         }
     }
 }

@@ -7,8 +7,8 @@
 //! operations, errors, API latency p50/p99, the server's resident memory (median of a sample a
 //! second), its heap in use and heap held free (from its `/metrics`), SQLite's share, and open
 //! file descriptors. The verdict compares the last window with the second (the first warms up):
-//! the heap in use may grow by at most 10 % or 24 MiB (more is a leak), resident memory by at
-//! most 15 % or 32 MiB, p50 latency by at most 2x + 2 ms, no request may fail, and every message
+//! the heap in use outside SQLite may grow by at most 5 % or 16 MiB (more is a leak), resident
+//! memory by at most 15 % or 32 MiB plus what SQLite's page caches took, p50 latency by at most 2x + 2 ms, no request may fail, and every message
 //! must be done at the end.
 
 use std::io::Write;
@@ -45,6 +45,8 @@ struct Window {
     sqlite_mib: f64,
     /// Its open file descriptors.
     open_fds: u64,
+    /// The operation with the highest p99 in the window and that p99 (ms): where a drift comes from.
+    slowest: String,
     /// Messages not finished at the window's end.
     open_messages: i64,
 }
@@ -164,32 +166,36 @@ fn judge(
     let (Some(base), Some(last)) = (windows.get(1).or(windows.first()), windows.last()) else {
         return vec![("windows", Err("the run was too short for a window".into()))];
     };
-    // a leak: the heap in use (malloc's own count) grows; allocator fragmentation and caches
-    // filling up show in the resident memory only
-    if base.heap_mib >= 0.0 && last.heap_mib >= 0.0 {
-        let growth = last.heap_mib - base.heap_mib;
-        let allowed = (base.heap_mib * 0.10).max(24.0);
+    // a leak: the heap in use (malloc's own count) grows beyond SQLite's share, whose page caches
+    // fill up to their fixed sizes as the database grows; allocator free space and those caches
+    // show in the resident memory, which may grow by what SQLite took plus a margin
+    let known = base.heap_mib >= 0.0 && last.heap_mib >= 0.0 && base.sqlite_mib >= 0.0 && last.sqlite_mib >= 0.0;
+    let sqlite_growth = if known { (last.sqlite_mib - base.sqlite_mib).max(0.0) } else { 0.0 };
+    if known {
+        let (before, after) = (base.heap_mib - base.sqlite_mib, last.heap_mib - last.sqlite_mib);
+        let growth = after - before;
+        let allowed = (before * 0.05).max(16.0);
         checks.push((
-            "heap in use flat",
+            "no leak",
             if growth <= allowed {
                 Ok(format!(
-                    "{:.1} MiB → {:.1} MiB ({growth:+.1} MiB, allowed {allowed:.1})",
-                    base.heap_mib, last.heap_mib
+                    "heap in use outside SQLite {before:.1} MiB → {after:.1} MiB ({growth:+.1} MiB, allowed {allowed:.1}); SQLite {:.1} → {:.1} MiB",
+                    base.sqlite_mib, last.sqlite_mib
                 ))
             } else {
-                Err(format!(
-                    "grew {growth:.1} MiB ({:.1} → {:.1}), more than {allowed:.1}: a leak",
-                    base.heap_mib, last.heap_mib
-                ))
+                Err(format!("the heap in use outside SQLite grew {growth:.1} MiB ({before:.1} → {after:.1}), more than {allowed:.1}: a leak"))
             },
         ));
     }
     let growth = last.rss_mib - base.rss_mib;
-    let allowed = (base.rss_mib * 0.15).max(32.0);
+    let allowed = (base.rss_mib * 0.15).max(32.0) + sqlite_growth;
     checks.push((
         "memory flat",
         if growth <= allowed {
-            Ok(format!("{:.1} MiB → {:.1} MiB ({growth:+.1} MiB, allowed {allowed:.1})", base.rss_mib, last.rss_mib))
+            Ok(format!(
+                "{:.1} MiB → {:.1} MiB ({growth:+.1} MiB, allowed {allowed:.1} with SQLite's caches)",
+                base.rss_mib, last.rss_mib
+            ))
         } else {
             Err(format!("grew {growth:.1} MiB ({:.1} → {:.1}), more than {allowed:.1}", base.rss_mib, last.rss_mib))
         },
@@ -272,6 +278,7 @@ async fn soak(
     let mut windows = Vec::new();
     let mut current = Window::default();
     let mut latencies: Vec<f64> = Vec::new();
+    let mut by_op: std::collections::BTreeMap<&'static str, Vec<f64>> = std::collections::BTreeMap::new();
     let mut rss_samples: Vec<f64> = Vec::new();
     let mut next_rss_sample = started;
     let mut enqueued = 0u64;
@@ -310,6 +317,16 @@ async fn soak(
         if n % 10 != 8 {
             latencies.push(ms);
         }
+        let op = match n % 10 {
+            0..=3 => "enqueue",
+            4 => "summary",
+            5 => "messages",
+            6 => "events",
+            7 => "metrics",
+            8 => "store batch",
+            _ => "agents",
+        };
+        by_op.entry(op).or_default().push(ms);
         current.ops += 1;
         if !ok {
             current.errors += 1;
@@ -322,6 +339,17 @@ async fn soak(
             latencies.sort_by(f64::total_cmp);
             current.p50_ms = (percentile(&latencies, 0.5) * 100.0).round() / 100.0;
             current.p99_ms = (percentile(&latencies, 0.99) * 100.0).round() / 100.0;
+            let slowest = by_op
+                .iter_mut()
+                .map(|(op, samples)| {
+                    samples.sort_by(f64::total_cmp);
+                    (*op, percentile(samples, 0.99))
+                })
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some((op, p99)) = slowest {
+                current.slowest = format!("{op} {p99:.1} ms");
+            }
+            by_op.clear();
             let (rss, fds) = process_usage(pid);
             rss_samples.push(rss);
             rss_samples.sort_by(f64::total_cmp);
@@ -342,7 +370,7 @@ async fn soak(
                 .unwrap_or(-1);
             current.at_s = started.elapsed().as_secs();
             eprintln!(
-                "  {:>5} s  {:>6} ops  {:>3} errors  p50 {:>7.2} ms  p99 {:>7.2} ms  rss {:>7.1} MiB  heap {:>7.1} MiB (free {:>6.1})  sqlite {:>6.1} MiB  fds {:>4}  open {}",
+                "  {:>5} s  {:>6} ops  {:>3} errors  p50 {:>7.2} ms  p99 {:>7.2} ms  rss {:>7.1} MiB  heap {:>7.1} MiB (free {:>6.1})  sqlite {:>6.1} MiB  fds {:>4}  open {:>4}  slowest p99: {}",
                 current.at_s,
                 current.ops,
                 current.errors,
@@ -353,7 +381,8 @@ async fn soak(
                 current.heap_free_mib,
                 current.sqlite_mib,
                 current.open_fds,
-                current.open_messages
+                current.open_messages,
+                current.slowest
             );
             windows.push(std::mem::take(&mut current));
             latencies.clear();
@@ -388,8 +417,14 @@ mod tests {
         assert!(judge(&growing, true, 0, &ok).iter().any(|(name, r)| *name == "memory flat" && r.is_err()));
         let mut leaking = flat.clone();
         leaking[2].heap_mib = 300.0;
-        assert!(judge(&leaking, true, 0, &ok).iter().any(|(name, r)| *name == "heap in use flat" && r.is_err()));
-        assert!(judge(&flat, true, 0, &ok).iter().any(|(name, r)| *name == "heap in use flat" && r.is_ok()));
+        assert!(judge(&leaking, true, 0, &ok).iter().any(|(name, r)| *name == "no leak" && r.is_err()));
+        assert!(judge(&flat, true, 0, &ok).iter().any(|(name, r)| *name == "no leak" && r.is_ok()));
+        // SQLite's caches filling up are no leak, and count towards the memory allowed
+        let mut caching = flat.clone();
+        caching[2].heap_mib = 290.0;
+        caching[2].sqlite_mib = 100.0;
+        caching[2].rss_mib = 400.0;
+        assert!(judge(&caching, true, 0, &ok).iter().all(|(_, r)| r.is_ok()), "{:?}", judge(&caching, true, 0, &ok));
         let drifting = [window(300.0, 2.0), window(300.0, 2.0), window(300.0, 7.0)];
         assert!(judge(&drifting, true, 0, &ok).iter().any(|(name, r)| *name == "latency does not drift" && r.is_err()));
         let mut failing = flat.clone();

@@ -714,6 +714,20 @@ pub async fn handler_detail_reaches_events_and_the_mcp_summary(t: TestStore) {
     let tool = &summary.detail["browser.browser_navigate"];
     assert_eq!((tool.calls, tool.fails, tool.p50, tool.p95), (2, 1, Some(40.0), Some(40.0)));
     assert_eq!(tool.fails_by_kind.get("tool_error"), Some(&1));
+    // the summary keeps its records between calls and reads only what is new: a third call shows
+    let third = s.enqueue(job(3)).await.expect("enqueue").message.id;
+    s.claim(&claim("w", 1)).await.expect("claim");
+    let completion = Completion {
+        detail: Some(json!({"toolset": "browser", "tool": "browser_back", "latency_ms": 5.0})),
+        ..Completion::new(third, None)
+    };
+    assert_eq!(s.complete("w", vec![completion]).await.expect("complete"), vec![Outcome::Done]);
+    let grown = s.mcp_summary(test_support::epoch() - chrono::Duration::hours(1)).await.expect("summary");
+    assert_eq!((grown.total.calls, grown.total.fails), (3, 1), "{grown:?}");
+    assert_eq!(grown.detail["browser.browser_back"].calls, 1);
+    assert_eq!(grown.detail["browser.browser_navigate"].calls, 2, "nothing counted twice");
+    let again = s.mcp_summary(test_support::epoch() - chrono::Duration::hours(1)).await.expect("summary");
+    assert_eq!(again, grown, "a call with nothing new changes nothing");
     // a window that starts later sees nothing
     let later = s.mcp_summary(test_support::epoch() + chrono::Duration::hours(1)).await.expect("summary");
     assert_eq!(later.total.calls, 0);
@@ -721,9 +735,9 @@ pub async fn handler_detail_reaches_events_and_the_mcp_summary(t: TestStore) {
     let since = test_support::epoch() - chrono::Duration::minutes(10);
     let series = s.mcp_series(since, None, 10).await.expect("series");
     assert_eq!((series.buckets.len(), series.bucket_ms), (10, 60_000));
-    assert_eq!(series.buckets.iter().map(|b| b.calls).sum::<u64>(), 2);
+    assert_eq!(series.buckets.iter().map(|b| b.calls).sum::<u64>(), 3);
     let last = series.buckets.last().expect("last");
-    assert_eq!((last.calls, last.fails, last.p95), (2, 1, Some(40.0)));
+    assert_eq!((last.calls, last.fails, last.p95), (3, 1, Some(40.0)));
     assert_eq!(series.buckets[0].start, since);
     let one = s.mcp_series(since, Some("browser.other_tool"), 10).await.expect("series");
     assert_eq!(one.buckets.iter().map(|b| b.calls).sum::<u64>(), 0);
