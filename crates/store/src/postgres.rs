@@ -918,7 +918,10 @@ SELECT count(*) FROM upd"#
                count(*) FILTER (WHERE status = 'queued' AND run_at > $1) AS delayed, \
                count(*) FILTER (WHERE status = 'claimed') AS claimed, \
                min(run_at) FILTER (WHERE status = 'queued' AND run_at <= $1) AS oldest \
-             FROM agent_messages WHERE status IN ('queued', 'claimed') GROUP BY service, role ORDER BY service, role",
+             FROM (SELECT service, role, status, run_at FROM agent_messages WHERE status = 'queued' \
+                   UNION ALL \
+                   SELECT service, role, status, run_at FROM agent_messages WHERE status = 'claimed') AS open \
+             GROUP BY service, role ORDER BY service, role",
         )
         .bind(now)
         .fetch_all(&self.pool)

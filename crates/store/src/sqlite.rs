@@ -942,7 +942,10 @@ impl SqliteBus {
                sum(status = 'queued' AND run_at > ?1) AS delayed, \
                sum(status = 'claimed') AS claimed, \
                min(CASE WHEN status = 'queued' AND run_at <= ?1 THEN run_at END) AS oldest \
-             FROM agent_messages WHERE status IN ('queued', 'claimed') GROUP BY service, role ORDER BY service, role",
+             FROM (SELECT service, role, status, run_at FROM agent_messages WHERE status = 'queued' \
+                   UNION ALL \
+                   SELECT service, role, status, run_at FROM agent_messages WHERE status = 'claimed') \
+             GROUP BY service, role ORDER BY service, role",
         )
         .bind(now)
         .fetch_all(&self.reader)
