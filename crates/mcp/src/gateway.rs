@@ -460,8 +460,9 @@ impl Gateway {
         let dir = self.data_dir.join(&artifact_dir);
         detail["artifacts"] = json!(artifact_dir);
         let request = json!({ "toolset": call.toolset, "tool": call.tool, "params": self.scrub_json(redact(&call.params)), "trace_id": context.trace_id, "message_id": context.message_id, "attempt": context.attempt });
-        let mut artifacts_error =
-            write_artifacts(dir.clone(), vec![json_file(mcp_files::REQUEST, &request)]).await.err();
+        // request.json is written while the call is in flight (it is awaited before anything else
+        // is written or the answer returned, so no answer ever points at a missing file)
+        let request_written = tokio::spawn(write_artifacts(dir.clone(), vec![json_file(mcp_files::REQUEST, &request)]));
         metrics::counter!(model::metrics::MCP_CALLS_TOTAL, &labels).increment(1);
         let started = Instant::now();
         let outcome = async {
@@ -485,6 +486,10 @@ impl Gateway {
             Ok::<_, GatewayError>(result?)
         }
         .await;
+        let mut artifacts_error = match request_written.await {
+            Ok(written) => written.err(),
+            Err(_) => Some("could not write the artifacts: the writer stopped".to_owned()),
+        };
         let (latency_ms, kind) = match &outcome {
             Ok(answer) => (answer.latency.as_secs_f64() * 1000.0, answer.is_error.then_some(ErrorKind::ToolError)),
             Err(err) => (started.elapsed().as_secs_f64() * 1000.0, Some(err.kind())),
