@@ -448,7 +448,7 @@ impl Store {
     /// poll, not the whole window.
     pub async fn mcp_summary(&self, since: chrono::DateTime<chrono::Utc>) -> Result<McpSummary, Error> {
         let window = self.mcp_window(since, true).await?.ok_or(Error::Internal { what: "the MCP window" })?;
-        Ok(McpSummary::from_refs(&window.since(since), since))
+        Ok(window.summary(since))
     }
 
     /// The records window brought up to date. A summary (`slide`) moves its start to `since`; a
