@@ -415,29 +415,34 @@ async fn serve_worker_metrics(listener: tokio::net::TcpListener, metrics: server
 }
 
 /// The HTTP server's graceful shutdown: on Ctrl-C or SIGTERM, live event streams end too.
-async fn stop_serving() {
-    wait_for_signal().await;
-    server::begin_shutdown();
+/// Resolves on Ctrl-C or SIGTERM, then ends the live event streams. The signal handlers are
+/// installed when this is called, not when the future is first polled, so a signal that comes
+/// while the server is busy accepting is never left to its default action (death).
+fn stop_serving() -> impl std::future::Future<Output = ()> + Send + 'static {
+    let signal = wait_for_signal();
+    async move {
+        signal.await;
+        server::begin_shutdown();
+    }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn wait_for_signal() {
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed at the call (inside a runtime), so
+/// the process never dies of a signal that arrives before the future is polled.
+pub fn wait_for_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+    let handlers = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok())
+    };
+    async move {
+        #[cfg(unix)]
+        if let (Some(mut term), Some(mut interrupt)) = handlers {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
@@ -476,6 +481,8 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
         None => None,
     };
     let listener = bind(args.listen).await?;
+    // before the banner: whoever reads it may signal at once
+    let stop_signal = stop_serving();
     let examples =
         if mode == "embedded" && !args.no_examples { Some(start_examples(global, &args).await) } else { None };
     let address = listener.local_addr().context("reading the bound address")?;
@@ -574,9 +581,9 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
     match tls {
         Some(config) => {
             let listener = server::tls::TlsListener::new(listener, config).context("starting TLS")?;
-            server::serve(listener, app, limits, stop_serving()).await;
+            server::serve(listener, app, limits, stop_signal).await;
         }
-        None => server::serve(listener, app, limits, stop_serving()).await,
+        None => server::serve(listener, app, limits, stop_signal).await,
     }
     stop(node).await;
     drop(examples);
@@ -679,6 +686,7 @@ pub async fn worker(global: &Global, args: WorkerArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let signal = wait_for_signal();
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -692,7 +700,7 @@ pub async fn worker(global: &Global, args: WorkerArgs) -> anyhow::Result<()> {
     }
     out.flush()?;
     drop(out);
-    wait_for_signal().await;
+    signal.await;
     stop(node).await;
     Ok(())
 }

@@ -214,9 +214,11 @@ where
     let gate = conn::ConnectionGate::new(limits.max_connections_per_client, limits.max_connections);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        // the stop signal first: a steady stream of connections must not keep it unpolled
         let (io, client) = tokio::select! {
-            accepted = listener.accept() => accepted,
+            biased;
             () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
         };
         while connections.try_join_next().is_some() {}
         let permit = match gate.admit(client) {
