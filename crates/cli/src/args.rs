@@ -524,7 +524,8 @@ pub struct ServeArgs {
     /// and closed. 0: no limit.
     #[arg(long, env = "COGO_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
-    /// Keep the request rate limits in this Redis (redis://[:password@]host[:port][/db]) so that
+    /// Keep the request rate limits in this Redis (`redis://HOST:PORT/DB`, with a password
+    /// `redis://:PASSWORD@HOST:PORT/DB`) so that
     /// every server replica using it shares them; unset: in memory, per process. If Redis stops
     /// answering, each server falls back to its own limits until it is back.
     #[arg(long, env = "COGO_REDIS_URL", hide_env_values = true)]
