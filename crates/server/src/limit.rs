@@ -53,19 +53,20 @@ impl RateLimits {
         })
     }
 
-    /// `Err(seconds to wait)` when the client or the token is over its rate, asking Redis when
-    /// the limits are shared and it answers.
-    async fn check_request(&self, client: Option<IpAddr>, token: Option<String>) -> Result<(), u64> {
-        let token = token.as_deref();
-        if let Some(shared) = &self.shared {
-            let client = client.map(|ip| ip.to_string()).unwrap_or_default();
-            match shared.check(self.per_second, self.burst, &client, token).await {
-                Shared::Allowed => return Ok(()),
-                Shared::Wait(seconds) => return Err(seconds),
-                Shared::Unavailable => {}
-            }
+    /// Asks Redis about the client's and the token's buckets; `None` when it cannot answer.
+    async fn check_shared(
+        shared: &SharedRateLimits,
+        per_second: u32,
+        burst: u32,
+        client: Option<IpAddr>,
+        token: Option<String>,
+    ) -> Option<Result<(), u64>> {
+        let client = client.map(|ip| ip.to_string()).unwrap_or_default();
+        match shared.check(per_second, burst, &client, token.as_deref()).await {
+            Shared::Allowed => Some(Ok(())),
+            Shared::Wait(seconds) => Some(Err(seconds)),
+            Shared::Unavailable => None,
         }
-        self.check(hashed(client), token.map(hashed))
     }
 
     /// `Err(seconds to wait)` when the client or the token is over its rate.
@@ -120,8 +121,17 @@ pub(crate) async fn rate_limit(
     next: Next,
 ) -> Response {
     let Some(limits) = limits else { return next.run(request).await };
-    let (client, token) = (client_ip(&request), token_value(&request).map(str::to_owned));
-    if let Err(wait) = limits.check_request(client, token).await {
+    let client = client_ip(&request);
+    // the in-memory buckets need no copy of the token; Redis is asked only when limits are shared
+    let shared = match &limits.shared {
+        Some(shared) => {
+            let token = token_value(&request).map(str::to_owned);
+            RateLimits::check_shared(shared, limits.per_second, limits.burst, client, token).await
+        }
+        None => None,
+    };
+    let outcome = shared.unwrap_or_else(|| limits.check(hashed(client), token_value(&request).map(hashed)));
+    if let Err(wait) = outcome {
         return too_many(
             wait,
             format!("too many requests: retry after {wait} s (limits apply per client address and per token)"),

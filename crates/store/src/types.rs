@@ -391,17 +391,12 @@ impl McpSummary {
     /// Figures over `records`, overall and per tool.
     pub fn from_records(records: &[McpCallRecord], since: DateTime<Utc>) -> Self {
         let all: Vec<&McpCallRecord> = records.iter().collect();
-        Self::from_refs(&all, since)
-    }
-
-    /// [`McpSummary::from_records`] over borrowed records.
-    pub fn from_refs(all: &[&McpCallRecord], since: DateTime<Utc>) -> Self {
         let mut by_tool: BTreeMap<&str, Vec<&McpCallRecord>> = BTreeMap::new();
-        for record in all {
+        for record in records {
             by_tool.entry(record.tool.as_str()).or_default().push(record);
         }
         Self {
-            total: figures(all),
+            total: figures(&all),
             detail: by_tool.into_iter().map(|(tool, rs)| (tool.to_owned(), figures(&rs))).collect(),
             since,
             truncated: all.len() as i64 >= MCP_SUMMARY_MAX_EVENTS,
