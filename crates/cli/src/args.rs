@@ -576,6 +576,20 @@ pub struct WorkerArgs {
     /// Lease of claimed messages in milliseconds; a process that dies holds its work this long.
     #[arg(long, env = "COGO_LEASE_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1_000..=3_600_000))]
     pub lease_ms: u64,
+    /// Run as an edge worker of this server (its base URL, https:// in production): no database,
+    /// only an outbound WebSocket; the server claims and completes on the worker's behalf.
+    #[arg(long, env = "COGO_SERVER", requires = "token")]
+    pub server: Option<String>,
+    /// The edge worker token (`cogo tokens create --edge --roles …`); with --server.
+    #[arg(long, env = "COGO_EDGE_TOKEN", hide_env_values = true, requires = "server")]
+    pub token: Option<String>,
+    /// The edge worker's name, unique per token (default: the host name and a random suffix).
+    #[arg(long, env = "COGO_WORKER_NAME", requires = "server")]
+    pub name: Option<String>,
+    /// PEM file of CA certificates trusted besides the system's, for a server with a private or
+    /// self-signed certificate; with --server.
+    #[arg(long, env = "COGO_CA_CERT", requires = "server")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// The LLM of the orchestrator, research and codegen roles.
     #[command(flatten)]
     pub llm: LlmArgs,
@@ -1069,16 +1083,23 @@ pub enum SecretsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TokensCommand {
-    /// Make a token for one tenant and print it once (only its hash is kept).
+    /// Make a token and print it once (only its hash is kept): a tenant token (--tenant) or an
+    /// edge worker token (--edge --roles).
     Create {
         /// The tenant it sees.
-        #[arg(long)]
-        tenant: String,
+        #[arg(long, required_unless_present = "edge", conflicts_with = "edge")]
+        tenant: Option<String>,
+        /// An edge worker token: it reaches only the edge workers' WebSocket, for --roles.
+        #[arg(long, requires = "roles")]
+        edge: bool,
+        /// Roles the edge worker may serve, comma-separated.
+        #[arg(long, value_delimiter = ',', requires = "edge")]
+        roles: Vec<String>,
         /// What it is for.
         #[arg(long, default_value = "")]
         name: String,
     },
-    /// List tokens (ids, tenants, names, state; never the tokens).
+    /// List tokens (ids, tenants or edge roles, names, state; never the tokens).
     List {
         /// Print JSON lines.
         #[arg(long)]

@@ -5,6 +5,7 @@ mod bench;
 mod bus_cmd;
 mod config_cmd;
 mod doctor;
+mod edge_worker;
 mod gate;
 mod goal_cmd;
 mod knowledge_bench;

@@ -15,30 +15,37 @@ use crate::settings::{database_url, load_configs_or_exit, open_store};
 /// A role this binary can run: its queue and its handler.
 pub(crate) struct Role {
     pub(crate) name: &'static str,
-    service: &'static str,
-    role: &'static str,
+    pub(crate) service: &'static str,
+    pub(crate) role: &'static str,
     /// The role needs the LLM.
-    needs_llm: bool,
-    /// The handler, or why it cannot run here (a missing model).
-    handler: fn(&RoleContext) -> Result<Arc<dyn worker::Handler>, String>,
+    pub(crate) needs_llm: bool,
+    /// The handler, or why it cannot run here (a missing model, no database).
+    pub(crate) handler: fn(&RoleContext) -> Result<Arc<dyn worker::Handler>, String>,
 }
 
 /// What role handlers are built from.
-struct RoleContext {
-    gateway: Arc<mcp::Gateway>,
-    store: store::Store,
+pub(crate) struct RoleContext {
+    pub(crate) gateway: Arc<mcp::Gateway>,
+    /// The store; an edge worker has none (the roles that need one do not run there).
+    pub(crate) store: Option<store::Store>,
     /// The embedder, when the model is installed (the knowledge roles need it).
-    embedder: Option<Arc<dyn knowledge::Embedder>>,
+    pub(crate) embedder: Option<Arc<dyn knowledge::Embedder>>,
     /// The LLM, when a role needs it and it loaded (or why not).
-    llm: Result<Arc<dyn llm::LlmClient>, String>,
+    pub(crate) llm: Result<Arc<dyn llm::LlmClient>, String>,
     /// agent_policy.json.
-    policy: Arc<model::config::AgentPolicy>,
-    data_dir: std::path::PathBuf,
+    pub(crate) policy: Arc<model::config::AgentPolicy>,
+    pub(crate) data_dir: std::path::PathBuf,
 }
 
 const NO_EMBEDDER: &str = "it needs the embedding model (scripts/models install)";
 
 impl RoleContext {
+    fn store(&self) -> Result<store::Store, String> {
+        self.store.clone().ok_or_else(|| {
+            "it needs the database, which an edge worker does not have: run it with --database-url".to_owned()
+        })
+    }
+
     fn embedder(&self) -> Result<Arc<dyn knowledge::Embedder>, String> {
         self.embedder.clone().ok_or_else(|| NO_EMBEDDER.to_owned())
     }
@@ -49,7 +56,7 @@ impl RoleContext {
 
     fn orchestrator(&self) -> Result<Arc<agent::Orchestrator>, String> {
         let env = Arc::new(agent::bus::BusEnvironment::new(
-            self.store.clone(),
+            self.store()?,
             Some(self.gateway.clone()),
             self.policy.clone(),
             self.embedder.clone(),
@@ -87,14 +94,14 @@ pub(crate) const ROLES: &[Role] = &[
         service: "knowledge",
         role: "indexing",
         needs_llm: false,
-        handler: |ctx| Ok(Arc::new(knowledge::roles::IndexingHandler::new(ctx.store.clone(), ctx.embedder()?))),
+        handler: |ctx| Ok(Arc::new(knowledge::roles::IndexingHandler::new(ctx.store()?, ctx.embedder()?))),
     },
     Role {
         name: "graphrag",
         service: "knowledge",
         role: "graphrag",
         needs_llm: false,
-        handler: |ctx| Ok(Arc::new(knowledge::roles::GraphRagHandler::new(ctx.store.clone(), ctx.embedder()?))),
+        handler: |ctx| Ok(Arc::new(knowledge::roles::GraphRagHandler::new(ctx.store()?, ctx.embedder()?))),
     },
     Role {
         name: "orchestrator",
@@ -116,7 +123,7 @@ pub(crate) const ROLES: &[Role] = &[
         role: agent::RESEARCH.1,
         needs_llm: true,
         handler: |ctx| {
-            Ok(Arc::new(agent::roles::research::ResearchHandler::new(ctx.store.clone(), ctx.embedder()?, ctx.llm()?)))
+            Ok(Arc::new(agent::roles::research::ResearchHandler::new(ctx.store()?, ctx.embedder()?, ctx.llm()?)))
         },
     },
     Role {
@@ -168,7 +175,7 @@ pub fn metrics_render() -> anyhow::Result<server::MetricsRender> {
     }))
 }
 
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()
@@ -277,7 +284,7 @@ pub(crate) async fn start_node(
     };
     let role_context = RoleContext {
         gateway: gateway.clone(),
-        store: store.clone(),
+        store: Some(store.clone()),
         embedder: embedder.clone(),
         llm,
         policy: Arc::new(configs.agent.clone()),
@@ -328,7 +335,7 @@ pub(crate) fn load_embedder(global: &Global) -> Option<Arc<dyn knowledge::Embedd
 /// overrides it; 0 turns it off).
 const MALLOC_TRIM_SECS: u64 = 30;
 
-async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+pub(crate) async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(listen).await.map_err(|err| {
         let port = listen.port();
         let hint = if err.kind() == std::io::ErrorKind::AddrInUse {
@@ -661,6 +668,9 @@ pub async fn worker(global: &Global, args: WorkerArgs) -> anyhow::Result<()> {
             ExitWith(2, format!("error: unknown role {name:?}; this build runs: {}", known.join(", ")))
         })?;
         roles.push(role);
+    }
+    if args.server.is_some() {
+        return crate::edge_worker::run(global, args, roles).await;
     }
     let metrics = metrics_render()?;
     let options = NodeOptions {

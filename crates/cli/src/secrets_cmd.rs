@@ -89,7 +89,26 @@ pub async fn tokens(global: &Global, command: TokensCommand) -> anyhow::Result<(
     let store = open_store(global).await?;
     let mut out = std::io::stdout().lock();
     match command {
-        TokensCommand::Create { tenant, name } => {
+        TokensCommand::Create { tenant: None, edge: true, roles, name } => {
+            let known: Vec<&str> = crate::node::ROLES.iter().map(|r| r.role).collect();
+            if let Some(unknown) = roles.iter().find(|r| !known.contains(&r.as_str())) {
+                return Err(ExitWith(
+                    2,
+                    format!("error: unknown role {unknown:?}; an edge worker token may name: {}", known.join(", ")),
+                )
+                .into());
+            }
+            let (text, row) = secrets::tokens::generate_edge(&roles, &name, chrono::Utc::now());
+            let id = row.id.clone();
+            store.create_api_token(row).await?;
+            writeln!(out, "{}", text.as_str())?;
+            eprintln!(
+                "edge worker token {id} for roles {}: shown once, keep it; revoke with `cogo tokens revoke {id}`",
+                roles.join(",")
+            );
+        }
+        TokensCommand::Create { tenant, name, .. } => {
+            let tenant = tenant.unwrap_or_default();
             if !secrets::tokens::valid_tenant(&tenant) {
                 return Err(ExitWith(
                     2,
@@ -107,10 +126,14 @@ pub async fn tokens(global: &Global, command: TokensCommand) -> anyhow::Result<(
             for token in store.api_tokens().await? {
                 let state = if token.revoked_at.is_some() { "revoked" } else { "active" };
                 if json {
-                    let line = serde_json::json!({ "id": token.id, "tenant": token.tenant, "name": token.name, "state": state, "created_at": token.created_at, "revoked_at": token.revoked_at });
+                    let line = serde_json::json!({ "id": token.id, "tenant": token.tenant, "roles": token.roles, "name": token.name, "state": state, "created_at": token.created_at, "revoked_at": token.revoked_at });
                     writeln!(out, "{line}")?;
                 } else {
-                    writeln!(out, "{:<14} {:<20} {:<8} {}", token.id, token.tenant, state, token.name)?;
+                    let sees = match &token.roles {
+                        Some(roles) => format!("edge:{}", roles.join(",")),
+                        None => token.tenant.clone(),
+                    };
+                    writeln!(out, "{:<14} {:<20} {:<8} {}", token.id, sees, state, token.name)?;
                 }
             }
         }

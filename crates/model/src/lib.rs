@@ -8,6 +8,7 @@ pub mod artifact;
 pub mod breaker;
 pub mod clock;
 pub mod config;
+pub mod edge;
 pub mod event;
 pub mod goal;
 pub mod ids;

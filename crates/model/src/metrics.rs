@@ -62,6 +62,13 @@ pub const SQLITE_MEMORY_BYTES: &str = "cogo_sqlite_memory_bytes";
 pub const PROCESS_OPEN_FDS: &str = "cogo_process_open_fds";
 /// Rate-limit checks that Redis could not answer (the server used its own buckets instead).
 pub const RATE_LIMIT_REDIS_ERRORS_TOTAL: &str = "cogo_rate_limit_redis_errors_total";
+/// Edge workers connected to this server.
+pub const EDGE_CONNECTIONS_OPEN: &str = "cogo_edge_connections_open";
+/// Requests of edge workers served, by `op` (`claim`, `extend`, `complete`, `fail`, `release`) and
+/// `outcome` (`ok`, `refused`, `error`).
+pub const EDGE_REQUESTS_TOTAL: &str = "cogo_edge_requests_total";
+/// Times this edge worker connected to its server (the first time included).
+pub const EDGE_CONNECTS_TOTAL: &str = "cogo_edge_connects_total";
 
 /// Knowledge searches, by `mode` (`fulltext`, `vector`, `hybrid`, `graphrag`).
 pub const KNOWLEDGE_SEARCHES_TOTAL: &str = "cogo_knowledge_searches_total";
@@ -84,7 +91,7 @@ pub const GOAL_REPLANS_TOTAL: &str = "cogo_goal_replans_total";
 pub const GOAL_DURATION_MS: &str = "cogo_goal_duration_ms";
 
 /// Every metric name above, for documentation and naming checks.
-pub const ALL: [&str; 38] = [
+pub const ALL: [&str; 41] = [
     MCP_CALLS_TOTAL,
     MCP_FAIL_TOTAL,
     MCP_LATENCY_MS,
@@ -109,6 +116,9 @@ pub const ALL: [&str; 38] = [
     HTTP_CONNECTIONS_REFUSED_TOTAL,
     HTTP_WRITE_TIMEOUTS_TOTAL,
     RATE_LIMIT_REDIS_ERRORS_TOTAL,
+    EDGE_CONNECTIONS_OPEN,
+    EDGE_REQUESTS_TOTAL,
+    EDGE_CONNECTS_TOTAL,
     PROCESS_RESIDENT_MEMORY_BYTES,
     PROCESS_HEAP_BYTES,
     PROCESS_HEAP_FREE_BYTES,
@@ -126,7 +136,7 @@ pub const ALL: [&str; 38] = [
 ];
 
 /// The `# HELP` text of every metric, in the order of [`ALL`].
-pub const HELP: [(&str, &str); 38] = [
+pub const HELP: [(&str, &str); 41] = [
     (MCP_CALLS_TOTAL, "MCP tool calls made (attempts), by toolset and tool."),
     (MCP_FAIL_TOTAL, "MCP tool calls that failed, by toolset, tool and error kind."),
     (MCP_LATENCY_MS, "MCP tool call latency in milliseconds, by toolset and tool."),
@@ -154,6 +164,9 @@ pub const HELP: [(&str, &str); 38] = [
     ),
     (HTTP_WRITE_TIMEOUTS_TOTAL, "HTTP connections closed because the client read nothing for the write timeout."),
     (RATE_LIMIT_REDIS_ERRORS_TOTAL, "Rate-limit checks Redis could not answer (the server used its own buckets)."),
+    (EDGE_CONNECTIONS_OPEN, "Edge workers connected to this server."),
+    (EDGE_REQUESTS_TOTAL, "Edge worker requests served, by op and outcome (ok, refused, error)."),
+    (EDGE_CONNECTS_TOTAL, "Times this edge worker connected to its server."),
     (PROCESS_RESIDENT_MEMORY_BYTES, "Resident memory of this process in bytes."),
     (PROCESS_HEAP_BYTES, "Heap bytes allocated and in use in this process (malloc's own count)."),
     (PROCESS_HEAP_FREE_BYTES, "Heap bytes malloc holds free in its arenas, not returned to the system."),

@@ -9,6 +9,7 @@
 
 mod conn;
 mod dashboard;
+mod edge_routes;
 mod error;
 mod goal_routes;
 mod knowledge_routes;
@@ -242,7 +243,8 @@ where
         connections.spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
-            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+            // with upgrades: the edge workers' WebSocket
+            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service).with_upgrades();
             let mut connection = std::pin::pin!(connection);
             let ended = tokio::select! {
                 ended = connection.as_mut() => ended,

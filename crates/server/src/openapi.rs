@@ -238,6 +238,15 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
         ),
         op(
             "get",
+            "/api/edge/connect",
+            "The edge workers' WebSocket (an edge worker token only): JSON frames of the edge protocol",
+            None,
+            None,
+            101,
+            Reply::Text("application/json"),
+        ),
+        op(
+            "get",
             "/api/metrics/summary",
             "MCP, circuits, bus and agents, computed from the store",
             None,

@@ -34,6 +34,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(crate::mcp_routes::router())
         .merge(crate::knowledge_routes::router())
         .merge(crate::goal_routes::router())
+        .merge(crate::edge_routes::router())
         .merge(crate::dashboard::router())
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .layer(Extension(std::sync::Arc::new(SummaryCache::default())))

@@ -17,13 +17,20 @@ pub enum Scope {
     All,
     /// Only this tenant.
     Tenant(String),
+    /// An edge worker token: only the edge workers' WebSocket, for these roles.
+    Edge {
+        /// The token's id (part of the worker's agent id).
+        token_id: String,
+        /// Roles it may serve.
+        roles: Vec<String>,
+    },
 }
 
 impl Scope {
     /// The tenant a listing must be limited to, if any.
     pub fn tenant(&self) -> Option<&str> {
         match self {
-            Self::All => None,
+            Self::All | Self::Edge { .. } => None,
             Self::Tenant(tenant) => Some(tenant),
         }
     }
@@ -154,7 +161,10 @@ pub(crate) async fn guard(State(guard): State<Guard>, mut request: Request, next
         match guard.tokens.lookup(&state.store, id).await {
             Ok(Some(token)) if secrets::tokens::verify(secret, &token) => {
                 bearer_ok = true;
-                scope = Scope::Tenant(token.tenant);
+                scope = match token.roles {
+                    Some(roles) => Scope::Edge { token_id: token.id, roles },
+                    None => Scope::Tenant(token.tenant),
+                };
             }
             Ok(_) => {}
             Err(err) => {
@@ -203,6 +213,13 @@ pub(crate) async fn guard(State(guard): State<Guard>, mut request: Request, next
         return ApiError::new(
             ErrorCode::Forbidden,
             format!("the token of tenant {tenant} reads only that tenant's messages, events, traces, dead letters and knowledge"),
+        )
+        .into_response();
+    }
+    if matches!(scope, Scope::Edge { .. }) && path != model::edge::CONNECT_PATH {
+        return ApiError::new(
+            ErrorCode::Forbidden,
+            format!("an edge worker token reaches only {}", model::edge::CONNECT_PATH),
         )
         .into_response();
     }

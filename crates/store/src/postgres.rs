@@ -32,13 +32,14 @@ mod knowledge;
 
 const BUS_CHANNEL: &str = "cogo_bus";
 
-pub(crate) const MIGRATIONS: [(i64, &str, &str); 6] = [
+pub(crate) const MIGRATIONS: [(i64, &str, &str); 7] = [
     (1, "bus", include_str!("../../../migrations/postgres/0001_bus.sql")),
     (2, "mcp events", include_str!("../../../migrations/postgres/0002_mcp_events.sql")),
     (3, "secrets", include_str!("../../../migrations/postgres/0003_secrets.sql")),
     (4, "api tokens", include_str!("../../../migrations/postgres/0004_api_tokens.sql")),
     (5, "knowledge", include_str!("../../../migrations/postgres/0005_knowledge.sql")),
     (6, "goals", include_str!("../../../migrations/postgres/0006_goals.sql")),
+    (7, "edge tokens", include_str!("../../../migrations/postgres/0007_edge_tokens.sql")),
 ];
 
 #[derive(Debug, Clone)]
@@ -807,7 +808,7 @@ SELECT count(*) FROM upd"#
 
     pub(crate) async fn create_api_token(&self, token: &ApiToken) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, tenant, name, hash, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO api_tokens (id, tenant, name, hash, created_at, revoked_at, roles) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&token.id)
         .bind(&token.tenant)
@@ -815,6 +816,7 @@ SELECT count(*) FROM upd"#
         .bind(&token.hash)
         .bind(token.created_at)
         .bind(token.revoked_at)
+        .bind(token.roles.as_ref().map(|roles| roles.join(",")))
         .execute(&self.pool)
         .await
         .map_err(db("storing an API token"))?;
@@ -1294,5 +1296,6 @@ fn api_token(row: &PgRow) -> Result<ApiToken, sqlx::Error> {
         hash: row.try_get("hash")?,
         created_at: row.try_get("created_at")?,
         revoked_at: row.try_get("revoked_at")?,
+        roles: crate::types::roles_column(row.try_get("roles")?),
     })
 }

@@ -31,13 +31,14 @@ use crate::{
     MessageFilter, Outcome, Page, PageRequest, QueueStats, StoreOptions, Wakeups,
 };
 
-pub(crate) const MIGRATIONS: [(i64, &str, &str); 6] = [
+pub(crate) const MIGRATIONS: [(i64, &str, &str); 7] = [
     (1, "bus", include_str!("../../../migrations/sqlite/0001_bus.sql")),
     (2, "mcp events", include_str!("../../../migrations/sqlite/0002_mcp_events.sql")),
     (3, "secrets", include_str!("../../../migrations/sqlite/0003_secrets.sql")),
     (4, "api tokens", include_str!("../../../migrations/sqlite/0004_api_tokens.sql")),
     (5, "knowledge", include_str!("../../../migrations/sqlite/0005_knowledge.sql")),
     (6, "goals", include_str!("../../../migrations/sqlite/0006_goals.sql")),
+    (7, "edge tokens", include_str!("../../../migrations/sqlite/0007_edge_tokens.sql")),
 ];
 
 mod goals;
@@ -830,7 +831,7 @@ impl SqliteBus {
 
     pub(crate) async fn create_api_token(&self, token: &ApiToken) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, tenant, name, hash, created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_tokens (id, tenant, name, hash, created_at, revoked_at, roles) VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&token.id)
         .bind(&token.tenant)
@@ -838,6 +839,7 @@ impl SqliteBus {
         .bind(&token.hash)
         .bind(us(token.created_at))
         .bind(token.revoked_at.map(us))
+        .bind(token.roles.as_ref().map(|roles| roles.join(",")))
         .execute(&self.writer)
         .await
         .map_err(db("storing an API token"))?;
@@ -1211,5 +1213,6 @@ fn api_token(row: &SqliteRow) -> Result<ApiToken, sqlx::Error> {
         hash: row.try_get("hash")?,
         created_at: at(row.try_get("created_at")?),
         revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(at),
+        roles: crate::types::roles_column(row.try_get("roles")?),
     })
 }

@@ -525,6 +525,14 @@ pub struct ApiToken {
     pub created_at: DateTime<Utc>,
     /// When it was revoked, if it was.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The roles an edge worker token may serve; `None` for a tenant token. A token with roles
+    /// reaches only the edge workers' WebSocket.
+    pub roles: Option<Vec<String>>,
+}
+
+/// The `roles` column: comma-separated role names, or NULL for a tenant token.
+pub(crate) fn roles_column(text: Option<String>) -> Option<Vec<String>> {
+    text.map(|text| text.split(',').filter(|r| !r.is_empty()).map(str::to_owned).collect())
 }
 
 impl std::fmt::Debug for ApiToken {
@@ -534,6 +542,7 @@ impl std::fmt::Debug for ApiToken {
             .field("tenant", &self.tenant)
             .field("name", &self.name)
             .field("revoked_at", &self.revoked_at)
+            .field("roles", &self.roles)
             .finish_non_exhaustive()
     }
 }

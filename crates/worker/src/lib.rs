@@ -9,6 +9,7 @@
 //! - idle workers wait on wake-ups; polling happens only every `poll_interval`.
 
 mod maintenance;
+mod queue;
 mod runtime;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use serde_json::Value;
 use model::{ErrorKind, Message};
 
 pub use maintenance::{Maintenance, MaintenanceConfig};
+pub use queue::{Queue, QueueError};
 pub use runtime::{Runtime, RuntimeConfig, RuntimeStats};
 
 /// Resolves the retry policy that applies to a message.

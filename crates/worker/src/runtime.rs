@@ -10,6 +10,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use model::{Message, MessageId};
 use store::{ClaimRequest, Completion, FailAction, Failure, Outcome, Store};
 
+use crate::queue::{Queue, QueueError};
 use crate::{Handler, HandlerError, HandlerOutput, RetryResolver};
 
 /// Settings of one runtime.
@@ -77,7 +78,7 @@ enum Finished {
 
 /// A running queue consumer.
 pub struct Runtime {
-    store: Store,
+    queue: Arc<dyn Queue>,
     config: RuntimeConfig,
     handler: Arc<dyn Handler>,
     retry: RetryResolver,
@@ -85,9 +86,20 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// A runtime; nothing runs until [`Runtime::run`].
+    /// A runtime on `store`; nothing runs until [`Runtime::run`].
     pub fn new(store: Store, config: RuntimeConfig, handler: Arc<dyn Handler>, retry: RetryResolver) -> Self {
-        Self { store, config, handler, retry, stats: Arc::new(RuntimeStats::default()) }
+        Self::on_queue(Arc::new(store), config, handler, retry)
+    }
+
+    /// A runtime on any queue (an edge worker's connection to a server); nothing runs until
+    /// [`Runtime::run`].
+    pub fn on_queue(
+        queue: Arc<dyn Queue>,
+        config: RuntimeConfig,
+        handler: Arc<dyn Handler>,
+        retry: RetryResolver,
+    ) -> Self {
+        Self { queue, config, handler, retry, stats: Arc::new(RuntimeStats::default()) }
     }
 
     /// The counters, shared.
@@ -112,7 +124,7 @@ impl Runtime {
         let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
         let (finished_tx, finished_rx) = mpsc::unbounded_channel::<Finished>();
         let completer = tokio::spawn(completer(
-            self.store.clone(),
+            self.queue.clone(),
             config.clone(),
             finished_rx,
             in_flight.clone(),
@@ -121,10 +133,10 @@ impl Runtime {
         ));
         let (heartbeat_stop, heartbeat_stop_rx) = watch::channel(false);
         let heartbeat =
-            tokio::spawn(heartbeat(self.store.clone(), config.clone(), in_flight.clone(), heartbeat_stop_rx));
+            tokio::spawn(heartbeat(self.queue.clone(), config.clone(), in_flight.clone(), heartbeat_stop_rx));
         tracing::info!(service = %config.service, role = %config.role, agent_id = %config.agent_id, concurrency = config.concurrency, claimers = config.claimers, "worker runtime started");
         let context = Arc::new(LoopContext {
-            store: self.store.clone(),
+            queue: self.queue.clone(),
             config: config.clone(),
             handler: self.handler.clone(),
             stats: self.stats.clone(),
@@ -154,7 +166,7 @@ impl Runtime {
         let _ = heartbeat.await;
         let leftover: Vec<MessageId> = lock(&in_flight).drain().collect();
         if !leftover.is_empty() {
-            match self.store.release(&config.agent_id, &leftover).await {
+            match self.queue.release(&config.agent_id, &leftover).await {
                 Ok(released) => tracing::warn!(count = released.len(), "released unfinished messages at shutdown"),
                 Err(err) => {
                     tracing::error!(error = %err, "could not release messages at shutdown; their leases will expire")
@@ -167,7 +179,7 @@ impl Runtime {
 
 /// What the claim loops of one runtime share.
 struct LoopContext {
-    store: Store,
+    queue: Arc<dyn Queue>,
     config: RuntimeConfig,
     handler: Arc<dyn Handler>,
     stats: Arc<RuntimeStats>,
@@ -181,7 +193,7 @@ struct LoopContext {
 async fn claim_loop(context: Arc<LoopContext>, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinSet<()> {
     let config = &context.config;
     let labels = [("service", config.service.clone()), ("role", config.role.clone())];
-    let wake = context.store.wakeups().queue(&config.service, &config.role);
+    let wake = context.queue.wakeup(&config.service, &config.role);
     let shard_refs: Vec<&str> = config.shards.iter().map(String::as_str).collect();
     let mut backoff = Duration::from_millis(50);
     let mut handlers = tokio::task::JoinSet::new();
@@ -198,13 +210,13 @@ async fn claim_loop(context: Arc<LoopContext>, mut shutdown: watch::Receiver<boo
                 ClaimRequest::new(&config.service, &config.role, &config.agent_id, config.batch.max(1), config.lease)
                     .with_shards(&shard_refs);
             context.stats.claim_queries.fetch_add(1, Ordering::Relaxed);
-            let claimed = match context.store.claim(&request).await {
+            let claimed = match context.queue.claim(&request).await {
                 Ok(claimed) => {
                     backoff = Duration::from_millis(50);
                     claimed
                 }
                 Err(err) => {
-                    tracing::warn!(service = %config.service, role = %config.role, error = %err, transient = err.is_transient(), "claiming failed, backing off");
+                    tracing::warn!(service = %config.service, role = %config.role, error = %err, transient = err.transient, "claiming failed, backing off");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.changed() => {}
@@ -224,7 +236,7 @@ async fn claim_loop(context: Arc<LoopContext>, mut shutdown: watch::Receiver<boo
             let count = claimed.len() as u64;
             context.stats.claimed.fetch_add(count, Ordering::Relaxed);
             metrics::counter!(model::metrics::BUS_CLAIMED_TOTAL, &labels).increment(count);
-            let now = context.store.clock().now();
+            let now = context.queue.now();
             let histogram = metrics::histogram!(model::metrics::BUS_CLAIM_LATENCY_MS, &labels);
             let mut held = lock(&context.in_flight);
             for message in claimed {
@@ -275,7 +287,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Records handler outcomes in batches: whatever finished while the previous batch was written goes
 /// in the next statement.
 async fn completer(
-    store: Store,
+    queue: Arc<dyn Queue>,
     config: RuntimeConfig,
     mut finished: mpsc::UnboundedReceiver<Finished>,
     in_flight: Arc<Mutex<HashSet<MessageId>>>,
@@ -284,16 +296,13 @@ async fn completer(
 ) {
     let labels = [("service", config.service.clone()), ("role", config.role.clone())];
     // SQLite has one writer: concurrent writes only shrink batches, so write one at a time there
-    let concurrent_writes = match store.kind() {
-        store::BackendKind::Sqlite => 1,
-        store::BackendKind::Postgres => CONCURRENT_WRITES,
-    };
+    let concurrent_writes = queue.concurrent_writes().max(1);
     let writers = Arc::new(Semaphore::new(concurrent_writes));
     let mut buffer = Vec::with_capacity(256);
     while finished.recv_many(&mut buffer, 256).await > 0 {
         let mut completions = Vec::new();
         let mut failures = Vec::new();
-        let now = store.clock().now();
+        let now = queue.now();
         for item in buffer.drain(..) {
             match item {
                 Finished::Done(id, output) => completions.push(Completion {
@@ -332,10 +341,10 @@ async fn completer(
         let ids: Vec<MessageId> = completions.iter().map(|c| c.id).chain(failures.iter().map(|f| f.id)).collect();
         // a few writes in flight at once: the next batch forms while this one is written
         let Ok(permit) = writers.clone().acquire_owned().await else { break };
-        let (store, agent_id, labels, stats, in_flight) =
-            (store.clone(), config.agent_id.clone(), labels.clone(), stats.clone(), in_flight.clone());
+        let (queue, agent_id, labels, stats, in_flight) =
+            (queue.clone(), config.agent_id.clone(), labels.clone(), stats.clone(), in_flight.clone());
         tokio::spawn(async move {
-            record_outcomes(&store, &agent_id, &labels, &stats, completions, failures).await;
+            record_outcomes(queue.as_ref(), &agent_id, &labels, &stats, completions, failures).await;
             let mut held = lock(&in_flight);
             for id in ids {
                 held.remove(&id);
@@ -346,11 +355,8 @@ async fn completer(
     let _ = writers.acquire_many(concurrent_writes as u32).await;
 }
 
-/// Store writes of outcomes running at once per runtime (PostgreSQL).
-const CONCURRENT_WRITES: usize = 4;
-
 async fn record_outcomes(
-    store: &Store,
+    queue: &dyn Queue,
     agent_id: &str,
     labels: &[(&'static str, String); 2],
     stats: &RuntimeStats,
@@ -359,7 +365,7 @@ async fn record_outcomes(
 ) {
     if !completions.is_empty() {
         let count = completions.len();
-        match with_retries(|| store.complete(agent_id, completions.clone())).await {
+        match with_retries(|| queue.complete(agent_id, completions.clone())).await {
             Ok(outcomes) => {
                 let lost = outcomes.iter().filter(|o| **o == Outcome::LeaseLost).count() as u64;
                 stats.succeeded.fetch_add(count as u64 - lost, Ordering::Relaxed);
@@ -380,7 +386,7 @@ async fn record_outcomes(
     if !failures.is_empty() {
         let count = failures.len() as u64;
         let dead = failures.iter().filter(|f| matches!(f.action, FailAction::DeadLetter { .. })).count() as u64;
-        match with_retries(|| store.fail(agent_id, failures.clone())).await {
+        match with_retries(|| queue.fail(agent_id, failures.clone())).await {
             Ok(_) => {
                 stats.failed.fetch_add(count, Ordering::Relaxed);
                 metrics::counter!(model::metrics::BUS_FAILED_TOTAL, labels).increment(count);
@@ -395,29 +401,30 @@ async fn record_outcomes(
     }
 }
 
-/// Retries a store call a few times on transient errors (a dropped connection must not lose a result).
-async fn with_retries<T, F, Fut>(mut call: F) -> Result<T, store::Error>
+/// Retries a queue call on transient errors (a dropped connection must not lose a result): six
+/// tries over about 1.2 s, then every 2 s for up to half a minute in all.
+async fn with_retries<T, F, Fut>(mut call: F) -> Result<T, QueueError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, store::Error>>,
+    Fut: std::future::Future<Output = Result<T, QueueError>>,
 {
     let mut delay = Duration::from_millis(20);
-    for _ in 0..5 {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
         match call().await {
-            Err(err) if err.is_transient() || matches!(err, store::Error::Database { .. }) => {
+            Err(err) if err.transient && tokio::time::Instant::now() + delay < give_up => {
                 tracing::warn!(error = %err, "store call failed, retrying");
                 tokio::time::sleep(delay).await;
-                delay *= 2;
+                delay = (delay * 2).min(Duration::from_secs(2));
             }
             other => return other,
         }
     }
-    call().await
 }
 
 /// Extends the leases of in-flight messages every third of the lease.
 async fn heartbeat(
-    store: Store,
+    queue: Arc<dyn Queue>,
     config: RuntimeConfig,
     in_flight: Arc<Mutex<HashSet<MessageId>>>,
     mut stop: watch::Receiver<bool>,
@@ -432,7 +439,7 @@ async fn heartbeat(
         if ids.is_empty() {
             continue;
         }
-        match store.extend_leases(&config.agent_id, &ids, config.lease).await {
+        match queue.extend_leases(&config.agent_id, &ids, config.lease).await {
             Ok(kept) if kept.len() < ids.len() => {
                 tracing::warn!(
                     lost = ids.len() - kept.len(),

@@ -776,6 +776,7 @@ pub async fn api_tokens_are_stored_listed_and_revoked_once(t: TestStore) {
         hash: vec![7; 32],
         created_at: test_support::epoch(),
         revoked_at: None,
+        roles: None,
     };
     s.create_api_token(token("b2", "beta")).await.expect("create");
     s.create_api_token(token("a1", "acme")).await.expect("create");
@@ -788,6 +789,10 @@ pub async fn api_tokens_are_stored_listed_and_revoked_once(t: TestStore) {
     assert!(!s.revoke_api_token("zz").await.expect("revoke unknown"));
     assert_eq!(s.api_token("a1").await.expect("get").and_then(|t| t.revoked_at), Some(test_support::epoch()));
     assert!(!format!("{:?}", token("x", "y")).contains("hash"), "Debug shows no hash");
+    // an edge worker token keeps the roles it names
+    let edge = store::ApiToken { roles: Some(vec!["noop".into(), "gateway".into()]), ..token("e1", "") };
+    s.create_api_token(edge.clone()).await.expect("create edge token");
+    assert_eq!(s.api_token("e1").await.expect("get"), Some(edge));
 }
 
 pub async fn goals_are_durable_versioned_and_follow_their_lifecycle(t: TestStore) {

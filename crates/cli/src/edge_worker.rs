@@ -1,0 +1,191 @@
+//! `cogo worker --server URL --token T`: an edge worker. It has no database: its runtimes claim,
+//! heartbeat and complete through one outbound WebSocket to the server (`edge::EdgeQueue`), so it
+//! runs behind NAT or a firewall. Roles that read the store themselves (indexing, graphrag,
+//! research, orchestrator) do not run here.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::ExitWith;
+use crate::args::{Global, WorkerArgs};
+use crate::node::{Role, RoleContext};
+use crate::settings::load_configs_or_exit;
+
+/// How long the first connection may take before the worker starts anyway (and keeps trying).
+const FIRST_CONNECT: std::time::Duration = std::time::Duration::from_secs(15);
+
+pub async fn run(global: &Global, args: WorkerArgs, roles: Vec<&'static Role>) -> anyhow::Result<()> {
+    let server = args.server.clone().unwrap_or_default();
+    let token = zeroize::Zeroizing::new(args.token.clone().unwrap_or_default());
+    let metrics = crate::node::metrics_render()?;
+    let configs = load_configs_or_exit(&global.config_dir)?;
+    let policies = Arc::new(resilience::Policies::new(&configs.retry, &configs.breaker));
+    let host = crate::node::host_name();
+    let name = args.name.clone().unwrap_or_else(|| {
+        let host: String = host
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' })
+            .take(48)
+            .collect();
+        format!("{host}-{}", &model::new_id().simple().to_string()[26..])
+    });
+    // breakers work locally; their transitions are not recorded (there is no store here)
+    let breakers = Arc::new(resilience::Breakers::new(policies.clone(), None));
+    let instance = name.rsplit('-').next().unwrap_or("0").to_owned();
+    let gateway =
+        Arc::new(mcp::Gateway::new(configs.mcp.toolsets.clone(), breakers, global.data_dir.clone(), &instance));
+    let llm = if roles.iter().any(|r| r.needs_llm) {
+        crate::llm_cmd::client(global, &args.llm).await.map_err(|err| format!("the LLM did not load: {err:#}"))
+    } else {
+        Err("no LLM is configured for this process".to_owned())
+    };
+    let context = RoleContext {
+        gateway: gateway.clone(),
+        store: None,
+        embedder: None,
+        llm,
+        policy: Arc::new(configs.agent.clone()),
+        data_dir: global.data_dir.clone(),
+    };
+    let mut handlers = Vec::new();
+    for role in &roles {
+        match (role.handler)(&context) {
+            Ok(handler) => handlers.push((*role, handler)),
+            Err(why) => {
+                return Err(
+                    ExitWith(2, format!("error: role {} cannot run on an edge worker: {why}", role.name)).into()
+                );
+            }
+        }
+    }
+    drop(context);
+    let queues = roles
+        .iter()
+        .map(|r| model::edge::QueueRef {
+            service: r.service.to_owned(),
+            role: r.role.to_owned(),
+            shards: args.shards.clone(),
+        })
+        .collect();
+    let options = edge::EdgeOptions {
+        server: server.clone(),
+        token,
+        name,
+        host,
+        queues,
+        ca_cert: args.ca_cert.clone(),
+        request_timeout: std::time::Duration::from_secs(30),
+    };
+    let metrics_listener = match args.metrics_addr {
+        Some(addr) => Some(crate::node::bind(addr).await?),
+        None => None,
+    };
+    let queue = match edge::EdgeQueue::start(options, FIRST_CONNECT).await {
+        Ok(queue) => queue,
+        Err(err @ (edge::Error::Refused(_) | edge::Error::Token | edge::Error::Name(_))) => {
+            return Err(ExitWith(1, format!("error: {err}")).into());
+        }
+        Err(err) => return Err(ExitWith(2, format!("error: {err}")).into()),
+    };
+    let agent_id = queue.agent_id().to_owned();
+    let retry: worker::RetryResolver = {
+        let policies = policies.clone();
+        Arc::new(move |message: &model::Message| policies.retry(&worker::policy_key(message)))
+    };
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for (role, handler) in handlers {
+        let mut config = worker::RuntimeConfig::new(role.service, role.role, &agent_id);
+        config.concurrency = args.concurrency.max(1);
+        config.lease = std::time::Duration::from_millis(args.lease_ms);
+        config.shards = args.shards.clone();
+        let runtime = worker::Runtime::on_queue(Arc::new(queue.clone()), config, handler, retry.clone());
+        tasks.push(tokio::spawn(runtime.run(shutdown_rx.clone())));
+    }
+    let metrics_endpoint = match metrics_listener {
+        Some(listener) => {
+            let bound = listener.local_addr().context("reading the bound address")?;
+            tokio::spawn(serve_metrics(listener, metrics, queue.state()));
+            Some(bound)
+        }
+        None => None,
+    };
+    let signal = crate::node::wait_for_signal();
+    let mut out = std::io::stdout().lock();
+    let state = match &*queue.state().borrow() {
+        edge::LinkState::Connected { .. } => "connected",
+        _ => "connecting",
+    };
+    writeln!(
+        out,
+        "COGO worker {agent_id} running roles {} through {} ({state}, edge worker)",
+        args.roles.join(","),
+        server
+    )?;
+    if let Some(bound) = metrics_endpoint {
+        writeln!(out, "  metrics    http://{bound}/metrics  (health: /healthz /readyz)")?;
+    }
+    out.flush()?;
+    drop(out);
+    // stop on a signal, or when the server refuses the worker for good (a revoked token)
+    let mut link = queue.state();
+    let refused = async move {
+        match link.wait_for(|s| matches!(s, edge::LinkState::Refused(_))).await {
+            Ok(state) => match &*state {
+                edge::LinkState::Refused(why) => why.clone(),
+                _ => String::new(),
+            },
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let refused = tokio::select! {
+        () = signal => None,
+        why = refused => Some(why),
+    };
+    tracing::info!("stopping: no new work is claimed; in-flight work finishes or is released");
+    let _ = shutdown.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    drop(gateway);
+    drop(queue);
+    tracing::info!("stopped");
+    match refused {
+        Some(why) => Err(ExitWith(1, format!("error: the server refused this edge worker: {why}")).into()),
+        None => Ok(()),
+    }
+}
+
+/// `/metrics`, `/healthz`, and `/readyz` (ready while connected to the server).
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: server::MetricsRender,
+    state: watch::Receiver<edge::LinkState>,
+) {
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move { metrics() }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let connected = matches!(&*state.borrow(), edge::LinkState::Connected { .. });
+                async move {
+                    if connected {
+                        (axum::http::StatusCode::OK, "ready")
+                    } else {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not connected to the server")
+                    }
+                }
+            }),
+        );
+    server::serve(listener, app, server::Limits::default(), std::future::pending()).await;
+}
