@@ -584,8 +584,8 @@ pub struct WorkerArgs {
     #[arg(long, env = "COGO_EDGE_TOKEN", hide_env_values = true, requires = "server")]
     pub token: Option<String>,
     /// The edge worker's name, unique per token (default: the host name and a random suffix).
-    #[arg(long, env = "COGO_WORKER_NAME", requires = "server")]
-    pub name: Option<String>,
+    #[arg(long = "name", id = "worker_name", env = "COGO_WORKER_NAME", requires = "server")]
+    pub worker_name: Option<String>,
     /// PEM file of CA certificates trusted besides the system's, for a server with a private or
     /// self-signed certificate; with --server.
     #[arg(long, env = "COGO_CA_CERT", requires = "server")]
@@ -700,7 +700,7 @@ pub struct ChaosArgs {
         long,
         value_delimiter = ',',
         value_enum,
-        default_value = "worker-kill,postgres-restart,sqlite-crash,mcp-restart,mcp-slow,mcp-flapping,artifacts-unwritable"
+        default_value = "distributed,worker-kill,postgres-restart,sqlite-crash,mcp-restart,mcp-slow,mcp-flapping,artifacts-unwritable"
     )]
     pub scenarios: Vec<ChaosScenario>,
     /// Messages of the bus scenarios (the SQLite one sends at most 20,000).
@@ -720,9 +720,11 @@ pub struct ChaosArgs {
 /// A fault scenario of `gate chaos`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ChaosScenario {
-    /// PostgreSQL: three noop workers, two killed with SIGKILL mid-drain.
+    /// PostgreSQL: a server, two noop workers and an edge worker drain mixed messages, no fault.
+    Distributed,
+    /// PostgreSQL: the same, with two workers killed with SIGKILL mid-drain.
     WorkerKill,
-    /// PostgreSQL: a worker killed, then the local server restarted mid-drain.
+    /// PostgreSQL: the same, with a worker killed and then the local server restarted mid-drain.
     PostgresRestart,
     /// SQLite: the worker process killed three times mid-transaction.
     SqliteCrash,
@@ -740,6 +742,7 @@ impl ChaosScenario {
     /// Its name on the command line and in reports.
     pub fn name(self) -> &'static str {
         match self {
+            Self::Distributed => "distributed",
             Self::WorkerKill => "worker-kill",
             Self::PostgresRestart => "postgres-restart",
             Self::SqliteCrash => "sqlite-crash",

@@ -24,7 +24,7 @@ pub async fn run(global: &Global, args: WorkerArgs, roles: Vec<&'static Role>) -
     let configs = load_configs_or_exit(&global.config_dir)?;
     let policies = Arc::new(resilience::Policies::new(&configs.retry, &configs.breaker));
     let host = crate::node::host_name();
-    let name = args.name.clone().unwrap_or_else(|| {
+    let name = args.worker_name.clone().unwrap_or_else(|| {
         let host: String = host
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' })

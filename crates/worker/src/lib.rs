@@ -78,13 +78,42 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// The `noop` role: completes every message at once with `{"ok": true}`. Used by benchmarks and
-/// smoke tests of the bus itself.
+/// tests of the bus itself, which shape the work through the payload:
+/// - `"sleep_ms": n` works for n ms first (at most 10 s);
+/// - `"fail_attempts": n` fails the first n attempts as a transport error (retried);
+/// - `"fail": "<kind>"` fails every attempt with that error kind (`invalid_input` is not retried).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoopHandler;
 
+/// Longest `sleep_ms` the noop role honours.
+const NOOP_MAX_SLEEP_MS: u64 = 10_000;
+
 impl Handler for NoopHandler {
-    fn handle(&self, _message: Message) -> BoxFuture<'static, Result<HandlerOutput, HandlerError>> {
-        Box::pin(async {
+    fn handle(&self, message: Message) -> BoxFuture<'static, Result<HandlerOutput, HandlerError>> {
+        let payload = &message.payload;
+        let sleep_ms = payload.get("sleep_ms").and_then(Value::as_u64).unwrap_or(0).min(NOOP_MAX_SLEEP_MS);
+        let fail_attempts = payload.get("fail_attempts").and_then(Value::as_i64).unwrap_or(0);
+        let fail = payload.get("fail").map(|kind| {
+            serde_json::from_value::<ErrorKind>(kind.clone()).map_err(|_| {
+                HandlerError::new(ErrorKind::InvalidInput, format!("noop: fail {kind} is not an error kind"))
+            })
+        });
+        let attempt = message.attempts;
+        Box::pin(async move {
+            if sleep_ms > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(sleep_ms)).await;
+            }
+            match fail {
+                Some(Ok(kind)) => return Err(HandlerError::new(kind, "noop: failing as the payload asks")),
+                Some(Err(bad)) => return Err(bad),
+                None => {}
+            }
+            if i64::from(attempt) <= fail_attempts {
+                return Err(HandlerError::new(
+                    ErrorKind::Transport,
+                    format!("noop: attempt {attempt} of the first {fail_attempts} fails as the payload asks"),
+                ));
+            }
             Ok(HandlerOutput { result: Some(serde_json::json!({"ok": true})), ..HandlerOutput::default() })
         })
     }
@@ -109,4 +138,31 @@ pub fn policy_key(message: &Message) -> String {
         }
     }
     format!("bus.{}", message.intent)
+}
+
+#[cfg(test)]
+mod noop_tests {
+    use super::*;
+
+    fn message(payload: Value, attempts: i32) -> Message {
+        let intent = model::Intent::new("noop").expect("intent");
+        let new = model::NewMessage::new("bus", "noop", intent, payload);
+        let mut message = new.to_queued(model::MessageId(model::new_id()), chrono::Utc::now(), "trace".to_owned());
+        message.attempts = attempts;
+        message
+    }
+
+    #[tokio::test]
+    async fn the_payload_shapes_the_noop_work() {
+        let noop = NoopHandler;
+        assert!(noop.handle(message(serde_json::json!({"n": 1}), 1)).await.is_ok());
+        let first = noop.handle(message(serde_json::json!({"fail_attempts": 1}), 1)).await.expect_err("fails");
+        assert_eq!(first.kind, ErrorKind::Transport);
+        assert!(noop.handle(message(serde_json::json!({"fail_attempts": 1}), 2)).await.is_ok());
+        let refused = noop.handle(message(serde_json::json!({"fail": "invalid_input"}), 5)).await.expect_err("fails");
+        assert_eq!(refused.kind, ErrorKind::InvalidInput);
+        let bad = noop.handle(message(serde_json::json!({"fail": "meltdown"}), 1)).await.expect_err("fails");
+        assert!(bad.message.contains("meltdown") && bad.kind == ErrorKind::InvalidInput, "{bad}");
+        assert!(noop.handle(message(serde_json::json!({"sleep_ms": 5}), 1)).await.is_ok());
+    }
 }

@@ -90,8 +90,15 @@ pub async fn run(global: &Global, args: ChaosArgs) -> anyhow::Result<()> {
         let mut stage = Stage::new(index as u8 + 1, name, format!("{dir_rel}/{name}"));
         let scenario_dir = dir.join(name);
         let outcome = match which {
-            ChaosScenario::WorkerKill => bus_scenario(&mut stage, &env, global, &scenario_dir, &args, false).await,
-            ChaosScenario::PostgresRestart => bus_scenario(&mut stage, &env, global, &scenario_dir, &args, true).await,
+            ChaosScenario::Distributed => {
+                bus_scenario(&mut stage, &env, global, &scenario_dir, &args, BusFaults::None).await
+            }
+            ChaosScenario::WorkerKill => {
+                bus_scenario(&mut stage, &env, global, &scenario_dir, &args, BusFaults::Kills).await
+            }
+            ChaosScenario::PostgresRestart => {
+                bus_scenario(&mut stage, &env, global, &scenario_dir, &args, BusFaults::KillAndRestart).await
+            }
             ChaosScenario::SqliteCrash => sqlite_scenario(&mut stage, &env, &scenario_dir, &args).await,
             ChaosScenario::McpRestart => mcp_scenario(&mut stage, &env, &scenario_dir, &args, McpFault::Restart).await,
             ChaosScenario::McpSlow => mcp_scenario(&mut stage, &env, &scenario_dir, &args, McpFault::Slow).await,
@@ -304,6 +311,112 @@ pub(super) async fn enqueue_noops(store: &store::Store, tenant: &str, from: usiz
     Ok(())
 }
 
+/// The payload of mixed message `n`: most complete at once; some work a few milliseconds, some
+/// fail their first attempt (and are retried), one in fifty is refused for good (dead-lettered).
+fn mixed_payload(n: usize) -> Value {
+    if n % 50 == 13 {
+        json!({ "n": n, "fail": "invalid_input" })
+    } else if n % 20 == 7 {
+        json!({ "n": n, "fail_attempts": 1 })
+    } else if n % 10 == 1 {
+        json!({ "n": n, "sleep_ms": n % 20 })
+    } else {
+        json!({ "n": n })
+    }
+}
+
+/// Mixed messages among the first `total` that are refused for good.
+fn mixed_refusals(total: usize) -> u64 {
+    (0..total).filter(|n| n % 50 == 13).count() as u64
+}
+
+/// Enqueues `total` mixed noop messages (see [`mixed_payload`]) for `tenant` in batches of 500.
+async fn enqueue_mixed(store: &store::Store, tenant: &str, total: usize) -> Result<(), String> {
+    let intent = model::Intent::new("noop").map_err(|e| e.to_string())?;
+    for chunk in (0..total).collect::<Vec<_>>().chunks(500) {
+        let batch = chunk
+            .iter()
+            .map(|n| {
+                model::NewMessage::new("bus", "noop", intent.clone(), mixed_payload(*n))
+                    .with_tenant(tenant)
+                    .with_idempotency_key(format!("mixed-{n}"))
+            })
+            .collect();
+        store.enqueue_batch(batch).await.map_err(|e| format!("enqueueing: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Every live worker (and the server) online in `GET /api/agents`, the edge worker among them.
+async fn presence_check(api: &Api<'_>, live: &[&str]) -> Result<String, String> {
+    let agents = api.get("/api/agents").await?;
+    let agents = agents["agents"].as_array().cloned().unwrap_or_default();
+    let online = |agent: &Value| agent["status"] == "online";
+    let missing: Vec<&str> =
+        live.iter().copied().filter(|id| !agents.iter().any(|a| a["agent_id"] == *id && online(a))).collect();
+    if !missing.is_empty() {
+        return Err(format!("not online in /api/agents: {}", missing.join(", ")));
+    }
+    let servers = agents.iter().filter(|a| a["service"] != "worker" && a["service"] != "edge" && online(a)).count();
+    let edge = agents.iter().filter(|a| a["service"] == "edge" && online(a)).count();
+    if servers == 0 || edge == 0 {
+        return Err(format!("{servers} servers and {edge} edge workers online in /api/agents"));
+    }
+    Ok(format!("{} workers online ({edge} at the edge) and {servers} server", live.len()))
+}
+
+/// Events of `event_type` for `tenant` that `keep` keeps.
+async fn count_events(
+    store: &store::Store,
+    tenant: &str,
+    event_type: &str,
+    keep: impl Fn(&model::event::Event) -> bool,
+) -> Result<i64, String> {
+    let filter = store::EventFilter {
+        tenant: Some(tenant.to_owned()),
+        event_type: Some(event_type.to_owned()),
+        ..Default::default()
+    };
+    let mut page = store::PageRequest::first(1000);
+    let mut total = 0i64;
+    loop {
+        let got =
+            store.events(&filter, &page).await.map_err(|e| format!("reading events: {}", model::with_causes(&e)))?;
+        total += got.items.iter().filter(|event| keep(event)).count() as i64;
+        // an event page always has a cursor (to follow new events): a short page is the last
+        match got.next {
+            Some(next) if got.items.len() == 1000 => page.after = Some(next),
+            _ => return Ok(total),
+        }
+    }
+}
+
+/// The summary's per-queue figures of the last minute equal the counts in the event log.
+async fn summary_check(api: &Api<'_>, store: &store::Store, tenant: &str) -> Result<String, String> {
+    let succeeded = count_events(store, tenant, "noop_succeeded", |_| true).await?;
+    let dead = count_events(store, tenant, "noop_dead_lettered", |_| true).await?;
+    let mut last = String::new();
+    // the summary is cached briefly: ask until it has caught up
+    for _ in 0..20 {
+        let summary = api.get("/api/metrics/summary").await?;
+        let queue = summary["summary"]["bus"]["queues"]
+            .as_array()
+            .and_then(|q| q.iter().find(|q| q["service"] == "bus" && q["role"] == "noop").cloned())
+            .unwrap_or_default();
+        let (done, failed) = (queue["done_last_minute"].as_i64(), queue["failed_last_minute"].as_i64());
+        if done == Some(succeeded) && failed == Some(dead) {
+            return Ok(format!(
+                "bus/noop: {succeeded} done and {dead} dead-lettered in the summary and in the event log"
+            ));
+        }
+        last = format!(
+            "summary bus/noop done {done:?}, failed {failed:?}; event log {succeeded} noop_succeeded, {dead} noop_dead_lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(last)
+}
+
 /// Messages of bus/noop not finished yet, or `None` when the store does not answer.
 pub(super) async fn open_noops(store: &store::Store) -> Option<i64> {
     let stats = store.queue_stats().await.ok()?;
@@ -377,20 +490,47 @@ fn postgres_restart_command(url: &str) -> Result<Vec<String>, String> {
     Ok(vec!["pg_ctlcluster".into(), "--skip-systemctl-redirect".into(), version, "main".into(), "restart".into()])
 }
 
-/// `worker-kill` and `postgres-restart`.
+/// The faults of a bus scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BusFaults {
+    /// `distributed`: none.
+    None,
+    /// `worker-kill`: two workers killed, one replaced.
+    Kills,
+    /// `postgres-restart`: a worker killed halfway, then PostgreSQL restarted.
+    KillAndRestart,
+}
+
+/// An edge worker token for the noop role, made by `cogo tokens create --edge` as its own process.
+async fn edge_token(env: &Env, dir: &Path, common: &[String]) -> Result<String, Abort> {
+    let mut args = common.to_vec();
+    args.extend(["tokens", "create", "--edge", "--roles", "noop", "--name", "chaos edge worker"].map(str::to_owned));
+    let mut maker = Proc::spawn(env, dir, "edge-token", &args)?;
+    let status = maker.child.wait().await.map_err(|e| abort("cogo tokens create --edge", e))?;
+    let token = std::fs::read_to_string(&maker.stdout).unwrap_or_default().trim().to_owned();
+    // the token is shown once: keep it out of the scenario's files
+    let _ = std::fs::remove_file(&maker.stdout);
+    if !status.success() || !token.starts_with("cogo_") {
+        return Err(abort("cogo tokens create --edge", format!("exited with {status}: {}", maker.tail())));
+    }
+    Ok(token)
+}
+
+/// `distributed`, `worker-kill` and `postgres-restart`: one server, two workers on PostgreSQL and
+/// an edge worker drain mixed messages, through the faults of `faults`.
 async fn bus_scenario(
     stage: &mut Stage,
     env: &Env,
     global: &Global,
     dir: &Path,
     args: &ChaosArgs,
-    restart_postgres: bool,
+    faults: BusFaults,
 ) -> Result<Outcome, Abort> {
     let admin_url = match &global.database_url {
         Some(url) if url.starts_with("postgres") => url.clone(),
         _ => crate::bench::POSTGRES_ADMIN.to_owned(),
     };
-    let restart = if restart_postgres {
+    let restart = if faults == BusFaults::KillAndRestart {
         match postgres_restart_command(&admin_url) {
             Ok(command) => Some(command),
             Err(why) => return Ok(Outcome::Skipped(why)),
@@ -403,7 +543,7 @@ async fn bus_scenario(
         .await
         .map_err(|e| abort("fresh database", format!("{e:#} on {}", store::redact_url(&admin_url))))?;
     stage.check("fresh database", Ok(store::redact_url(&scratch.url)));
-    let outcome = bus_run(stage, env, dir, args, &scratch.url, restart).await;
+    let outcome = bus_run(stage, env, dir, args, &scratch.url, faults, restart).await;
     scratch.cleanup().await;
     outcome
 }
@@ -414,6 +554,7 @@ async fn bus_run(
     dir: &Path,
     args: &ChaosArgs,
     url: &str,
+    faults: BusFaults,
     restart: Option<Vec<String>>,
 ) -> Result<Outcome, Abort> {
     let common = vec![
@@ -427,24 +568,36 @@ async fn bus_run(
     let mut serve_args = common.clone();
     serve_args.extend(["serve", "--listen", "127.0.0.1:0", "--admin-token", &token].map(str::to_owned));
     let mut serve = Proc::spawn(env, dir, "serve", &serve_args)?;
-    serve.address("health", Duration::from_secs(60)).await?;
+    let base = serve.address("health", Duration::from_secs(60)).await?;
+    let edge_token = edge_token(env, dir, &common).await?;
 
     // the work first, so the faults fall mid-drain
     let tenant = "chaos";
     let total = args.messages as usize;
     let store = store::Store::open(url, store::StoreOptions::default()).await.map_err(|e| abort("store", e))?;
     let enqueue_started = Instant::now();
-    if let Err(e) = enqueue_noops(&store, tenant, 0, total).await {
+    if let Err(e) = enqueue_mixed(&store, tenant, total).await {
         store.close().await;
         return Err(abort("enqueue", e));
     }
-    stage.check("enqueued", Ok(format!("{total} noop messages in {} ms", enqueue_started.elapsed().as_millis())));
-    // the three start together, so the drain is shared from its beginning
+    stage.check(
+        "enqueued",
+        Ok(format!(
+            "{total} mixed noop messages ({} refused for good, some retried, some slow) in {} ms",
+            mixed_refusals(total),
+            enqueue_started.elapsed().as_millis()
+        )),
+    );
+    // the three start together, so the drain is shared from its beginning; the third is an
+    // edge worker, with no database, served by `cogo serve` over its WebSocket
     let started = Instant::now();
     let mut spawned = Vec::new();
     for n in 1..=3 {
         let mut worker_args = common.clone();
         worker_args.extend(["worker", "--roles", "noop", "--lease-ms", "2000"].map(str::to_owned));
+        if n == 3 {
+            worker_args.extend(["--server", &base, "--token", &edge_token, "--name", "chaos-edge"].map(str::to_owned));
+        }
         spawned.push(Proc::spawn(env, dir, &format!("worker-{n}"), &worker_args)?);
     }
     let mut workers = Vec::new();
@@ -453,19 +606,25 @@ async fn bus_run(
         let agent = banner.split_whitespace().next().unwrap_or_default().to_owned();
         workers.push((worker, agent));
     }
-    stage.check("processes started", Ok("cogo serve and 3 noop workers (lease 2 s)".into()));
+    stage.check(
+        "processes started",
+        Ok(format!("cogo serve, 2 noop workers on PostgreSQL and edge worker {} (lease 2 s)", workers[2].1)),
+    );
 
     // the faults, by progress of the drain
     enum Fault {
         Kill { worker: usize, replace: bool },
         RestartPostgres,
     }
-    let plan: Vec<(f64, Fault)> = match &restart {
-        None => vec![
+    let plan: Vec<(f64, Fault)> = match faults {
+        BusFaults::None => Vec::new(),
+        BusFaults::Kills => vec![
             (1.0 / 3.0, Fault::Kill { worker: 0, replace: true }),
             (2.0 / 3.0, Fault::Kill { worker: 1, replace: false }),
         ],
-        Some(_) => vec![(0.4, Fault::Kill { worker: 0, replace: false }), (0.5, Fault::RestartPostgres)],
+        BusFaults::KillAndRestart => {
+            vec![(0.4, Fault::Kill { worker: 0, replace: false }), (0.5, Fault::RestartPostgres)]
+        }
     };
     let mut figures = Figures { sent: total as u64, ..Figures::default() };
     let mut pending: std::collections::VecDeque<(f64, Fault)> = plan.into();
@@ -585,7 +744,6 @@ async fn bus_run(
     })
     .await;
     let problems = store.integrity_check().await;
-    store.close().await;
     match counted {
         Ok(counted) => {
             figures = Figures {
@@ -595,17 +753,68 @@ async fn bus_run(
                 ..counted
             };
         }
-        Err(e) => return Err(abort("counting", e)),
+        Err(e) => {
+            store.close().await;
+            return Err(abort("counting", e));
+        }
     }
     stage.check(
         "drained",
         if figures.completed + figures.dead_lettered == total as u64 {
-            Ok(format!("{total} messages in {drain_ms} ms through {} faults", figures.faults_injected))
+            Ok(format!(
+                "{total} messages in {drain_ms} ms ({:.0} msg/s) through {} faults",
+                total as f64 / (drain_ms.max(1) as f64 / 1000.0),
+                figures.faults_injected
+            ))
         } else {
             Err(format!("{} of {total} finished", figures.completed + figures.dead_lettered))
         },
     );
     judge(stage, &figures);
+    let refusals = mixed_refusals(total);
+    stage.check(
+        "refused messages dead-lettered",
+        if figures.dead_lettered >= refusals {
+            Ok(format!(
+                "{} dead letters: the {refusals} refused for good, {} out of attempts after faults",
+                figures.dead_lettered,
+                figures.dead_lettered - refusals
+            ))
+        } else {
+            Err(format!("{} dead letters, fewer than the {refusals} refused for good", figures.dead_lettered))
+        },
+    );
+    let api = Api { http: &env.http, base: base.clone(), token: token.clone() };
+    let live: Vec<&str> = workers
+        .iter_mut()
+        .filter_map(|(proc, agent)| proc.child.try_wait().ok().flatten().is_none().then_some(agent.as_str()))
+        .filter(|agent| !agent.is_empty())
+        .collect();
+    stage.check("presence shows each process", presence_check(&api, &live).await);
+    let by_edge = count_events(&store, tenant, "noop_succeeded", |event| {
+        event.payload["agent_id"].as_str().is_some_and(|agent| agent.starts_with("edge:"))
+    })
+    .await;
+    stage.check(
+        "the edge worker did its share",
+        match by_edge {
+            Ok(0) => Err("no completion came from the edge worker".to_owned()),
+            Ok(n) => Ok(format!("{n} of {} completions through its WebSocket", figures.completed)),
+            Err(e) => Err(e),
+        },
+    );
+    if drain_ms < 45_000 {
+        stage.check("the summary matches the event log", summary_check(&api, &store, tenant).await);
+    } else {
+        stage.check(
+            "the summary matches the event log",
+            Ok(format!(
+                "not compared: the drain took {} s, longer than the summary's one-minute window",
+                drain_ms / 1000
+            )),
+        );
+    }
+    store.close().await;
     stage.check(
         "message states consistent",
         match problems {
