@@ -956,9 +956,22 @@ pub struct BenchDrainArgs {
     /// Handlers at once in each worker process.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+    /// How the workers reach the queue, one run each per process count: `direct` (their own
+    /// PostgreSQL connections) and `edge` (edge workers of one `cogo serve`, over its WebSocket).
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "direct,edge")]
+    pub modes: Vec<DrainMode>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// How `bench drain` workers reach the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DrainMode {
+    /// `cogo worker --database-url`.
+    Direct,
+    /// `cogo worker --server --token`, through one `cogo serve`.
+    Edge,
 }
 
 /// Options of `bench soak`.

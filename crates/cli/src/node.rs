@@ -590,7 +590,14 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
             let listener = server::tls::TlsListener::new(listener, config).context("starting TLS")?;
             server::serve(listener, app, limits, stop_signal).await;
         }
-        None => server::serve(listener, app, limits, stop_signal).await,
+        None => {
+            // answers go out as soon as they are written (no Nagle delay on small frames)
+            use axum::serve::ListenerExt as _;
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            server::serve(listener, app, limits, stop_signal).await
+        }
     }
     stop(node).await;
     drop(examples);

@@ -100,6 +100,8 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // answers go out as soon as they are written (no Nagle delay on small frames)
+                let _ = stream.set_nodelay(true);
                 if tx.is_closed() {
                     return;
                 }
