@@ -518,10 +518,20 @@ impl Link {
             Some(config) => {
                 let name = rustls::pki_types::ServerName::try_from(host.clone())
                     .map_err(|e| Failed::Refused(format!("{host} is not a TLS server name: {e}")))?;
-                let tls = tokio_rustls::TlsConnector::from(config.clone())
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| Failed::Transient(format!("TLS with {host}:{port}: {e}")))?;
+                let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(|e| {
+                    // a certificate this worker does not trust will not become trusted by retrying
+                    let untrusted = e
+                        .get_ref()
+                        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                        .is_some_and(|inner| matches!(inner, rustls::Error::InvalidCertificate(_)));
+                    if untrusted {
+                        Failed::Refused(format!(
+                            "the certificate of {host}:{port} is not trusted ({e}): pass its CA with --ca-cert"
+                        ))
+                    } else {
+                        Failed::Transient(format!("TLS with {host}:{port}: {e}"))
+                    }
+                })?;
                 Box::new(tls)
             }
             None => Box::new(tcp),

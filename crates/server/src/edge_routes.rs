@@ -237,6 +237,25 @@ async fn session(state: AppState, token_id: String, roles: Vec<String>, mut sock
             }
         });
     }
+    // a revoked token ends its live connections too, within a ping or two
+    let (revoked_tx, mut revoked) = tokio::sync::oneshot::channel::<()>();
+    {
+        let (store, token_id) = (state.store.clone(), token_id.clone());
+        wakes.spawn(async move {
+            loop {
+                tokio::time::sleep(PING_EVERY).await;
+                match store.api_token(&token_id).await {
+                    Ok(Some(token)) if token.revoked_at.is_none() => {}
+                    Ok(_) => {
+                        let _ = revoked_tx.send(());
+                        return;
+                    }
+                    // the database is away: the token is checked again next time
+                    Err(_) => {}
+                }
+            }
+        });
+    }
     let context = Arc::new(Context { state: state.clone(), agent_id: agent_id.clone(), queues });
     let permits = Arc::new(Semaphore::new(REQUESTS_AT_ONCE));
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -247,6 +266,11 @@ async fn session(state: AppState, token_id: String, roles: Vec<String>, mut sock
         tokio::select! {
             biased;
             () = &mut stopping => break (close_code::RESTART, "the server is stopping: reconnect".to_owned()),
+            Ok(()) = &mut revoked => {
+                let message = "the edge token was revoked".to_owned();
+                let _ = send(&mut socket, &ServerFrame::Error { id: None, message: message.clone(), transient: false }).await;
+                break (close_code::POLICY, message);
+            }
             Some(frame) = outgoing.recv() => {
                 if send(&mut socket, &frame).await.is_err() {
                     break (close_code::ABNORMAL, "sending failed".to_owned());

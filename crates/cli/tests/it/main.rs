@@ -881,3 +881,101 @@ fn serve_stops_on_sigterm_with_an_event_stream_open() {
     let mut rest = Vec::new();
     let _ = stream.read_to_end(&mut rest);
 }
+
+/// An edge worker over HTTPS: refused without the server's CA, then (with `--ca-cert`) it drains
+/// the work enqueued on the server's database, shows in presence, and stops with exit code 1 and
+/// the reason once its token is revoked. Bad tokens and roles are named.
+#[test]
+fn an_edge_worker_drains_over_https_and_stops_when_its_token_is_revoked() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let data_dir = data.to_str().expect("path");
+    let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, issued.cert.pem()).expect("cert");
+    std::fs::write(&key, issued.signing_key.serialize_pem()).expect("key");
+    let bad_role = cogo(&["--data-dir", data_dir, "tokens", "create", "--edge", "--roles", "noop,nope"]);
+    assert_eq!(bad_role.status.code(), Some(2), "{}", text(&bad_role));
+    assert!(text(&bad_role).contains("\"nope\"") && text(&bad_role).contains("gateway"), "{}", text(&bad_role));
+    let created = cogo(&["--data-dir", data_dir, "tokens", "create", "--edge", "--roles", "noop", "--name", "pc"]);
+    assert!(created.status.success(), "{}", text(&created));
+    let token = String::from_utf8_lossy(&created.stdout).trim().to_owned();
+    let id = token[5..17].to_owned();
+    assert!(text(&cogo(&["--data-dir", data_dir, "tokens", "list"])).contains("edge:noop"));
+    let port = test_support::free_port();
+    let server = format!("https://localhost:{port}");
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_cogo"))
+        .args(["--data-dir", data_dir, "serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--tls-cert", cert.to_str().expect("path"), "--tls-key", key.to_str().expect("path")])
+        .env_remove("COGO_DATABASE_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("cogo serve");
+    assert!((0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    let worker = |extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cogo"));
+        command
+            .args(["--data-dir", dir.path().join("edge").to_str().expect("path"), "worker", "--roles"])
+            .args(extra)
+            .args(["--server", &server, "--token", &token])
+            .env_remove("COGO_DATABASE_URL")
+            .env_remove("SSL_CERT_FILE")
+            .env("NO_COLOR", "1");
+        command
+    };
+    // a role that reads the store, and a server whose certificate is not trusted: exit, named
+    let out = worker(&["indexing"]).output().expect("worker");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("cannot run on an edge worker"), "{}", text(&out));
+    let out = worker(&["noop", "--name", "pc-1"]).output().expect("worker");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("--ca-cert") && !text(&out).contains("panicked"), "{}", text(&out));
+    // trusted: it connects and drains what the server's database holds
+    let mut edge = worker(&["noop", "--name", "pc-1", "--ca-cert", cert.to_str().expect("path")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("edge worker");
+    let mut banner = String::new();
+    BufReader::new(edge.stdout.take().expect("stdout")).read_line(&mut banner).expect("banner");
+    assert!(banner.starts_with(&format!("COGO worker edge:{id}:pc-1 running roles noop")), "{banner}");
+    let enqueued = cogo(&[
+        "--data-dir",
+        data_dir,
+        "enqueue",
+        "--service",
+        "bus",
+        "--role",
+        "noop",
+        "--intent",
+        "noop",
+        "--count",
+        "50",
+    ]);
+    assert!(enqueued.status.success(), "{}", text(&enqueued));
+    let done = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let listed = cogo(&["--data-dir", data_dir, "messages", "--status", "done", "--limit", "100", "--json"]);
+        String::from_utf8_lossy(&listed.stdout).lines().count() == 50
+    });
+    assert!(done, "the edge worker did not finish the 50 messages");
+    let agents = text(&cogo(&["--data-dir", data_dir, "messages", "--status", "done", "--limit", "1", "--json"]));
+    assert!(agents.contains(&format!("edge:{id}:pc-1")), "completed by the edge worker: {agents}");
+    // revoked: the live connection ends and the worker stops with the reason
+    assert!(cogo(&["--data-dir", data_dir, "tokens", "revoke", &id]).status.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(edge.wait_with_output());
+    });
+    let out = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("stops within a minute").expect("output");
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("revoked") || said.contains("401"), "{said}");
+    let _ = serve.kill();
+    let _ = serve.wait();
+}
