@@ -108,7 +108,13 @@ pub async fn run(global: &Global, args: WorkerArgs, roles: Vec<&'static Role>) -
     let metrics_endpoint = match metrics_listener {
         Some(listener) => {
             let bound = listener.local_addr().context("reading the bound address")?;
-            tokio::spawn(serve_metrics(listener, metrics, queue.state()));
+            let state = queue.state();
+            // ready while connected to the server
+            let ready: crate::node::Readiness = Arc::new(move || {
+                let connected = matches!(&*state.borrow(), edge::LinkState::Connected { .. });
+                Box::pin(async move { if connected { Ok(()) } else { Err("not connected to the server") } })
+            });
+            tokio::spawn(crate::node::serve_worker_metrics(listener, metrics, ready));
             Some(bound)
         }
         None => None,
@@ -157,35 +163,4 @@ pub async fn run(global: &Global, args: WorkerArgs, roles: Vec<&'static Role>) -
         Some(why) => Err(ExitWith(1, format!("error: the server refused this edge worker: {why}")).into()),
         None => Ok(()),
     }
-}
-
-/// `/metrics`, `/healthz`, and `/readyz` (ready while connected to the server).
-async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    metrics: server::MetricsRender,
-    state: watch::Receiver<edge::LinkState>,
-) {
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let metrics = metrics.clone();
-                async move { metrics() }
-            }),
-        )
-        .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            axum::routing::get(move || {
-                let connected = matches!(&*state.borrow(), edge::LinkState::Connected { .. });
-                async move {
-                    if connected {
-                        (axum::http::StatusCode::OK, "ready")
-                    } else {
-                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not connected to the server")
-                    }
-                }
-            }),
-        );
-    server::serve(listener, app, server::Limits::default(), std::future::pending()).await;
 }

@@ -395,8 +395,17 @@ fn port_holder(port: u16) -> Option<String> {
     None
 }
 
-/// A worker's own endpoint: `/metrics`, `/healthz`, `/readyz` (the database answers).
-async fn serve_worker_metrics(listener: tokio::net::TcpListener, metrics: server::MetricsRender, store: store::Store) {
+/// Whether a worker is ready: `Err` says why not.
+pub(crate) type Readiness =
+    Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, Result<(), &'static str>> + Send + Sync>;
+
+/// A worker's own endpoint: `/metrics`, `/healthz`, and `/readyz` (503 with the reason while
+/// `ready` says it is not).
+pub(crate) async fn serve_worker_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: server::MetricsRender,
+    ready: Readiness,
+) {
     let app = axum::Router::new()
         .route(
             "/metrics",
@@ -409,11 +418,11 @@ async fn serve_worker_metrics(listener: tokio::net::TcpListener, metrics: server
         .route(
             "/readyz",
             axum::routing::get(move || {
-                let store = store.clone();
+                let ready = ready();
                 async move {
-                    match store.ping().await {
+                    match ready.await {
                         Ok(()) => (axum::http::StatusCode::OK, "ready"),
-                        Err(_) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "database unavailable"),
+                        Err(why) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, why),
                     }
                 }
             }),
@@ -698,7 +707,12 @@ pub async fn worker(global: &Global, args: WorkerArgs) -> anyhow::Result<()> {
     let metrics_endpoint = match metrics_listener {
         Some(listener) => {
             let bound = listener.local_addr().context("reading the bound address")?;
-            tokio::spawn(serve_worker_metrics(listener, metrics, node.store.clone()));
+            let store = node.store.clone();
+            let ready: Readiness = Arc::new(move || {
+                let store = store.clone();
+                Box::pin(async move { store.ping().await.map_err(|_| "database unavailable") })
+            });
+            tokio::spawn(serve_worker_metrics(listener, metrics, ready));
             Some(bound)
         }
         None => None,
