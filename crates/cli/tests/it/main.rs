@@ -883,10 +883,11 @@ fn serve_stops_on_sigterm_with_an_event_stream_open() {
 }
 
 /// An edge worker over HTTPS: refused without the server's CA, then (with `--ca-cert`) it drains
-/// the work enqueued on the server's database, shows in presence, and stops with exit code 1 and
-/// the reason once its token is revoked. Bad tokens and roles are named.
+/// the work enqueued on the server's database and is ready on its probe endpoint; on SIGTERM it
+/// finishes the work in hand and exits 0; started again, it stops with exit code 1 and the reason
+/// once its token is revoked. Bad tokens and roles are named.
 #[test]
-fn an_edge_worker_drains_over_https_and_stops_when_its_token_is_revoked() {
+fn an_edge_worker_drains_over_https_stops_gracefully_and_when_its_token_is_revoked() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().expect("dir");
     let data = dir.path().join("data");
@@ -936,14 +937,23 @@ fn an_edge_worker_drains_over_https_and_stops_when_its_token_is_revoked() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("--ca-cert") && !text(&out).contains("panicked"), "{}", text(&out));
     // trusted: it connects and drains what the server's database holds
-    let mut edge = worker(&["noop", "--name", "pc-1", "--ca-cert", cert.to_str().expect("path")])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("edge worker");
-    let mut banner = String::new();
-    BufReader::new(edge.stdout.take().expect("stdout")).read_line(&mut banner).expect("banner");
-    assert!(banner.starts_with(&format!("COGO worker edge:{id}:pc-1 running roles noop")), "{banner}");
+    let probe_port = test_support::free_port();
+    let probes = format!("127.0.0.1:{probe_port}");
+    let start = |extra: &[&str]| {
+        let mut args = vec!["noop", "--name", "pc-1", "--ca-cert", cert.to_str().expect("path")];
+        args.extend_from_slice(extra);
+        let mut edge = worker(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("edge worker");
+        let mut banner = String::new();
+        BufReader::new(edge.stdout.take().expect("stdout")).read_line(&mut banner).expect("banner");
+        assert!(banner.starts_with(&format!("COGO worker edge:{id}:pc-1 running roles noop")), "{banner}");
+        edge
+    };
+    let mut edge = start(&["--metrics-addr", &probes]);
+    assert!(test_support::http_ready(probe_port, "/readyz"), "ready while connected");
     let enqueued = cogo(&[
         "--data-dir",
         data_dir,
@@ -966,6 +976,36 @@ fn an_edge_worker_drains_over_https_and_stops_when_its_token_is_revoked() {
     assert!(done, "the edge worker did not finish the 50 messages");
     let agents = text(&cogo(&["--data-dir", data_dir, "messages", "--status", "done", "--limit", "1", "--json"]));
     assert!(agents.contains(&format!("edge:{id}:pc-1")), "completed by the edge worker: {agents}");
+    // SIGTERM while it works: the work in hand finishes before it exits (a rolling restart)
+    let slow = cogo(&[
+        "--data-dir",
+        data_dir,
+        "enqueue",
+        "--service",
+        "bus",
+        "--role",
+        "noop",
+        "--intent",
+        "noop",
+        "--count",
+        "4",
+        "--payload",
+        r#"{"sleep_ms": 1500}"#,
+    ]);
+    assert!(slow.status.success(), "{}", text(&slow));
+    let claimed = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let listed = cogo(&["--data-dir", data_dir, "messages", "--status", "claimed", "--json"]);
+        String::from_utf8_lossy(&listed.stdout).lines().count() == 4
+    });
+    assert!(claimed, "the slow messages were not claimed");
+    let term = Command::new("kill").args(["-TERM", &edge.id().to_string()]).status().expect("kill");
+    assert!(term.success());
+    let stopped = edge.wait_with_output().expect("stops");
+    assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
+    let listed = cogo(&["--data-dir", data_dir, "messages", "--status", "done", "--limit", "100", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 54, "the slow ones finished before the exit");
+    let edge = start(&[]);
     // revoked: the live connection ends and the worker stops with the reason
     assert!(cogo(&["--data-dir", data_dir, "tokens", "revoke", &id]).status.success());
     let (tx, rx) = std::sync::mpsc::channel();
