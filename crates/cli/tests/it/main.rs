@@ -952,7 +952,7 @@ fn an_edge_worker_drains_over_https_stops_gracefully_and_when_its_token_is_revok
         assert!(banner.starts_with(&format!("COGO worker edge:{id}:pc-1 running roles noop")), "{banner}");
         edge
     };
-    let mut edge = start(&["--metrics-addr", &probes]);
+    let edge = start(&["--metrics-addr", &probes]);
     assert!(test_support::http_ready(probe_port, "/readyz"), "ready while connected");
     let enqueued = cogo(&[
         "--data-dir",
