@@ -215,6 +215,10 @@ async fn session(state: AppState, token_id: String, roles: Vec<String>, mut sock
     }
     let welcome = ServerFrame::Welcome { agent_id: agent_id.clone(), now: state.store.clock().now() };
     if send(&mut socket, &welcome).await.is_err() {
+        // gone before it was welcomed: not present (unless another connection of it is live)
+        if !lock_live().contains_key(&agent_id) {
+            let _ = state.store.presence_offline(&agent_id, "disconnected").await;
+        }
         return;
     }
     let connection = LiveConnection::open(&agent_id);

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 const ADMIN: &str = "dashboard-test-admin-token";
 
 /// Stops `cogo up` when the test ends, however it ends.
-struct Up(Child);
+pub(crate) struct Up(pub(crate) Child);
 
 impl Drop for Up {
     fn drop(&mut self) {

@@ -906,14 +906,17 @@ fn an_edge_worker_drains_over_https_stops_gracefully_and_when_its_token_is_revok
     assert!(text(&cogo(&["--data-dir", data_dir, "tokens", "list"])).contains("edge:noop"));
     let port = test_support::free_port();
     let server = format!("https://localhost:{port}");
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_cogo"))
-        .args(["--data-dir", data_dir, "serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--tls-cert", cert.to_str().expect("path"), "--tls-key", key.to_str().expect("path")])
-        .env_remove("COGO_DATABASE_URL")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("cogo serve");
+    // every process is stopped when the test ends, however it ends
+    let _serve = dashboard::Up(
+        Command::new(env!("CARGO_BIN_EXE_cogo"))
+            .args(["--data-dir", data_dir, "serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--tls-cert", cert.to_str().expect("path"), "--tls-key", key.to_str().expect("path")])
+            .env_remove("COGO_DATABASE_URL")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("cogo serve"),
+    );
     assert!((0..100).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(100));
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -942,18 +945,49 @@ fn an_edge_worker_drains_over_https_stops_gracefully_and_when_its_token_is_revok
     let start = |extra: &[&str]| {
         let mut args = vec!["noop", "--name", "pc-1", "--ca-cert", cert.to_str().expect("path")];
         args.extend_from_slice(extra);
-        let mut edge = worker(&args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("edge worker");
+        let mut edge = dashboard::Up(
+            worker(&args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("edge worker"),
+        );
         let mut banner = String::new();
-        BufReader::new(edge.stdout.take().expect("stdout")).read_line(&mut banner).expect("banner");
+        let mut stdout = BufReader::new(edge.0.stdout.take().expect("stdout"));
+        stdout.read_line(&mut banner).expect("banner");
         assert!(banner.starts_with(&format!("COGO worker edge:{id}:pc-1 running roles noop")), "{banner}");
+        // keep reading: a closed pipe would fail the worker's next line (the metrics address)
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         edge
     };
-    let edge = start(&["--metrics-addr", &probes]);
-    assert!(test_support::http_ready(probe_port, "/readyz"), "ready while connected");
+    // its exit status within `limit`, and what it said on stderr
+    let ended = |edge: &mut dashboard::Up, limit: std::time::Duration| {
+        let deadline = std::time::Instant::now() + limit;
+        let status = loop {
+            match edge.0.try_wait().expect("try_wait") {
+                Some(status) => break status,
+                None if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(100))
+                }
+                None => panic!("the edge worker did not stop within {limit:?}"),
+            }
+        };
+        let mut said = String::new();
+        if let Some(mut stderr) = edge.0.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut said);
+        }
+        (status, said)
+    };
+    let mut edge = start(&["--metrics-addr", &probes]);
+    let ready = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        test_support::http_ready(probe_port, "/readyz")
+    });
+    if !ready {
+        let _ = edge.0.kill();
+        let (_, said) = ended(&mut edge, std::time::Duration::from_secs(10));
+        panic!("not ready while connected: {said}");
+    }
     let enqueued = cogo(&[
         "--data-dir",
         data_dir,
@@ -999,23 +1033,16 @@ fn an_edge_worker_drains_over_https_stops_gracefully_and_when_its_token_is_revok
         String::from_utf8_lossy(&listed.stdout).lines().count() == 4
     });
     assert!(claimed, "the slow messages were not claimed");
-    let term = Command::new("kill").args(["-TERM", &edge.id().to_string()]).status().expect("kill");
+    let term = Command::new("kill").args(["-TERM", &edge.0.id().to_string()]).status().expect("kill");
     assert!(term.success());
-    let stopped = edge.wait_with_output().expect("stops");
-    assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
+    let (status, said) = ended(&mut edge, std::time::Duration::from_secs(30));
+    assert!(status.success(), "{said}");
     let listed = cogo(&["--data-dir", data_dir, "messages", "--status", "done", "--limit", "100", "--json"]);
     assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 54, "the slow ones finished before the exit");
-    let edge = start(&[]);
+    let mut edge = start(&[]);
     // revoked: the live connection ends and the worker stops with the reason
     assert!(cogo(&["--data-dir", data_dir, "tokens", "revoke", &id]).status.success());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(edge.wait_with_output());
-    });
-    let out = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("stops within a minute").expect("output");
-    let said = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{said}");
+    let (status, said) = ended(&mut edge, std::time::Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{said}");
     assert!(said.contains("revoked") || said.contains("401"), "{said}");
-    let _ = serve.kill();
-    let _ = serve.wait();
 }
