@@ -988,57 +988,36 @@ fn an_edge_worker_drains_over_https_stops_gracefully_and_when_its_token_is_revok
         let (_, said) = ended(&mut edge, std::time::Duration::from_secs(10));
         panic!("not ready while connected: {said}");
     }
-    let enqueued = cogo(&[
-        "--data-dir",
-        data_dir,
-        "enqueue",
-        "--service",
-        "bus",
-        "--role",
-        "noop",
-        "--intent",
-        "noop",
-        "--count",
-        "50",
-    ]);
-    assert!(enqueued.status.success(), "{}", text(&enqueued));
+    // noop messages enqueued on the server's database, and how many have a status
+    let enqueue = |count: &str, payload: &str| {
+        let args = ["enqueue", "--service", "bus", "--role", "noop", "--intent", "noop", "--count", count];
+        let out = cogo(&[&["--data-dir", data_dir][..], &args[..], &["--payload", payload][..]].concat());
+        assert!(out.status.success(), "{}", text(&out));
+    };
+    let count = |status: &str| {
+        let listed = cogo(&["--data-dir", data_dir, "messages", "--status", status, "--limit", "100", "--json"]);
+        String::from_utf8_lossy(&listed.stdout).lines().count()
+    };
+    enqueue("50", "{}");
     let done = (0..200).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(100));
-        let listed = cogo(&["--data-dir", data_dir, "messages", "--status", "done", "--limit", "100", "--json"]);
-        String::from_utf8_lossy(&listed.stdout).lines().count() == 50
+        count("done") == 50
     });
     assert!(done, "the edge worker did not finish the 50 messages");
     let agents = text(&cogo(&["--data-dir", data_dir, "messages", "--status", "done", "--limit", "1", "--json"]));
     assert!(agents.contains(&format!("edge:{id}:pc-1")), "completed by the edge worker: {agents}");
     // SIGTERM while it works: the work in hand finishes before it exits (a rolling restart)
-    let slow = cogo(&[
-        "--data-dir",
-        data_dir,
-        "enqueue",
-        "--service",
-        "bus",
-        "--role",
-        "noop",
-        "--intent",
-        "noop",
-        "--count",
-        "4",
-        "--payload",
-        r#"{"sleep_ms": 1500}"#,
-    ]);
-    assert!(slow.status.success(), "{}", text(&slow));
+    enqueue("4", r#"{"sleep_ms": 1500}"#);
     let claimed = (0..100).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let listed = cogo(&["--data-dir", data_dir, "messages", "--status", "claimed", "--json"]);
-        String::from_utf8_lossy(&listed.stdout).lines().count() == 4
+        count("claimed") == 4
     });
     assert!(claimed, "the slow messages were not claimed");
     let term = Command::new("kill").args(["-TERM", &edge.0.id().to_string()]).status().expect("kill");
     assert!(term.success());
     let (status, said) = ended(&mut edge, std::time::Duration::from_secs(30));
     assert!(status.success(), "{said}");
-    let listed = cogo(&["--data-dir", data_dir, "messages", "--status", "done", "--limit", "100", "--json"]);
-    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 54, "the slow ones finished before the exit");
+    assert_eq!(count("done"), 54, "the slow ones finished before the exit");
     let mut edge = start(&[]);
     // revoked: the live connection ends and the worker stops with the reason
     assert!(cogo(&["--data-dir", data_dir, "tokens", "revoke", &id]).status.success());
