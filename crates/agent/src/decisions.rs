@@ -2,10 +2,9 @@
 //! `artifacts/decisions/<trace_id>/<n>.json`, with its inputs, the context ids it saw, the model
 //! calls it made (model, prompt hash, answer, tokens) and its output.
 //!
-//! Invariant: a record is written whole (temporary file, then rename) before the state that
+//! Invariant: a record is written whole (one artifact write: a renamed temporary file on disk, one
+//! PUT on object storage) before the state that
 //! follows from it is saved; a resumed run rewrites the same `n`, never leaves a gap.
-
-use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -113,78 +112,78 @@ impl Decision {
     }
 }
 
-/// Where a trace's decisions live.
+/// Where a trace's decisions live: the artifact store (on disk or shared object storage).
 #[derive(Debug, Clone)]
 pub struct DecisionLog {
-    root: PathBuf,
+    artifacts: Option<artifacts::Artifacts>,
 }
 
 impl DecisionLog {
-    /// Records under `data_dir/artifacts/decisions/`.
-    pub fn new(data_dir: &Path) -> Self {
-        Self { root: data_dir.join("artifacts").join("decisions") }
+    /// Records under `artifacts/decisions/` of `artifacts`.
+    pub fn new(artifacts: artifacts::Artifacts) -> Self {
+        Self { artifacts: Some(artifacts) }
     }
 
     /// A log that writes nothing (replays).
     pub fn discard() -> Self {
-        Self { root: PathBuf::new() }
+        Self { artifacts: None }
     }
 
-    fn dir(&self, trace_id: &str) -> Result<PathBuf, Error> {
+    fn dir(trace_id: &str) -> Result<String, Error> {
         if !model::trace::is_valid_trace_id(trace_id) {
             return Err(Error::Invalid(format!("trace id {trace_id:?}: must be 32 lower-case hex digits")));
         }
-        Ok(self.root.join(trace_id))
+        Ok(Self::relative(trace_id))
     }
 
-    /// The directory of `trace_id`'s records, relative to the data dir.
+    /// The directory of `trace_id`'s records, in the artifact layout.
     pub fn relative(trace_id: &str) -> String {
         format!("artifacts/decisions/{trace_id}")
     }
 
-    /// Writes `decision` whole; returns its path.
-    pub async fn write(&self, decision: &Decision) -> Result<Option<PathBuf>, Error> {
-        if self.root.as_os_str().is_empty() {
-            return Ok(None);
-        }
-        let dir = self.dir(&decision.trace_id)?;
-        let text = serde_json::to_string_pretty(decision).map_err(|e| Error::Decisions(e.to_string()))?;
-        let path = dir.join(format!("{}.json", decision.n));
-        let temporary = dir.join(format!(".{}.json.tmp", decision.n));
-        let write = async {
-            tokio::fs::create_dir_all(&dir).await?;
-            tokio::fs::write(&temporary, text.as_bytes()).await?;
-            tokio::fs::rename(&temporary, &path).await
-        };
-        write.await.map_err(|e| Error::Decisions(format!("writing {}: {e}", path.display())))?;
+    /// Writes `decision` whole (one file, never seen half-written); returns its artifact path.
+    pub async fn write(&self, decision: &Decision) -> Result<Option<String>, Error> {
+        let Some(artifacts) = &self.artifacts else { return Ok(None) };
+        let path = format!("{}/{}.json", Self::dir(&decision.trace_id)?, decision.n);
+        let text = serde_json::to_vec_pretty(decision).map_err(|e| Error::Decisions(e.to_string()))?;
+        artifacts.put(&path, text).await.map_err(|e| Error::Decisions(e.to_string()))?;
         Ok(Some(path))
     }
 
     /// Every record of `trace_id`, in order (empty when there are none).
-    pub fn read(&self, trace_id: &str) -> Result<Vec<Decision>, Error> {
-        let dir = self.dir(trace_id)?;
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(err) => return Err(Error::Decisions(format!("reading {}: {err}", dir.display()))),
-        };
-        let mut decisions = Vec::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(stem) = name.strip_suffix(".json") else { continue };
-            if stem.parse::<u32>().is_err() {
-                continue;
-            }
-            if decisions.len() >= MAX_DECISIONS {
-                return Err(Error::Decisions(format!("more than {MAX_DECISIONS} records in {}", dir.display())));
-            }
-            let text = std::fs::read_to_string(entry.path())
-                .map_err(|e| Error::Decisions(format!("reading {}: {e}", entry.path().display())))?;
-            let decision: Decision = serde_json::from_str(&text)
-                .map_err(|e| Error::Decisions(format!("{} is not a decision record: {e}", entry.path().display())))?;
-            decisions.push(decision);
+    pub async fn read(&self, trace_id: &str) -> Result<Vec<Decision>, Error> {
+        use futures_util::{StreamExt, TryStreamExt};
+        let dir = Self::dir(trace_id)?;
+        let Some(artifacts) = &self.artifacts else { return Ok(Vec::new()) };
+        let files = artifacts.walk(&dir, MAX_DECISIONS + 1).await.map_err(|e| Error::Decisions(e.to_string()))?;
+        let records: Vec<String> = files
+            .into_iter()
+            .filter(|file| {
+                file.path
+                    .rsplit('/')
+                    .next()
+                    .and_then(|name| name.strip_suffix(".json"))
+                    .is_some_and(|stem| stem.parse::<u32>().is_ok())
+            })
+            .map(|file| file.path)
+            .collect();
+        if records.len() > MAX_DECISIONS {
+            return Err(Error::Decisions(format!("more than {MAX_DECISIONS} records in {dir}")));
         }
+        let mut decisions: Vec<Decision> = futures_util::stream::iter(records)
+            .map(|path| async move {
+                let bytes =
+                    artifacts.get(&path, MAX_RECORD_BYTES).await.map_err(|e| Error::Decisions(e.to_string()))?;
+                serde_json::from_slice::<Decision>(&bytes)
+                    .map_err(|e| Error::Decisions(format!("{path} is not a decision record: {e}")))
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
         decisions.sort_by_key(|d| d.n);
         Ok(decisions)
     }
 }
+
+/// Largest decision record read back.
+const MAX_RECORD_BYTES: u64 = 16 * 1024 * 1024;

@@ -34,6 +34,10 @@ pub struct Global {
     /// Log format.
     #[arg(long, global = true, env = "COGO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+    /// Where artifacts go: s3://BUCKET/PREFIX (S3-compatible storage every process reaches; endpoint,
+    /// region and credentials from the standard AWS_* variables) or file:///DIR; default the data dir.
+    #[arg(long, global = true, env = "COGO_ARTIFACTS_URL")]
+    pub artifacts_url: Option<String>,
     /// Directory of local model files (embeddings, LLM); default DATA_DIR/models.
     #[arg(long, global = true, env = "COGO_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,

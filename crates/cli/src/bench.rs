@@ -43,6 +43,14 @@ pub fn elapsed_ms(started: Instant) -> f64 {
     started.elapsed().as_secs_f64() * 1000.0
 }
 
+/// The global options with the data dir moved to `work/data` (the artifact store of a benchmark,
+/// unless `--artifacts-url` names another).
+fn scratch_artifacts(global: &Global, work: &std::path::Path) -> Global {
+    let mut scoped = global.clone();
+    scoped.data_dir = work.join("data");
+    scoped
+}
+
 /// `bench gateway`: server-everything behind supergateway (WebSocket) on loopback; `echo` called
 /// directly with rmcp and through the gateway, alternately (overhead = the paired difference); calls/s through the gateway at
 /// concurrency 1, 8 and 64 on one session; enqueue→succeeded through the bus and the gateway worker.
@@ -66,10 +74,12 @@ async fn gateway(global: &Global, args: BenchGatewayArgs) -> anyhow::Result<()> 
     let direct = mcp::McpClient::connect("everything", &toolset, timeout).await?;
     let policies = Arc::new(resilience::Policies::seed());
     let breakers = Arc::new(resilience::Breakers::new(policies.clone(), None));
+    // a scratch directory, or the store of --artifacts-url (to measure the gateway writing to S3)
+    let artifacts = crate::settings::open_artifacts(&scratch_artifacts(global, work.path()), "bench").await?;
     let gateway = Arc::new(mcp::Gateway::new(
         [("everything".to_owned(), toolset.clone())].into_iter().collect(),
         breakers,
-        work.path().join("data"),
+        artifacts.clone(),
         "bench",
     ));
     let call = |n: usize| mcp::McpCall { toolset: "everything".into(), tool: "echo".into(), params: echo(n) };
@@ -140,7 +150,7 @@ async fn gateway(global: &Global, args: BenchGatewayArgs) -> anyhow::Result<()> 
     }
     // 3. end to end through the bus
     let scratch = scratch_database(global, args.backend, POSTGRES_ADMIN).await?;
-    let end_to_end = gateway_end_to_end(&scratch.url, toolset, work.path().join("data"), calls.min(1000)).await;
+    let end_to_end = gateway_end_to_end(&scratch.url, toolset, artifacts.clone(), calls.min(1000)).await;
     if let Some((admin, database)) = &scratch.cleanup
         && let Err(err) = store::drop_postgres_database(admin, database).await
     {
@@ -170,7 +180,7 @@ async fn gateway(global: &Global, args: BenchGatewayArgs) -> anyhow::Result<()> 
 async fn gateway_end_to_end(
     url: &str,
     toolset: model::config::mcp::Toolset,
-    data_dir: std::path::PathBuf,
+    artifacts: artifacts::Artifacts,
     calls: usize,
 ) -> anyhow::Result<(serde_json::Value, usize)> {
     let store = store::Store::open(url, store::StoreOptions::default()).await?;
@@ -180,7 +190,7 @@ async fn gateway_end_to_end(
     let gateway = Arc::new(mcp::Gateway::new(
         [("everything".to_owned(), toolset)].into_iter().collect(),
         breakers,
-        data_dir,
+        artifacts,
         "e2e",
     ));
     let handler = Arc::new(mcp::GatewayHandler::new(gateway, 64 * 1024));

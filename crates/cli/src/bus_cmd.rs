@@ -244,10 +244,13 @@ pub async fn trace(global: &Global, trace_id: &str, json: bool) -> anyhow::Resul
         .next();
     store.close().await;
     // the orchestrator's decisions, interleaved with the events by time
-    let decisions = agent::DecisionLog::new(&global.data_dir).read(trace_id).unwrap_or_else(|err| {
-        tracing::warn!(error = %err, "decision records not read");
-        Vec::new()
-    });
+    let decisions = agent::DecisionLog::new(crate::settings::artifacts_for_reading(global)?)
+        .read(trace_id)
+        .await
+        .unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "decision records not read");
+            Vec::new()
+        });
     if events.is_empty() && messages.items.is_empty() && decisions.is_empty() {
         return Err(ExitWith(1, format!("error: nothing recorded for trace {trace_id}")).into());
     }

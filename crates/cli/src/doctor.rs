@@ -79,6 +79,18 @@ pub async fn run(global: &Global, args: DoctorArgs) -> anyhow::Result<()> {
         .await
         .unwrap_or_else(|_| Err(("no answer within 10 s".into(), "check the database host and port".into())));
     checks.push(check("database", true, database));
+    let artifacts = async {
+        let store = artifacts::Artifacts::open(global.artifacts_url.as_deref(), &global.data_dir)
+            .map_err(|e| (e.to_string(), "fix --artifacts-url (COGO_ARTIFACTS_URL)".to_owned()))?;
+        store.probe("doctor").await.map_err(|e| {
+            (e.to_string(), "check the bucket exists and AWS_ENDPOINT_URL, AWS_REGION and the credentials".to_owned())
+        })?;
+        Ok(format!("{} writable", store.location()))
+    };
+    let artifacts = tokio::time::timeout(Duration::from_secs(30), artifacts)
+        .await
+        .unwrap_or_else(|_| Err(("no answer within 30 s".into(), "check the artifact store's endpoint".into())));
+    checks.push(check("artifact store", true, artifacts));
     let models_dir = global.models_dir.clone().unwrap_or_else(|| global.data_dir.join("models"));
     let minilm = models_dir.join("all-MiniLM-L6-v2").join("model.safetensors");
     checks.push(check(

@@ -35,8 +35,9 @@ pub async fn run(global: &Global, args: WorkerArgs, roles: Vec<&'static Role>) -
     // breakers work locally; their transitions are not recorded (there is no store here)
     let breakers = Arc::new(resilience::Breakers::new(policies.clone(), None));
     let instance = name.rsplit('-').next().unwrap_or("0").to_owned();
-    let gateway =
-        Arc::new(mcp::Gateway::new(configs.mcp.toolsets.clone(), breakers, global.data_dir.clone(), &instance));
+    // the edge host's own store: its data dir, or the shared object store when it can reach one
+    let artifacts = crate::settings::open_artifacts(global, &instance).await?;
+    let gateway = Arc::new(mcp::Gateway::new(configs.mcp.toolsets.clone(), breakers, artifacts.clone(), &instance));
     let llm = if roles.iter().any(|r| r.needs_llm) {
         crate::llm_cmd::client(global, &args.llm).await.map_err(|err| format!("the LLM did not load: {err:#}"))
     } else {
@@ -48,7 +49,7 @@ pub async fn run(global: &Global, args: WorkerArgs, roles: Vec<&'static Role>) -
         embedder: None,
         llm,
         policy: Arc::new(configs.agent.clone()),
-        data_dir: global.data_dir.clone(),
+        artifacts: artifacts.clone(),
     };
     let mut handlers = Vec::new();
     for role in &roles {
@@ -134,6 +135,7 @@ pub async fn run(global: &Global, args: WorkerArgs, roles: Vec<&'static Role>) -
     if let Some(bound) = metrics_endpoint {
         writeln!(out, "  metrics    http://{bound}/metrics  (health: /healthz /readyz)")?;
     }
+    writeln!(out, "  artifacts  {}", artifacts.location())?;
     out.flush()?;
     drop(out);
     // stop on a signal, or when the server refuses the worker for good (a revoked token)

@@ -241,6 +241,9 @@ pub async fn unified(global: &Global, args: GateArgs) -> anyhow::Result<()> {
         "stages": stages,
     });
     write_reports(&gate_dir, &report, "cogo gate unified", &stages, started.elapsed(), args.junit.as_deref())?;
+    let mut run_dirs: Vec<&str> = vec![gate_dir_rel.as_str()];
+    run_dirs.extend(stages.iter().map(|s| s.artifacts.as_str()).filter(|d| !d.starts_with(gate_dir_rel.as_str())));
+    publish(global, &run_dirs).await;
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{report}")?;
@@ -304,6 +307,35 @@ fn write_reports(
         std::fs::write(path, &junit).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// With `--artifacts-url` naming a shared store, copies the run's directories (written on this
+/// host's data dir) there, so every server serves them; says where, or why not (the verdict
+/// stands either way).
+async fn publish(global: &Global, dirs: &[&str]) {
+    if global.artifacts_url.as_deref().is_none_or(|u| u.trim().is_empty()) {
+        return;
+    }
+    let store = match crate::settings::artifacts_for_reading(global) {
+        Ok(store) if store.local_root() == std::fs::canonicalize(&global.data_dir).ok().as_deref() => return,
+        Ok(store) => store,
+        Err(err) => {
+            eprintln!("warning: the run's artifacts were not copied to the artifact store: {err}");
+            return;
+        }
+    };
+    let mut copied = 0;
+    for dir in dirs {
+        let local = global.data_dir.join(dir);
+        if !local.is_dir() {
+            continue;
+        }
+        match store.upload_dir(&local, dir).await {
+            Ok(n) => copied += n,
+            Err(err) => eprintln!("warning: {dir} was not copied to the artifact store: {err}"),
+        }
+    }
+    eprintln!("{copied} artifact files copied to {}", store.location());
 }
 
 fn write_json(path: &Path, value: &impl Serialize) {

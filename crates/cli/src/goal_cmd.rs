@@ -99,7 +99,7 @@ async fn follow(
         if print {
             let mut out = std::io::stdout().lock();
             let fresh: Vec<Decision> =
-                log.read(&goal.trace_id).map_err(agent_error)?.into_iter().filter(|d| d.n > shown).collect();
+                log.read(&goal.trace_id).await.map_err(agent_error)?.into_iter().filter(|d| d.n > shown).collect();
             for decision in &fresh {
                 writeln!(out, "  {:>5.1}s  {}", started.elapsed().as_secs_f64(), describe(decision))?;
                 shown = decision.n;
@@ -187,7 +187,7 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
             writeln!(out, "  MCP       {}", crate::mcp_cmd::describe_examples(servers))?;
         }
     }
-    let log = DecisionLog::new(&global.data_dir);
+    let log = DecisionLog::new(node.artifacts.clone());
     let limit = Duration::from_secs(budget.max_seconds + 60);
     let followed = follow(&node.store, &log, &goal, !args.json, limit).await;
     stop(node).await;
@@ -351,7 +351,8 @@ pub async fn replay(global: &Global, trace_id: &str, json: bool) -> anyhow::Resu
             ExitWith(1, format!("error: goal {} is {}: replay a goal that has ended", goal.id, goal.status)).into()
         );
     }
-    let decisions = DecisionLog::new(&global.data_dir).read(trace_id).map_err(agent_error)?;
+    let decisions =
+        DecisionLog::new(crate::settings::artifacts_for_reading(global)?).read(trace_id).await.map_err(agent_error)?;
     let embedder = crate::node::load_embedder(global);
     let report =
         agent::replay::replay(&goal, decisions, Arc::new(configs.agent), embedder).await.map_err(agent_error)?;
@@ -450,6 +451,7 @@ pub async fn eval_goals(global: &Global, args: EvalGoalsArgs) -> anyhow::Result<
     let mut scoped = global.clone();
     scoped.data_dir = scratch.path().to_path_buf();
     scoped.database_url = None;
+    scoped.artifacts_url = None;
     if scoped.models_dir.is_none() {
         scoped.models_dir = Some(crate::knowledge_cmd::models_dir(global));
     }
@@ -475,7 +477,7 @@ pub async fn eval_goals(global: &Global, args: EvalGoalsArgs) -> anyhow::Result<
         embedder: true,
     };
     let node = start_node(&scoped, "cogo-eval", &roles, options).await?;
-    let outcome = run_suite(&scoped, &node, &suite, &args, &configs.agent.budget, &servers.pages_url).await;
+    let outcome = run_suite(&node, &suite, &args, &configs.agent.budget, &servers.pages_url).await;
     stop(node).await;
     drop(servers);
     let rows = outcome?;
@@ -519,7 +521,6 @@ pub async fn eval_goals(global: &Global, args: EvalGoalsArgs) -> anyhow::Result<
 }
 
 async fn run_suite(
-    global: &Global,
     node: &crate::node::Node,
     suite: &Suite,
     args: &EvalGoalsArgs,
@@ -537,7 +538,7 @@ async fn run_suite(
             .await
             .map_err(|e| anyhow::anyhow!("indexing the suite's documents: {e}"))?;
     }
-    let log = DecisionLog::new(&global.data_dir);
+    let log = DecisionLog::new(node.artifacts.clone());
     let mut rows = Vec::new();
     let print = !args.json;
     for case in suite.goals.iter().filter(|g| args.only.as_deref().is_none_or(|only| g.id.contains(only))) {

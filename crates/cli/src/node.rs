@@ -34,7 +34,8 @@ pub(crate) struct RoleContext {
     pub(crate) llm: Result<Arc<dyn llm::LlmClient>, String>,
     /// agent_policy.json.
     pub(crate) policy: Arc<model::config::AgentPolicy>,
-    pub(crate) data_dir: std::path::PathBuf,
+    /// Where artifacts go (decision records, generated code).
+    pub(crate) artifacts: artifacts::Artifacts,
 }
 
 const NO_EMBEDDER: &str = "it needs the embedding model (scripts/models install)";
@@ -65,7 +66,7 @@ impl RoleContext {
             self.llm()?,
             env,
             self.policy.clone(),
-            agent::DecisionLog::new(&self.data_dir),
+            agent::DecisionLog::new(self.artifacts.clone()),
             self.embedder.clone(),
         )))
     }
@@ -135,7 +136,7 @@ pub(crate) const ROLES: &[Role] = &[
             Ok(Arc::new(agent::roles::codegen::CodegenHandler::new(
                 ctx.llm()?,
                 ctx.policy.clone(),
-                ctx.data_dir.clone(),
+                ctx.artifacts.clone(),
             )))
         },
     },
@@ -191,6 +192,8 @@ pub(crate) struct Node {
     pub(crate) agent_id: String,
     /// The embedding model, when installed.
     pub(crate) embedder: Option<Arc<dyn knowledge::Embedder>>,
+    /// Where this process's artifacts go.
+    pub(crate) artifacts: artifacts::Artifacts,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     /// Records circuit transitions; ends once the gateway (holding the breakers) is gone.
@@ -269,8 +272,9 @@ pub(crate) async fn start_node(
     let mut toolsets = configs.mcp.toolsets.clone();
     toolsets.extend(extra_toolsets);
     let toolsets = crate::secrets_cmd::with_secret_env(toolsets, &opened);
+    let artifacts = crate::settings::open_artifacts(global, instance).await?;
     let gateway = Arc::new(
-        mcp::Gateway::new(toolsets, breakers, global.data_dir.clone(), instance)
+        mcp::Gateway::new(toolsets, breakers, artifacts.clone(), instance)
             .with_scrubbed_values(opened.iter().map(|(_, value)| value.to_string())),
     );
     drop(opened);
@@ -288,7 +292,7 @@ pub(crate) async fn start_node(
         embedder: embedder.clone(),
         llm,
         policy: Arc::new(configs.agent.clone()),
-        data_dir: global.data_dir.clone(),
+        artifacts: artifacts.clone(),
     };
     let maintenance =
         worker::Maintenance::new(store.clone(), worker::MaintenanceConfig::default(), presence, retry.clone());
@@ -315,7 +319,7 @@ pub(crate) async fn start_node(
     }
     // the breakers (and with them the transition channel) close when the gateway goes
     drop(role_context);
-    Ok(Node { store, policies, gateway, agent_id, embedder, shutdown, tasks, recorder, _watcher: watcher })
+    Ok(Node { store, policies, gateway, agent_id, embedder, artifacts, shutdown, tasks, recorder, _watcher: watcher })
 }
 
 /// The process's embedder (MiniLM from the models directory), shared by the knowledge roles and
@@ -523,11 +527,11 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
             gateway: node.gateway.clone(),
             policies: node.policies.clone(),
             config: configs.mcp.clone(),
-            data_dir: global.data_dir.clone(),
+            artifacts: node.artifacts.clone(),
         })),
         knowledge: node.embedder.clone().map(|embedder| Arc::new(server::KnowledgeApi { embedder })),
         goals: (!args.minimal)
-            .then(|| Arc::new(server::GoalsApi { data_dir: global.data_dir.clone(), budget: configs.agent.budget })),
+            .then(|| Arc::new(server::GoalsApi { artifacts: node.artifacts.clone(), budget: configs.agent.budget })),
         shared_limits: shared_limits.clone(),
     };
     let token_note = if state.admin_token.is_some() {
@@ -589,6 +593,7 @@ async fn run_with_server(global: &Global, args: ServeArgs, roles: Vec<&Role>, mo
             )?,
             (None, _) => writeln!(out, "  limits     {}/s per client and per token, in this process", args.rate_limit)?,
         }
+        writeln!(out, "  artifacts  {}", node.artifacts.location())?;
         writeln!(out, "  policies   {} (reloaded on change)", global.config_dir.display())?;
         writeln!(out, "Press Ctrl-C to stop.")?;
         out.flush()?;
@@ -729,6 +734,7 @@ pub async fn worker(global: &Global, args: WorkerArgs) -> anyhow::Result<()> {
     if let Some(bound) = metrics_endpoint {
         writeln!(out, "  metrics    http://{bound}/metrics  (health: /healthz /readyz)")?;
     }
+    writeln!(out, "  artifacts  {}", node.artifacts.location())?;
     out.flush()?;
     drop(out);
     signal.await;

@@ -47,6 +47,28 @@ pub async fn open_store(global: &Global) -> anyhow::Result<store::Store> {
     Ok(store)
 }
 
+/// Opens the artifact store (`--artifacts-url`, else the data directory) and checks it takes a
+/// write, so a wrong bucket, endpoint or credential stops the process at start with the reason.
+pub async fn open_artifacts(global: &Global, instance: &str) -> anyhow::Result<artifacts::Artifacts> {
+    let artifacts = artifacts::Artifacts::open(global.artifacts_url.as_deref(), &global.data_dir)
+        .map_err(|err| ExitWith(2, format!("error: {err}")))?;
+    artifacts.probe(instance).await.map_err(|err| {
+        ExitWith(
+            2,
+            format!(
+                "error: {err}\n  check --artifacts-url (COGO_ARTIFACTS_URL) and, for S3, AWS_ENDPOINT_URL, AWS_REGION and the credentials"
+            ),
+        )
+    })?;
+    Ok(artifacts)
+}
+
+/// The artifact store for reading (no probe): commands that only show what is there.
+pub fn artifacts_for_reading(global: &Global) -> anyhow::Result<artifacts::Artifacts> {
+    Ok(artifacts::Artifacts::open(global.artifacts_url.as_deref(), &global.data_dir)
+        .map_err(|err| ExitWith(2, format!("error: {err}")))?)
+}
+
 /// The five policy files, validated.
 #[derive(Debug, Clone)]
 pub struct Configs {

@@ -8,7 +8,6 @@
 //! redacted and images kept as files beside the JSON.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -113,7 +112,7 @@ pub struct Gateway {
     /// Secret values replaced by `***` wherever they appear in answers and artifacts.
     scrub: Vec<String>,
     breakers: Arc<resilience::Breakers>,
-    data_dir: PathBuf,
+    artifacts: artifacts::Artifacts,
     stamps: TsAllocator,
 }
 
@@ -253,11 +252,12 @@ pub fn redact(value: &Value) -> Value {
 }
 
 impl Gateway {
-    /// A gateway over the enabled toolsets; artifacts go under `data_dir/artifacts/`.
+    /// A gateway over the enabled toolsets; its artifacts go to `artifacts` (the data directory's
+    /// `artifacts/`, or the shared object store).
     pub fn new(
         toolsets: BTreeMap<String, Toolset>,
         breakers: Arc<resilience::Breakers>,
-        data_dir: PathBuf,
+        artifacts: artifacts::Artifacts,
         instance: &str,
     ) -> Self {
         let toolsets = toolsets
@@ -273,7 +273,7 @@ impl Gateway {
                 (name, Arc::new(session))
             })
             .collect();
-        Self { toolsets, scrub: Vec::new(), breakers, data_dir, stamps: TsAllocator::new(instance) }
+        Self { toolsets, scrub: Vec::new(), breakers, artifacts, stamps: TsAllocator::new(instance) }
     }
 
     /// Replaces these values (secrets) by `***` wherever they appear in answers (object keys too),
@@ -457,12 +457,15 @@ impl Gateway {
         let stamp = self.stamps.next(chrono::Utc::now());
         let artifact_dir = model::artifact::mcp_call_dir(&call.toolset, &stamp)
             .map_err(|_| GatewayError::UnknownToolset(call.toolset.clone()))?;
-        let dir = self.data_dir.join(&artifact_dir);
         detail["artifacts"] = json!(artifact_dir);
         let request = json!({ "toolset": call.toolset, "tool": call.tool, "params": self.scrub_json(redact(&call.params)), "trace_id": context.trace_id, "message_id": context.message_id, "attempt": context.attempt });
         // request.json is written while the call is in flight (it is awaited before anything else
         // is written or the answer returned, so no answer ever points at a missing file)
-        let request_written = tokio::spawn(write_artifacts(dir.clone(), vec![json_file(mcp_files::REQUEST, &request)]));
+        let request_written = tokio::spawn(write_artifacts(
+            self.artifacts.clone(),
+            artifact_dir.clone(),
+            vec![json_file(mcp_files::REQUEST, &request)],
+        ));
         metrics::counter!(model::metrics::MCP_CALLS_TOTAL, &labels).increment(1);
         let started = Instant::now();
         let outcome = async {
@@ -517,7 +520,7 @@ impl Gateway {
                     files.push(json_file(mcp_files::ERROR, &json!({ "kind": "tool_error", "result": result })));
                 }
                 files.extend(images);
-                if let Err(err) = write_artifacts(dir, files).await {
+                if let Err(err) = write_artifacts(self.artifacts.clone(), artifact_dir.clone(), files).await {
                     artifacts_error.get_or_insert(err);
                 }
                 if let Some(err) = &artifacts_error {
@@ -535,7 +538,8 @@ impl Gateway {
             Err(err) => {
                 let error = json!({ "kind": err.kind().as_str(), "error": self.scrub_text(&err.to_string()) });
                 if let Err(err) = write_artifacts(
-                    dir,
+                    self.artifacts.clone(),
+                    artifact_dir.clone(),
                     vec![json_file(mcp_files::SUMMARY, &summary), json_file(mcp_files::ERROR, &error)],
                 )
                 .await
@@ -598,30 +602,16 @@ fn json_file(name: &str, value: &Value) -> (String, Vec<u8>) {
     (name.to_owned(), serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"null".to_vec()))
 }
 
-/// Writes `files` into `dir` (created if needed) in one blocking task, off the async workers. An
-/// artifact that cannot be written must not fail the call: the failure is logged, counted in
-/// `cogo_artifact_write_failures_total` and returned for the call's event, and the caller keeps
+/// Writes `files` into the artifact directory `dir` (on disk or on the object store). An artifact
+/// that cannot be written must not fail the call: the store logs the failure and counts it in
+/// `cogo_artifact_write_failures_total`, it is returned for the call's event, and the caller keeps
 /// the answer inline.
-async fn write_artifacts(dir: PathBuf, files: Vec<(String, Vec<u8>)>) -> Result<(), String> {
-    let written = tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir)
-            .and_then(|()| files.iter().try_for_each(|(name, bytes)| std::fs::write(dir.join(name), bytes)))
-            .map_err(|err| (dir, err))
-    })
-    .await;
-    let error = match written {
-        Ok(Ok(())) => return Ok(()),
-        Ok(Err((dir, err))) => {
-            tracing::warn!(dir = %dir.display(), error = %err, "could not write MCP artifacts; the answer stays inline");
-            format!("could not write the artifacts: {err}")
-        }
-        Err(err) => {
-            tracing::warn!(error = %err, "the MCP artifact writer stopped");
-            "could not write the artifacts: the writer stopped".to_owned()
-        }
-    };
-    metrics::counter!(model::metrics::ARTIFACT_WRITE_FAILURES_TOTAL, "family" => "mcp").increment(1);
-    Err(error)
+async fn write_artifacts(
+    artifacts: artifacts::Artifacts,
+    dir: String,
+    files: Vec<(String, Vec<u8>)>,
+) -> Result<(), String> {
+    artifacts.put_all(&dir, files).await.map_err(|err| format!("could not write the artifacts: {err}"))
 }
 
 /// Runs `mcp_call` messages through the gateway (the bus decides retries by the error kind).

@@ -43,6 +43,10 @@ pub const CONFIG_RELOADS_TOTAL: &str = "cogo_config_reloads_total";
 /// Artifact writes that failed (a full or read-only disk), by `family` (`mcp`: the MCP call's files); the
 /// work they belong to goes on without them.
 pub const ARTIFACT_WRITE_FAILURES_TOTAL: &str = "cogo_artifact_write_failures_total";
+/// Artifact files written, by `family` and `backend` (`local`, `s3`).
+pub const ARTIFACT_WRITES_TOTAL: &str = "cogo_artifact_writes_total";
+/// Artifact write latency histogram in milliseconds, by `backend`.
+pub const ARTIFACT_WRITE_LATENCY_MS: &str = "cogo_artifact_write_latency_ms";
 
 /// HTTP connections the API server holds open now.
 pub const HTTP_CONNECTIONS_OPEN: &str = "cogo_http_connections_open";
@@ -91,7 +95,7 @@ pub const GOAL_REPLANS_TOTAL: &str = "cogo_goal_replans_total";
 pub const GOAL_DURATION_MS: &str = "cogo_goal_duration_ms";
 
 /// Every metric name above, for documentation and naming checks.
-pub const ALL: [&str; 41] = [
+pub const ALL: [&str; 43] = [
     MCP_CALLS_TOTAL,
     MCP_FAIL_TOTAL,
     MCP_LATENCY_MS,
@@ -112,6 +116,8 @@ pub const ALL: [&str; 41] = [
     LLM_TOKENS_TOTAL,
     CONFIG_RELOADS_TOTAL,
     ARTIFACT_WRITE_FAILURES_TOTAL,
+    ARTIFACT_WRITES_TOTAL,
+    ARTIFACT_WRITE_LATENCY_MS,
     HTTP_CONNECTIONS_OPEN,
     HTTP_CONNECTIONS_REFUSED_TOTAL,
     HTTP_WRITE_TIMEOUTS_TOTAL,
@@ -136,7 +142,7 @@ pub const ALL: [&str; 41] = [
 ];
 
 /// The `# HELP` text of every metric, in the order of [`ALL`].
-pub const HELP: [(&str, &str); 41] = [
+pub const HELP: [(&str, &str); 43] = [
     (MCP_CALLS_TOTAL, "MCP tool calls made (attempts), by toolset and tool."),
     (MCP_FAIL_TOTAL, "MCP tool calls that failed, by toolset, tool and error kind."),
     (MCP_LATENCY_MS, "MCP tool call latency in milliseconds, by toolset and tool."),
@@ -156,7 +162,12 @@ pub const HELP: [(&str, &str); 41] = [
     (LLM_LATENCY_MS, "LLM call latency in milliseconds, by provider and model."),
     (LLM_TOKENS_TOTAL, "LLM tokens, by provider, model and direction."),
     (CONFIG_RELOADS_TOTAL, "Policy file reloads, by file and outcome."),
-    (ARTIFACT_WRITE_FAILURES_TOTAL, "Artifact writes that failed (full or read-only disk), by family."),
+    (
+        ARTIFACT_WRITE_FAILURES_TOTAL,
+        "Artifact writes that failed (full or read-only disk, unreachable store), by family.",
+    ),
+    (ARTIFACT_WRITES_TOTAL, "Artifact files written, by family and backend (local, s3)."),
+    (ARTIFACT_WRITE_LATENCY_MS, "Artifact write latency in milliseconds, by backend."),
     (HTTP_CONNECTIONS_OPEN, "HTTP connections the API server holds open now."),
     (
         HTTP_CONNECTIONS_REFUSED_TOTAL,

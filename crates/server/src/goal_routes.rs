@@ -1,7 +1,6 @@
 //! The goal routes: submit a goal, list and read goals (with their decision records), answer an
 //! approval, cancel. A tenant token reads only its tenant's goals.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -22,8 +21,8 @@ use crate::{ApiError, AppState, ErrorCode, Scope};
 /// What the goal routes need.
 #[derive(Debug, Clone)]
 pub struct GoalsApi {
-    /// Where decision records are (`artifacts/decisions/` under it).
-    pub data_dir: PathBuf,
+    /// The artifact store holding the decision records (`artifacts/decisions/`).
+    pub artifacts: artifacts::Artifacts,
     /// The budget of a goal that names none (agent_policy.json).
     pub budget: Budget,
 }
@@ -216,7 +215,7 @@ async fn read(
 ) -> Result<impl IntoResponse, ApiError> {
     let api = api(&state)?;
     let goal = goal_for(&state, &scope, &id).await?;
-    let decisions = agent::DecisionLog::new(&api.data_dir).read(&goal.trace_id).unwrap_or_else(|err| {
+    let decisions = agent::DecisionLog::new(api.artifacts.clone()).read(&goal.trace_id).await.unwrap_or_else(|err| {
         tracing::warn!(error = %err, "decision records not read");
         Vec::new()
     });

@@ -1,7 +1,6 @@
 //! The MCP routes of the seed: direct calls, ping, enqueue, configuration, health, and the MCP
 //! metrics (summary from the store's events, the events themselves, artifacts, snapshots).
 
-use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,8 +26,8 @@ pub struct McpApi {
     pub policies: Arc<resilience::Policies>,
     /// The MCP configuration (shown redacted).
     pub config: model::config::McpConfig,
-    /// The data directory (artifacts live under `artifacts/`).
-    pub data_dir: PathBuf,
+    /// The artifact store (the data directory's `artifacts/`, or the shared object store).
+    pub artifacts: artifacts::Artifacts,
 }
 
 impl std::fmt::Debug for McpApi {
@@ -341,51 +340,65 @@ pub(crate) async fn events(
     Ok(Json(state.store.events(&filter, &page).await?))
 }
 
-/// The most call directories one artifacts summary looks at per toolset.
-const MAX_ARTIFACT_DIRS: usize = 100_000;
+/// The most artifact files one artifacts summary looks at.
+const MAX_ARTIFACT_FILES: usize = 200_000;
 
 /// `GET /api/metrics/mcp/artifacts/summary`: per toolset, the call directories, their files and
-/// bytes, and the newest.
+/// bytes, and the newest (from the artifact store, wherever it is).
 pub(crate) async fn artifacts_summary(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let root = api(&state)?.data_dir.join("artifacts").join("mcp");
-    let summary = tokio::task::spawn_blocking(move || artifact_counts(&root))
-        .await
-        .map_err(|_| ApiError::new(ErrorCode::Internal, "internal error; see the server log"))?;
-    Ok(Json(json!({ "artifacts": summary })))
+    let api = api(&state)?;
+    let files = api.artifacts.walk("artifacts/mcp", MAX_ARTIFACT_FILES).await.map_err(artifact_error)?;
+    Ok(Json(json!({ "artifacts": artifact_counts(&files), "store": api.artifacts.backend().as_str() })))
 }
 
-fn artifact_counts(root: &FsPath) -> Value {
-    let mut toolsets = serde_json::Map::new();
+/// Per toolset: calls (directories), files with errors and images, bytes, and the newest call.
+fn artifact_counts(files: &[artifacts::StoredFile]) -> Value {
+    #[derive(Default)]
+    struct Toolset<'a> {
+        calls: std::collections::BTreeSet<&'a str>,
+        errors: u64,
+        images: u64,
+        bytes: u64,
+    }
+    let mut toolsets: std::collections::BTreeMap<&str, Toolset<'_>> = std::collections::BTreeMap::new();
+    for file in files {
+        // artifacts/mcp/<toolset>/<ts>/<name>
+        let mut parts = file.path.splitn(5, '/').skip(2);
+        let (Some(toolset), Some(call), Some(name)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let entry = toolsets.entry(toolset).or_default();
+        entry.calls.insert(call);
+        entry.bytes += file.bytes;
+        entry.errors += u64::from(name == model::artifact::mcp_files::ERROR);
+        entry.images += u64::from(name.starts_with("image-"));
+    }
     let (mut calls, mut bytes) = (0u64, 0u64);
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return json!({ "calls": 0, "bytes": 0, "toolsets": {} });
-    };
-    for toolset in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
-        let (mut count, mut size, mut errors, mut images) = (0u64, 0u64, 0u64, 0u64);
-        let mut latest: Option<String> = None;
-        let Ok(dirs) = std::fs::read_dir(toolset.path()) else { continue };
-        for call in dirs.flatten().take(MAX_ARTIFACT_DIRS) {
-            count += 1;
-            let name = call.file_name().to_string_lossy().into_owned();
-            if latest.as_ref().is_none_or(|l| name > *l) {
-                latest = Some(name);
-            }
-            for file in std::fs::read_dir(call.path()).into_iter().flatten().flatten() {
-                size += file.metadata().map(|m| m.len()).unwrap_or(0);
-                let file_name = file.file_name();
-                let file_name = file_name.to_string_lossy();
-                errors += u64::from(file_name == model::artifact::mcp_files::ERROR);
-                images += u64::from(file_name.starts_with("image-"));
-            }
-        }
-        calls += count;
-        bytes += size;
-        toolsets.insert(
-            toolset.file_name().to_string_lossy().into_owned(),
-            json!({ "calls": count, "errors": errors, "images": images, "bytes": size, "latest": latest }),
+    let mut out = serde_json::Map::new();
+    for (name, t) in toolsets {
+        calls += t.calls.len() as u64;
+        bytes += t.bytes;
+        out.insert(
+            name.to_owned(),
+            json!({ "calls": t.calls.len(), "errors": t.errors, "images": t.images, "bytes": t.bytes, "latest": t.calls.last() }),
         );
     }
-    json!({ "calls": calls, "bytes": bytes, "toolsets": toolsets })
+    json!({ "calls": calls, "bytes": bytes, "toolsets": out })
+}
+
+/// An artifact store failure as an API error: what the client may know, the rest in the log.
+fn artifact_error(err: artifacts::ArtifactError) -> ApiError {
+    match err {
+        artifacts::ArtifactError::NotFound(path) => ApiError::new(ErrorCode::NotFound, format!("no artifact {path}")),
+        artifacts::ArtifactError::InvalidPath { .. } => {
+            ApiError::new(ErrorCode::InvalidRequest, "an artifact path is <family>/<name>/…: plain names only")
+        }
+        artifacts::ArtifactError::TooLarge { path, limit } => {
+            ApiError::new(ErrorCode::PayloadTooLarge, format!("artifact {path} is larger than {limit} bytes"))
+        }
+        other => {
+            tracing::error!(error = %other, "artifact store failure");
+            ApiError::new(ErrorCode::Unavailable, "the artifact store did not answer; see the server log")
+        }
+    }
 }
 
 /// `POST /api/metrics/snapshot`: writes the summary and this process's Prometheus text to
@@ -395,23 +408,20 @@ async fn snapshot(State(state): State<AppState>) -> Result<impl IntoResponse, Ap
     let summary = crate::routes::summary_value(&state).await?;
     let stamp = model::artifact::TsAllocator::new(&state.agent_id).next(Utc::now());
     let relative = format!("artifacts/metrics/{stamp}");
-    let dir = api.data_dir.join(&relative);
     let prometheus = (state.metrics)();
-    let write = async {
-        tokio::fs::create_dir_all(&dir).await?;
-        let text = serde_json::to_vec_pretty(&summary).map_err(std::io::Error::other)?;
-        tokio::fs::write(dir.join("summary.json"), text).await?;
-        tokio::fs::write(dir.join("metrics.prom"), prometheus).await
-    };
-    write.await.map_err(|err| {
-        tracing::error!(error = %err, dir = %dir.display(), "could not write a metrics snapshot");
-        ApiError::new(ErrorCode::Internal, "the snapshot could not be written; see the server log")
+    let text = serde_json::to_vec_pretty(&summary)
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "internal error; see the server log"))?;
+    let files = vec![("summary.json".to_owned(), text), ("metrics.prom".to_owned(), prometheus.into_bytes())];
+    api.artifacts.put_all(&relative, files).await.map_err(|err| {
+        tracing::error!(error = %err, "could not write a metrics snapshot");
+        ApiError::new(ErrorCode::Unavailable, "the snapshot could not be written; see the server log")
     })?;
     Ok((axum::http::StatusCode::CREATED, Json(json!({ "path": relative, "files": ["summary.json", "metrics.prom"] }))))
 }
 
 /// Artifact families that may be read through the API.
-const ARTIFACT_FAMILIES: [&str; 6] = ["mcp", "metrics", "gate-run", "full-scenario", "docker-scenario", "decisions"];
+const ARTIFACT_FAMILIES: [&str; 7] =
+    ["mcp", "metrics", "gate-run", "full-scenario", "docker-scenario", "decisions", "codegen"];
 
 /// Largest artifact file served.
 const MAX_ARTIFACT_BYTES: u64 = 64 * 1024 * 1024;
@@ -433,48 +443,35 @@ pub(crate) async fn artifact(
     {
         return Err(refused());
     }
-    let root = api.data_dir.join("artifacts");
-    let not_found = || ApiError::new(ErrorCode::NotFound, format!("no artifact {path}"));
-    let (root, target) = match (tokio::fs::canonicalize(&root).await, tokio::fs::canonicalize(root.join(&path)).await) {
-        (Ok(root), Ok(target)) => (root, target),
-        _ => return Err(not_found()),
-    };
-    if !target.starts_with(&root) {
-        return Err(refused());
-    }
-    let meta = tokio::fs::metadata(&target).await.map_err(|_| not_found())?;
-    if meta.is_dir() {
-        let mut files = Vec::new();
-        let mut entries = tokio::fs::read_dir(&target).await.map_err(|_| not_found())?;
-        while let Ok(Some(entry)) = entries.next_entry().await {
-            let meta = entry.metadata().await.ok();
-            files.push(json!({
-                "name": entry.file_name().to_string_lossy(),
-                "dir": meta.as_ref().is_some_and(|m| m.is_dir()),
-                "bytes": meta.as_ref().map_or(0, |m| m.len()),
-            }));
-            if files.len() >= 10_000 {
-                break;
-            }
-        }
-        files.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-        return Ok(Json(json!({ "path": path, "entries": files })).into_response());
-    }
-    if meta.len() > MAX_ARTIFACT_BYTES {
-        return Err(ApiError::new(
+    let relative = format!("artifacts/{path}");
+    match api.artifacts.size(&relative).await.map_err(artifact_error)? {
+        Some(size) if size > MAX_ARTIFACT_BYTES => Err(ApiError::new(
             ErrorCode::PayloadTooLarge,
             format!("artifact {path} is larger than {MAX_ARTIFACT_BYTES} bytes"),
-        ));
+        )),
+        Some(_) => {
+            let bytes = api.artifacts.get(&relative, MAX_ARTIFACT_BYTES).await.map_err(artifact_error)?;
+            let kind = match path.rsplit_once('.').map(|(_, ext)| ext) {
+                Some("json") => "application/json",
+                Some("png") => "image/png",
+                Some("jpg") => "image/jpeg",
+                Some("gif") => "image/gif",
+                Some("webp") => "image/webp",
+                Some("prom" | "txt" | "log") => "text/plain; charset=utf-8",
+                _ => "application/octet-stream",
+            };
+            Ok(([(axum::http::header::CONTENT_TYPE, kind)], bytes).into_response())
+        }
+        None => {
+            let entries = api.artifacts.list(&relative).await.map_err(|err| match err {
+                artifacts::ArtifactError::NotFound(_) => {
+                    ApiError::new(ErrorCode::NotFound, format!("no artifact {path}"))
+                }
+                other => artifact_error(other),
+            })?;
+            let files: Vec<Value> =
+                entries.iter().map(|e| json!({ "name": e.name, "dir": e.dir, "bytes": e.bytes })).collect();
+            Ok(Json(json!({ "path": path, "entries": files })).into_response())
+        }
     }
-    let bytes = tokio::fs::read(&target).await.map_err(|_| not_found())?;
-    let kind = match target.extension().and_then(|e| e.to_str()) {
-        Some("json") => "application/json",
-        Some("png") => "image/png",
-        Some("jpg") => "image/jpeg",
-        Some("gif") => "image/gif",
-        Some("webp") => "image/webp",
-        Some("prom" | "txt" | "log") => "text/plain; charset=utf-8",
-        _ => "application/octet-stream",
-    };
-    Ok(([(axum::http::header::CONTENT_TYPE, kind)], bytes).into_response())
 }

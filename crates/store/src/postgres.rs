@@ -956,27 +956,38 @@ SELECT count(*) FROM upd"#
             .await
             .map_err(db("pruning finished messages"))?
             .rows_affected();
-        // Whole days older than the cut go as partitions; the rest row by row.
-        let partitions: Vec<String> = sqlx::query_scalar(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent \
-             WHERE p.relname = 'bus_events' AND c.relname ~ '^bus_events_[0-9]{8}$' AND to_date(substr(c.relname, 12), 'YYYYMMDD') + 1 <= $1::date",
-        )
-        .bind(cut)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("finding old event partitions"))?;
+        // Whole days older than the cut go as partitions; the rest row by row. One process at a
+        // time drops partitions (the others skip that part this round), so two processes never
+        // race to count or drop the same partition.
+        let mut tx = self.pool.begin().await.map_err(db("pruning old events"))?;
         let mut removed = messages;
-        for partition in partitions {
-            let count: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM \"{partition}\"")))
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db("counting an old event partition"))?;
-            sqlx::query(AssertSqlSafe(format!("DROP TABLE \"{partition}\"")))
-                .execute(&self.pool)
-                .await
-                .map_err(db("dropping an old event partition"))?;
-            removed += count as u64;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(PRUNE_LOCK)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("taking the pruning lock"))?;
+        if locked {
+            let partitions: Vec<String> = sqlx::query_scalar(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent \
+                 WHERE p.relname = 'bus_events' AND c.relname ~ '^bus_events_[0-9]{8}$' AND to_date(substr(c.relname, 12), 'YYYYMMDD') + 1 <= $1::date",
+            )
+            .bind(cut)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("finding old event partitions"))?;
+            for partition in partitions {
+                let count: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM \"{partition}\"")))
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db("counting an old event partition"))?;
+                sqlx::query(AssertSqlSafe(format!("DROP TABLE \"{partition}\"")))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("dropping an old event partition"))?;
+                removed += count as u64;
+            }
         }
+        tx.commit().await.map_err(db("dropping old event partitions"))?;
         removed += sqlx::query("DELETE FROM bus_events WHERE created_at < $1")
             .bind(cut)
             .execute(&self.pool)
@@ -995,6 +1006,9 @@ SELECT count(*) FROM upd"#
         self.pool.close().await;
     }
 }
+
+/// The advisory lock key that lets one process at a time drop old event partitions ("cogoprun").
+const PRUNE_LOCK: i64 = 0x636f_676f_7072_756e;
 
 /// Applies failures (retry or dead-letter) to claimed rows held by the given agents, with events.
 async fn fail_rows(

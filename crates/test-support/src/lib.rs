@@ -89,6 +89,32 @@ pub fn redis_url() -> String {
     std::env::var("COGO_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
+/// The S3-compatible server the artifact store tests use: `COGO_TEST_S3_ENDPOINT`, or the moto
+/// server `scripts/s3 start` runs on port 9310 (with the bucket `cogo-test`).
+pub fn s3_endpoint() -> String {
+    std::env::var("COGO_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9310".to_owned())
+}
+
+/// A fresh place on the test S3 server: `s3://cogo-test/<unique prefix>`.
+pub fn s3_url() -> String {
+    format!("s3://cogo-test/t-{}", model::new_id().simple())
+}
+
+/// The `AWS_*` settings that reach the test S3 server (its credentials are not checked), as
+/// variable names and values: for a child process's environment or an in-process store.
+pub fn s3_settings() -> Vec<(String, String)> {
+    [
+        ("AWS_ENDPOINT_URL", s3_endpoint()),
+        ("AWS_ALLOW_HTTP", "true".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "cogo-test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "cogo-test-secret".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
 /// The PostgreSQL server with pgvector the knowledge tests use: `COGO_TEST_PGVECTOR_URL`, or the
 /// one `scripts/pgvector start` runs on port 5433.
 pub fn pgvector_admin_url() -> String {

@@ -4,7 +4,6 @@
 //! artifact, `artifacts/codegen/<trace_id>/<message_id>.<ext>`. Payload:
 //! `{"task": "…", "language": "python"}`.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,13 +38,13 @@ fn default_language() -> String {
 pub struct CodegenHandler {
     llm: Arc<dyn LlmClient>,
     policy: Arc<AgentPolicy>,
-    data_dir: PathBuf,
+    artifacts: artifacts::Artifacts,
 }
 
 impl CodegenHandler {
-    /// Asking `llm`, checking with `policy`'s checkers, writing under `data_dir/artifacts/codegen/`.
-    pub fn new(llm: Arc<dyn LlmClient>, policy: Arc<AgentPolicy>, data_dir: PathBuf) -> Self {
-        Self { llm, policy, data_dir }
+    /// Asking `llm`, checking with `policy`'s checkers, writing under `artifacts/codegen/` of `artifacts`.
+    pub fn new(llm: Arc<dyn LlmClient>, policy: Arc<AgentPolicy>, artifacts: artifacts::Artifacts) -> Self {
+        Self { llm, policy, artifacts }
     }
 }
 
@@ -73,7 +72,7 @@ impl worker::Handler for CodegenHandler {
     fn handle(&self, message: model::Message) -> BoxFuture<'static, Result<HandlerOutput, HandlerError>> {
         let llm = self.llm.clone();
         let policy = self.policy.clone();
-        let data_dir = self.data_dir.clone();
+        let artifacts = self.artifacts.clone();
         Box::pin(async move {
             let request: Request = serde_json::from_value(message.payload.clone()).map_err(|e| {
                 HandlerError::new(ErrorKind::InvalidInput, format!("codegen payload must be {{task, language?}}: {e}"))
@@ -135,15 +134,10 @@ impl worker::Handler for CodegenHandler {
                 complaint = Some((code, error));
             };
             let relative = format!("artifacts/codegen/{}/{}.{}", message.trace_id, message.id, checker.extension);
-            let path = data_dir.join(&relative);
-            if let Some(parent) = path.parent() {
-                tokio::fs::create_dir_all(parent)
-                    .await
-                    .map_err(|e| HandlerError::new(ErrorKind::Internal, format!("writing the artifact: {e}")))?;
-            }
-            tokio::fs::write(&path, &code)
+            artifacts
+                .put(&relative, code.clone().into_bytes())
                 .await
-                .map_err(|e| HandlerError::new(ErrorKind::Internal, format!("writing the artifact: {e}")))?;
+                .map_err(|e| HandlerError::new(ErrorKind::Transport, format!("writing the artifact: {e}")))?;
             let result = json!({
                 "language": request.language,
                 "path": relative,

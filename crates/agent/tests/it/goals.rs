@@ -58,7 +58,7 @@ async fn browser_goal_reports_the_page_title_and_replays_identically() {
     }
 
     // the decisions tell the story, each with its model, prompt hash and output
-    let decisions = node.decisions(&goal);
+    let decisions = node.decisions(&goal).await;
     let kinds: Vec<&str> = decisions.iter().map(|d| d.kind.as_str()).collect();
     assert_eq!(kinds.first(), Some(&"registry"), "{kinds:?}");
     assert!(kinds.contains(&"plan") && kinds.contains(&"select") && kinds.contains(&"evaluate"), "{kinds:?}");
@@ -112,7 +112,7 @@ async fn a_goal_whose_tool_keeps_failing_ends_with_a_clear_failure() {
     assert!(error.contains("failed") && error.contains("replan budget (1) is spent"), "{error}");
     let state = agent::GoalState::from_value(&done.state, budget).expect("state");
     assert_eq!(state.used.replans, 1, "it replanned once before giving up");
-    let decisions = node.decisions(&goal);
+    let decisions = node.decisions(&goal).await;
     assert!(decisions.iter().any(|d| d.kind.as_str() == "replan"));
     assert_eq!(decisions.last().map(|d| d.kind.as_str()), Some("finish"));
     node.stop().await;

@@ -74,7 +74,12 @@ impl Node {
     ) -> Self {
         let policies = Arc::new(resilience::Policies::seed());
         let breakers = Arc::new(resilience::Breakers::new(policies.clone(), None));
-        let gateway = Arc::new(mcp::Gateway::new(toolsets, breakers, data_dir.to_path_buf(), "t"));
+        let gateway = Arc::new(mcp::Gateway::new(
+            toolsets,
+            breakers,
+            artifacts::Artifacts::local(data_dir).expect("artifact store"),
+            "t",
+        ));
         let embedder = embedder();
         let env = Arc::new(agent::bus::BusEnvironment::new(
             store.clone(),
@@ -87,7 +92,7 @@ impl Node {
                 llm.clone(),
                 env,
                 policy.clone(),
-                agent::DecisionLog::new(data_dir),
+                agent::DecisionLog::new(artifacts::Artifacts::local(data_dir).expect("artifact store")),
                 Some(embedder),
             )
             .with_max_poll(Duration::from_millis(100)),
@@ -107,7 +112,7 @@ impl Node {
                 Arc::new(agent::roles::codegen::CodegenHandler::new(
                     llm.clone(),
                     policy.clone(),
-                    data_dir.to_path_buf(),
+                    artifacts::Artifacts::local(data_dir).expect("artifact store"),
                 )),
             ),
         ];
@@ -171,8 +176,9 @@ impl Node {
         self.settle(goal, limit).await
     }
 
-    pub(crate) fn decisions(&self, goal: &Goal) -> Vec<agent::Decision> {
-        agent::DecisionLog::new(&self.data_dir).read(&goal.trace_id).expect("decisions")
+    pub(crate) async fn decisions(&self, goal: &Goal) -> Vec<agent::Decision> {
+        let artifacts = artifacts::Artifacts::local(&self.data_dir).expect("artifact store");
+        agent::DecisionLog::new(artifacts).read(&goal.trace_id).await.expect("decisions")
     }
 
     pub(crate) async fn stop(self) {

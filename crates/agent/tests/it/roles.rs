@@ -98,7 +98,11 @@ async fn execution_runs_only_allowed_commands_without_a_shell() {
 async fn codegen_delivers_code_that_the_checker_accepts_or_says_why_not() {
     let scratch = super::Scratch::new();
     let policy = policy(|_| {});
-    let handler = agent::roles::codegen::CodegenHandler::new(local_llm(), policy, scratch.0.clone());
+    let handler = agent::roles::codegen::CodegenHandler::new(
+        local_llm(),
+        policy,
+        artifacts::Artifacts::local(&scratch.0).expect("artifact store"),
+    );
     let msg =
         message("codegen", json!({"task": "A Python function add(a, b) that returns a + b", "language": "python"}));
     match handler.handle(msg.clone()).await {

@@ -148,6 +148,7 @@ pub async fn run(global: &Global, args: ChaosArgs) -> anyhow::Result<()> {
     });
     let stages: Vec<Stage> = scenarios.iter().map(|s| s.stage.clone()).collect();
     super::write_reports(&dir, &report, "cogo gate chaos", &stages, started.elapsed(), args.junit.as_deref())?;
+    super::publish(global, &[dir_rel.as_str()]).await;
 
     let mut out = std::io::stdout().lock();
     if args.json {

@@ -284,6 +284,7 @@ fn crate_boundaries_hold() {
         ("secrets", &["axum", "rmcp", "clap", "anyhow", "server", "worker", "mcp", "sqlx"]),
         ("llm", &["axum", "rmcp", "clap", "anyhow", "store", "server", "worker", "mcp", "sqlx", "knowledge"]),
         ("agent", &["axum", "rmcp", "clap", "anyhow", "server", "sqlx"]),
+        ("artifacts", &["axum", "rmcp", "clap", "anyhow", "store", "server", "worker", "mcp", "sqlx", "aws-lc-rs"]),
     ];
     for (krate, banned) in forbidden {
         let actual = deps(krate);
@@ -1024,4 +1025,107 @@ fn an_edge_worker_drains_over_https_stops_gracefully_and_when_its_token_is_revok
     let (status, said) = ended(&mut edge, std::time::Duration::from_secs(60));
     assert_eq!(status.code(), Some(1), "{said}");
     assert!(said.contains("revoked") || said.contains("401"), "{said}");
+}
+
+/// The distributed mode's artifacts: `cogo serve` and a separate `cogo worker --roles gateway` on
+/// one PostgreSQL, both with `--artifacts-url s3://…` (a real S3-compatible server). The worker's
+/// MCP call writes its artifacts to the bucket, the server (another process, another data dir)
+/// lists and serves them, and neither writes artifacts to its own disk. A bucket that does not
+/// exist stops a worker at start with exit code 2 and what to check.
+#[test]
+fn artifacts_on_s3_are_shared_by_the_server_and_its_workers() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let database = runtime.block_on(test_support::postgres());
+    let url = database.url.clone();
+    let bucket = test_support::s3_url();
+    let configs = tempfile::tempdir().expect("configs");
+    let config = serde_json::json!({ "toolsets": {
+        "everything": { "command": "node", "args": [test_support::everything_js(), "stdio"], "timeout_ms": 20000 }
+    }});
+    std::fs::write(configs.path().join("mcp.json"), config.to_string()).expect("mcp.json");
+    let (server_data, worker_data) = (tempfile::tempdir().expect("data"), tempfile::tempdir().expect("data"));
+    let cogo_on = |data: &Path, artifacts: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cogo"));
+        command
+            .arg("--config-dir")
+            .arg(configs.path())
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--database-url", &url, "--artifacts-url", artifacts, "--log", "warn"])
+            .envs(test_support::s3_settings());
+        command
+    };
+    // a bucket that is not there: the worker does not start, and says what to check
+    let missing = format!("s3://no-such-bucket-{}", &model::new_id().simple().to_string()[20..]);
+    let out = cogo_on(worker_data.path(), &missing).args(["worker", "--roles", "gateway"]).output().expect("worker");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--artifacts-url") && text(&out).contains("no-such-bucket"), "{}", text(&out));
+    assert!(!text(&out).contains("cogo-test-secret"), "{}", text(&out));
+    let doctor = cogo_on(worker_data.path(), &missing).arg("doctor").output().expect("doctor");
+    assert!(!doctor.status.success() && text(&doctor).contains("no-such-bucket"), "{}", text(&doctor));
+    let doctor = cogo_on(worker_data.path(), &bucket).arg("doctor").output().expect("doctor");
+    assert!(
+        text(&doctor).contains(&format!("{} at", bucket)) && text(&doctor).contains("writable"),
+        "{}",
+        text(&doctor)
+    );
+    let port = test_support::free_port();
+    let _serve = dashboard::Up(
+        cogo_on(server_data.path(), &bucket)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--api-tokens", "reader"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("cogo serve"),
+    );
+    let _worker = dashboard::Up(
+        cogo_on(worker_data.path(), &bucket)
+            .args(["worker", "--roles", "gateway", "--concurrency", "2"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("cogo worker"),
+    );
+    assert!(
+        (0..150).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            test_support::http_ready(port, "/readyz")
+        }),
+        "cogo serve did not start"
+    );
+    let payload = r#"{"toolset": "everything", "tool": "echo", "params": {"message": "written by the worker"}}"#;
+    let enqueued = cogo_on(server_data.path(), &bucket)
+        .args(["enqueue", "--service", "mcp", "--role", "gateway", "--intent", "mcp_call", "--payload", payload])
+        .output()
+        .expect("enqueue");
+    assert!(enqueued.status.success(), "{}", text(&enqueued));
+    let mut done = None;
+    for _ in 0..300 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let listed = cogo_on(server_data.path(), &bucket)
+            .args(["messages", "--status", "done", "--limit", "1", "--json"])
+            .output()
+            .expect("messages");
+        if let Some(line) = String::from_utf8_lossy(&listed.stdout).lines().next() {
+            done = Some(serde_json::from_str::<serde_json::Value>(line).expect("json"));
+            break;
+        }
+    }
+    let Some(done) = done else {
+        let listed = cogo_on(server_data.path(), &bucket).args(["messages", "--json"]).output().expect("messages");
+        panic!("the worker did not complete the MCP call: {}", text(&listed));
+    };
+    let dir = done["result"]["artifacts"].as_str().expect("an artifacts directory").to_owned();
+    let dir = dir.trim_start_matches("artifacts/");
+    let bearer = [("Authorization", "Bearer reader")];
+    let listing = http(port, "GET", &format!("/api/artifacts/{dir}"), &bearer, "");
+    assert!(listing.starts_with("HTTP/1.1 200"), "{listing}");
+    assert!(listing.contains("request.json") && listing.contains("summary.json"), "{listing}");
+    let response = http(port, "GET", &format!("/api/artifacts/{dir}/response.json"), &bearer, "");
+    assert!(response.starts_with("HTTP/1.1 200") && response.contains("written by the worker"), "{response}");
+    let summary = http(port, "GET", "/api/metrics/mcp/artifacts/summary", &bearer, "");
+    assert!(summary.contains(r#""store":"s3""#) && summary.contains(r#""everything""#), "{summary}");
+    for data in [server_data.path(), worker_data.path()] {
+        assert!(!data.join("artifacts/mcp").exists(), "artifacts written to the local disk of {}", data.display());
+    }
 }

@@ -36,7 +36,15 @@ fn gateway(
 ) -> (mcp::Gateway, Arc<resilience::Breakers>) {
     let breakers = Arc::new(resilience::Breakers::new(policies, None));
     let toolsets = toolsets.into_iter().map(|(name, t)| (name.to_owned(), t)).collect();
-    (mcp::Gateway::new(toolsets, breakers.clone(), data_dir.to_path_buf(), "t"), breakers)
+    (
+        mcp::Gateway::new(
+            toolsets,
+            breakers.clone(),
+            artifacts::Artifacts::local(data_dir).expect("artifact store"),
+            "t",
+        ),
+        breakers,
+    )
 }
 
 fn call(toolset: &str, tool: &str, params: serde_json::Value) -> mcp::McpCall {

@@ -155,7 +155,12 @@ async fn gateway_worker_runs_mcp_calls_from_the_bus() {
     let toolsets = [("everything".to_owned(), stdio())].into_iter().collect();
     let policies = Arc::new(resilience::Policies::seed());
     let breakers = Arc::new(resilience::Breakers::new(policies.clone(), None));
-    let gateway = Arc::new(mcp::Gateway::new(toolsets, breakers, data_dir.clone(), "test"));
+    let gateway = Arc::new(mcp::Gateway::new(
+        toolsets,
+        breakers,
+        artifacts::Artifacts::local(&data_dir).expect("artifact store"),
+        "test",
+    ));
     let handler = mcp::GatewayHandler::new(gateway, 64 * 1024);
     let retry: worker::RetryResolver = Arc::new(move |m: &model::Message| policies.retry(&worker::policy_key(m)));
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -241,8 +246,13 @@ fn scrubbed_values_leave_no_trace_in_keys_or_after_replacement() {
     let retry = model::config::parse::<model::config::RetryFile>("retry_policy.json", "{}").expect("retry");
     let breaker = model::config::parse::<model::config::BreakerFile>("circuit_breaker.json", "{}").expect("breaker");
     let breakers = Arc::new(resilience::Breakers::new(Arc::new(resilience::Policies::new(&retry, &breaker)), None));
-    let gateway = mcp::Gateway::new(Default::default(), breakers, tempfile_dir(), "t")
-        .with_scrubbed_values(["tent".to_owned(), "x***".to_owned()]);
+    let gateway = mcp::Gateway::new(
+        Default::default(),
+        breakers,
+        artifacts::Artifacts::local(&tempfile_dir()).expect("artifact store"),
+        "t",
+    )
+    .with_scrubbed_values(["tent".to_owned(), "x***".to_owned()]);
     let (kept, images) = gateway.answer_artifacts(json!({"result": {"content": "intent", "xx***": 1}}));
     assert!(images.is_empty());
     assert_eq!(kept, json!({"result": {"con***": "in***", "***": 1}}));
@@ -271,7 +281,7 @@ async fn breaker_opens_on_a_dead_toolset_and_a_probe_closes_it() {
     let gateway = mcp::Gateway::new(
         [("flaky".to_owned(), config)].into_iter().collect(),
         breakers.clone(),
-        data_dir.clone(),
+        artifacts::Artifacts::local(&data_dir).expect("artifact store"),
         "t",
     );
     let call = mcp::McpCall { toolset: "flaky".into(), tool: "echo".into(), params: json!({"message": "x"}) };
@@ -307,4 +317,38 @@ async fn breaker_opens_on_a_dead_toolset_and_a_probe_closes_it() {
     let circuits = t.store.circuits().await.expect("circuits");
     assert_eq!((circuits.len(), circuits[0].state.as_str()), (1, "closed"));
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// Artifacts on S3: a call writes its files to the bucket; when the bucket cannot be reached (after
+/// the store's retries), the call still answers, and says why its artifacts are missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_write_artifacts_to_s3_and_answer_when_the_bucket_is_unreachable() {
+    use std::sync::Arc;
+    let gateway_on = |store: artifacts::Artifacts| {
+        let breakers = Arc::new(resilience::Breakers::new(Arc::new(resilience::Policies::seed()), None));
+        mcp::Gateway::new([("everything".to_owned(), stdio())].into_iter().collect(), breakers, store, "s3")
+    };
+    let call = mcp::McpCall { toolset: "everything".into(), tool: "echo".into(), params: json!({"message": "s3"}) };
+    let url = test_support::s3_url();
+    let store = artifacts::Artifacts::s3_with_settings(&url, test_support::s3_settings()).expect("store");
+    let answer = gateway_on(store.clone()).call_once(&call, &mcp::CallContext::default()).await.expect("call");
+    assert_eq!(answer.artifacts_error, None);
+    let files = store.list(&answer.artifact_dir).await.expect("listing");
+    let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["request.json", "response.json", "summary.json"]);
+    let response = store.get(&format!("{}/response.json", answer.artifact_dir), 1 << 20).await.expect("response");
+    assert!(String::from_utf8_lossy(&response).contains("Echo: s3"));
+    // nothing listens on port 9 of loopback
+    let mut settings = test_support::s3_settings();
+    for (key, value) in &mut settings {
+        if key == "AWS_ENDPOINT_URL" {
+            *value = "http://127.0.0.1:9".into();
+        }
+    }
+    let unreachable = artifacts::Artifacts::s3_with_settings(&url, settings).expect("store");
+    let answer = gateway_on(unreachable).call_once(&call, &mcp::CallContext::default()).await.expect("call");
+    assert!(answer.result.to_string().contains("Echo: s3"), "{}", answer.result);
+    let why = answer.artifacts_error.expect("the missing artifacts are explained");
+    assert!(why.contains("could not write the artifacts") && why.contains("127.0.0.1:9"), "{why}");
+    assert!(!why.contains("cogo-test-secret"), "{why}");
 }

@@ -63,13 +63,23 @@ async fn serve_with(
     let config: model::config::McpConfig = serde_json::from_value(json!({ "toolsets": {} })).expect("mcp config");
     let policies = Arc::new(resilience::Policies::seed());
     let breakers = Arc::new(resilience::Breakers::new(policies.clone(), None));
-    let gateway = Arc::new(mcp::Gateway::new(config.toolsets.clone(), breakers, data_dir.clone(), "abuse"));
+    let gateway = Arc::new(mcp::Gateway::new(
+        config.toolsets.clone(),
+        breakers,
+        artifacts::Artifacts::local(&data_dir).expect("artifact store"),
+        "abuse",
+    ));
     let mut state = crate::state(
         &t.store,
-        Some(Arc::new(server::McpApi { gateway, policies, config, data_dir: data_dir.clone() })),
+        Some(Arc::new(server::McpApi {
+            gateway,
+            policies,
+            config,
+            artifacts: artifacts::Artifacts::local(&data_dir).expect("artifact store"),
+        })),
     );
     state.goals = Some(Arc::new(server::GoalsApi {
-        data_dir: data_dir.clone(),
+        artifacts: artifacts::Artifacts::local(&data_dir).expect("artifact store"),
         budget: model::config::agent::Budget::default(),
     }));
     state.knowledge = knowledge;

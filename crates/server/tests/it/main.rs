@@ -28,7 +28,8 @@ fn state(store: &store::Store, mcp: Option<Arc<server::McpApi>>) -> server::AppS
         mcp,
         knowledge: None,
         goals: Some(Arc::new(server::GoalsApi {
-            data_dir: std::env::temp_dir().join("cogo-server-tests"),
+            artifacts: artifacts::Artifacts::local(&std::env::temp_dir().join("cogo-server-tests"))
+                .expect("artifact store"),
             budget: model::config::agent::Budget::default(),
         })),
         shared_limits: None,

@@ -22,16 +22,22 @@ impl Drop for Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_on(None).await
+}
+
+/// The routes over a gateway writing to `store`, or to the fixture's data dir.
+async fn fixture_on(store: Option<artifacts::Artifacts>) -> Fixture {
     let t = test_support::sqlite().await;
     let data_dir = std::env::temp_dir().join(format!("cogo-api-mcp-{}", model::new_id().simple()));
+    let store = store.unwrap_or_else(|| artifacts::Artifacts::local(&data_dir).expect("artifact store"));
     let config: model::config::McpConfig = serde_json::from_value(json!({ "toolsets": {
         "everything": { "command": "node", "args": [test_support::everything_js(), "stdio"], "env": { "API_KEY": "sk-very-secret" } }
     }}))
     .expect("mcp config");
     let policies = Arc::new(resilience::Policies::seed());
     let breakers = Arc::new(resilience::Breakers::new(policies.clone(), None));
-    let gateway = Arc::new(mcp::Gateway::new(config.toolsets.clone(), breakers, data_dir.clone(), "api"));
-    let mcp = server::McpApi { gateway, policies, config, data_dir: data_dir.clone() };
+    let gateway = Arc::new(mcp::Gateway::new(config.toolsets.clone(), breakers, store.clone(), "api"));
+    let mcp = server::McpApi { gateway, policies, config, artifacts: store };
     let state = super::state(&t.store, Some(Arc::new(mcp)));
     Fixture { app: server::router(state, server::Limits::default()), t, data_dir }
 }
@@ -92,6 +98,55 @@ async fn direct_calls_answer_and_show_up_in_the_mcp_figures() {
     let path = f.data_dir.join(snapshot["path"].as_str().expect("path")).join("summary.json");
     let written: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("snapshot file")).expect("json");
     assert_eq!(written["summary"]["mcp"]["calls"].as_u64(), Some(2));
+}
+
+/// With the artifacts on S3-compatible storage (a real moto server): the gateway's files, the
+/// listing, the file download, the artifacts summary and a metrics snapshot all go through the
+/// bucket, another process's handle on the same bucket sees them, and nothing lands on local disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_on_s3_are_written_listed_served_and_summed() {
+    let url = test_support::s3_url();
+    let store = artifacts::Artifacts::s3_with_settings(&url, test_support::s3_settings()).expect("s3 store");
+    store.probe("api").await.expect("the test S3 server answers (scripts/s3 start)");
+    let f = fixture_on(Some(store)).await;
+    let (status, body) =
+        send(&f.app, "POST", "/api/mcp/everything/echo", &[ADMIN], r#"{"params": {"message": "to the bucket"}}"#).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let dir = body["artifacts"].as_str().expect("artifact dir").to_owned();
+    let (_, failed) = send(&f.app, "POST", "/api/mcp/everything/no-such-tool", &[ADMIN], "{}").await;
+    assert_eq!(failed["ok"], false, "{failed}");
+    let api_dir = dir.trim_start_matches("artifacts/");
+    let (status, listing) = send(&f.app, "GET", &format!("/api/artifacts/{api_dir}"), &[TOKEN], "").await;
+    assert_eq!(status, StatusCode::OK, "{listing}");
+    let names: Vec<&str> =
+        listing["entries"].as_array().expect("entries").iter().filter_map(|e| e["name"].as_str()).collect();
+    assert_eq!(names, ["request.json", "response.json", "summary.json"], "{listing}");
+    let (status, response) =
+        send(&f.app, "GET", &format!("/api/artifacts/{api_dir}/response.json"), &[TOKEN], "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(response.to_string().contains("to the bucket"), "{response}");
+    let (status, request) = send(&f.app, "GET", &format!("/api/artifacts/{api_dir}/request.json"), &[TOKEN], "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(request["params"]["message"], "to the bucket", "{request}");
+    let (status, _) = send(&f.app, "GET", &format!("/api/artifacts/{api_dir}/nope.json"), &[TOKEN], "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, summary) = send(&f.app, "GET", "/api/metrics/mcp/artifacts/summary", &[TOKEN], "").await;
+    let everything = &summary["artifacts"]["toolsets"]["everything"];
+    assert_eq!((everything["calls"].as_u64(), everything["errors"].as_u64()), (Some(2), Some(1)), "{summary}");
+    assert_eq!(summary["store"], "s3", "{summary}");
+    let (status, snapshot) = send(&f.app, "POST", "/api/metrics/snapshot", &[ADMIN], "").await;
+    assert_eq!(status, StatusCode::CREATED, "{snapshot}");
+    let snapshot_dir = snapshot["path"].as_str().expect("path").trim_start_matches("artifacts/").to_owned();
+    let (status, written) =
+        send(&f.app, "GET", &format!("/api/artifacts/{snapshot_dir}/summary.json"), &[TOKEN], "").await;
+    assert_eq!(status, StatusCode::OK, "{written}");
+    assert_eq!(written["summary"]["mcp"]["calls"].as_u64(), Some(2), "{written}");
+    // another process on the same bucket and prefix reads the same files
+    let other = artifacts::Artifacts::s3_with_settings(&url, test_support::s3_settings()).expect("s3 store");
+    let bytes = other.get(&format!("{dir}/summary.json"), 1 << 20).await.expect("summary from the bucket");
+    let call_summary: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(call_summary["status"], "ok", "{call_summary}");
+    assert!(!f.data_dir.join("artifacts").exists(), "nothing is written to the local disk");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
