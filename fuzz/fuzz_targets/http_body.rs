@@ -178,7 +178,8 @@ async fn start() -> App {
     // a toolset without a usable transport: its calls fail at once, with no process and no socket
     let toolsets: std::collections::BTreeMap<String, model::config::mcp::Toolset> =
         [("fuzz".to_owned(), model::config::mcp::Toolset::at_url("unix:/nowhere", 1_000))].into();
-    let gateway = Arc::new(mcp::Gateway::new(toolsets.clone(), breakers, data_dir.clone(), "fuzz"));
+    let artifacts = artifacts::Artifacts::local(&data_dir).expect("an artifact store");
+    let gateway = Arc::new(mcp::Gateway::new(toolsets.clone(), breakers, artifacts.clone(), "fuzz"));
     let state = server::AppState {
         store: store.store.clone(),
         routes: Arc::new(routes),
@@ -190,10 +191,10 @@ async fn start() -> App {
             gateway,
             policies,
             config: model::config::McpConfig { toolsets },
-            data_dir: data_dir.clone(),
+            artifacts: artifacts.clone(),
         })),
         knowledge: Some(Arc::new(server::KnowledgeApi { embedder: Arc::new(HashEmbedder) })),
-        goals: Some(Arc::new(server::GoalsApi { data_dir, budget: model::config::agent::Budget::default() })),
+        goals: Some(Arc::new(server::GoalsApi { artifacts, budget: model::config::agent::Budget::default() })),
         shared_limits: None,
     };
     let limits = server::Limits { rate_per_second: 0, ..server::Limits::default() };

@@ -18,7 +18,12 @@ fuzz_target!(|data: &[u8]| {
     // WebSocket text frames are UTF-8 (the transport checks before the client sees them)
     let Ok(text) = std::str::from_utf8(data) else { return };
     let (secret, frame) = text.split_once('\n').unwrap_or(("", text));
-    let gateway = mcp::Gateway::new(Default::default(), breakers(), std::env::temp_dir(), "fuzz")
+    let gateway = mcp::Gateway::new(
+        Default::default(),
+        breakers(),
+        artifacts::Artifacts::local(&std::env::temp_dir()).expect("an artifact store"),
+        "fuzz",
+    )
         .with_scrubbed_values([secret.to_owned()]);
     // the gateway ignores values under 4 characters: they would blank ordinary text
     let secret = (secret.chars().count() >= 4).then_some(secret);

@@ -32,8 +32,10 @@ pub async fn run(global: &Global, args: WorkerArgs, roles: Vec<&'static Role>) -
             .collect();
         format!("{host}-{}", &model::new_id().simple().to_string()[26..])
     });
-    // breakers work locally; their transitions are not recorded (there is no store here)
-    let breakers = Arc::new(resilience::Breakers::new(policies.clone(), None));
+    // breakers work locally; their transitions are recorded through the server (forwarded once the
+    // link is up, kept in order meanwhile)
+    let (transitions, transitions_rx) = tokio::sync::mpsc::unbounded_channel();
+    let breakers = Arc::new(resilience::Breakers::new(policies.clone(), Some(transitions)));
     let instance = name.rsplit('-').next().unwrap_or("0").to_owned();
     // the edge host's own store: its data dir, or the shared object store when it can reach one
     let artifacts = crate::settings::open_artifacts(global, &instance).await?;
@@ -92,6 +94,7 @@ pub async fn run(global: &Global, args: WorkerArgs, roles: Vec<&'static Role>) -
         Err(err) => return Err(ExitWith(2, format!("error: {err}")).into()),
     };
     let agent_id = queue.agent_id().to_owned();
+    let forwarder = tokio::spawn(forward_transitions(queue.clone(), transitions_rx));
     let retry: worker::RetryResolver = {
         let policies = policies.clone();
         Arc::new(move |message: &model::Message| policies.retry(&worker::policy_key(message)))
@@ -158,11 +161,39 @@ pub async fn run(global: &Global, args: WorkerArgs, roles: Vec<&'static Role>) -
     for task in tasks {
         let _ = task.await;
     }
+    // the last transitions go out once the breakers (owned by the gateway) are gone
     drop(gateway);
+    if tokio::time::timeout(std::time::Duration::from_secs(5), forwarder).await.is_err() {
+        tracing::warn!("circuit transitions still pending at shutdown were not recorded");
+    }
     drop(queue);
     tracing::info!("stopped");
     match refused {
         Some(why) => Err(ExitWith(1, format!("error: the server refused this edge worker: {why}")).into()),
         None => Ok(()),
+    }
+}
+
+/// Sends each circuit transition of this worker's breakers to the server, in order; a transient
+/// failure (the link is down) is retried every second for up to a minute, a refusal is logged.
+async fn forward_transitions(
+    queue: edge::EdgeQueue,
+    mut transitions: tokio::sync::mpsc::UnboundedReceiver<resilience::TransitionRecord>,
+) {
+    while let Some(record) = transitions.recv().await {
+        let mut attempts = 0;
+        loop {
+            match queue.record_circuit(&record.key, record.transition, record.open_until).await {
+                Ok(()) => break,
+                Err(err) if err.transient && attempts < 60 => {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                Err(err) => {
+                    tracing::warn!(key = %record.key, error = %err.message, "a circuit transition was not recorded");
+                    break;
+                }
+            }
+        }
     }
 }

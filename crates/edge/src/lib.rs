@@ -266,6 +266,25 @@ impl EdgeQueue {
     }
 }
 
+impl EdgeQueue {
+    /// Records a transition of one of this worker's circuit breakers on the server (its event and
+    /// the circuit's state, under this worker's agent id). `open_until` is on this host's clock and
+    /// is sent on the server's.
+    pub async fn record_circuit(
+        &self,
+        key: &str,
+        transition: model::breaker::Transition,
+        open_until: Option<DateTime<Utc>>,
+    ) -> Result<(), QueueError> {
+        let offset = chrono::Duration::microseconds(self.inner.clock_offset_us.load(Ordering::Relaxed));
+        let open_until = open_until.map(|at| at + offset);
+        match self.call(|id| ClientFrame::Circuit { id, key: key.to_owned(), transition, open_until }).await? {
+            ServerFrame::Recorded { .. } => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
 fn unexpected(frame: &ServerFrame) -> QueueError {
     QueueError::permanent(format!("the server answered with an unexpected frame: {frame:?}"))
 }
@@ -693,13 +712,17 @@ fn request_id(frame: &ClientFrame) -> u64 {
         | ClientFrame::Extend { id, .. }
         | ClientFrame::Complete { id, .. }
         | ClientFrame::Fail { id, .. }
-        | ClientFrame::Release { id, .. } => *id,
+        | ClientFrame::Release { id, .. }
+        | ClientFrame::Circuit { id, .. } => *id,
     }
 }
 
 fn reply_id(frame: &ServerFrame) -> Option<u64> {
     match frame {
-        ServerFrame::Claimed { id, .. } | ServerFrame::Ids { id, .. } | ServerFrame::Outcomes { id, .. } => Some(*id),
+        ServerFrame::Claimed { id, .. }
+        | ServerFrame::Ids { id, .. }
+        | ServerFrame::Outcomes { id, .. }
+        | ServerFrame::Recorded { id } => Some(*id),
         ServerFrame::Error { id, .. } => *id,
         ServerFrame::Welcome { .. } | ServerFrame::Wake { .. } => None,
     }

@@ -78,8 +78,9 @@ impl BreakerState {
     }
 }
 
-/// A state change, for events and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A state change, for events and metrics (and, from an edge worker, on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Transition {
     /// closed|half-open → open.
     Opened,

@@ -14,8 +14,13 @@ use serde_json::Value;
 
 use crate::{ErrorKind, Message, MessageId};
 
-/// Protocol version; a server refuses a hello with another.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Protocol version this build speaks (2 added [`ClientFrame::Circuit`]).
+pub const PROTOCOL_VERSION: u32 = 2;
+/// Oldest version a server still accepts (a version-1 worker just never records circuits), so
+/// servers can be upgraded before their edge workers.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+/// Longest circuit breaker key a worker may record.
+pub const MAX_BREAKER_KEY: usize = 256;
 /// Largest frame either side accepts, in bytes.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// Most messages one claim may take.
@@ -168,6 +173,19 @@ pub enum ClientFrame {
         /// The messages.
         ids: Vec<MessageId>,
     },
+    /// Records a transition of one of the worker's circuit breakers (its event and the circuit's
+    /// state under the worker's agent id), as a process with a store does itself.
+    Circuit {
+        /// Request id.
+        id: u64,
+        /// The breaker key (at most [`MAX_BREAKER_KEY`] printable characters).
+        key: String,
+        /// What happened.
+        transition: crate::breaker::Transition,
+        /// For an opening: when probing may start, on the server's clock.
+        #[serde(default)]
+        open_until: Option<DateTime<Utc>>,
+    },
 }
 
 /// A frame from the server.
@@ -212,6 +230,11 @@ pub enum ServerFrame {
         /// Worth retrying (the database is away), as opposed to a refused request.
         transient: bool,
     },
+    /// A request that records something was done (circuit).
+    Recorded {
+        /// Request id.
+        id: u64,
+    },
     /// A queue the worker serves may have new work.
     Wake {
         /// Service.
@@ -226,6 +249,12 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Whether `key` is a circuit breaker key a worker may record: 1 to [`MAX_BREAKER_KEY`] printable
+/// ASCII characters, no spaces.
+pub fn valid_breaker_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= MAX_BREAKER_KEY && key.chars().all(|c| c.is_ascii_graphic())
 }
 
 /// The agent id of worker `name` connected with the edge token `token_id`.

@@ -197,28 +197,36 @@ pub async fn record_transitions(
     mut transitions: mpsc::UnboundedReceiver<TransitionRecord>,
 ) {
     while let Some(record) = transitions.recv().await {
-        let state = match record.transition {
-            Transition::Opened => "open",
-            Transition::HalfOpened => "half_open",
-            Transition::Closed => "closed",
-        };
-        let event = model::event::NewEvent::system(record.transition.event_type(), "resilience", "breaker")
-            .with_reason(record.key.clone())
-            .with_payload(serde_json::json!({ "key": record.key, "agent_id": agent_id, "state": state, "open_until": record.open_until }));
-        let row = store::CircuitState {
-            key: record.key.clone(),
-            agent_id: agent_id.clone(),
-            state: state.to_owned(),
-            open_until: record.open_until,
-            updated_at: record.at,
-        };
-        if let Err(err) = store.append_events(vec![event]).await {
-            tracing::warn!(key = %record.key, error = %err, "could not record a circuit event");
-        }
-        if let Err(err) = store.record_circuit(&row).await {
-            tracing::warn!(key = %record.key, error = %err, "could not record a circuit state");
+        if let Err(err) = record_transition(&store, &agent_id, &record).await {
+            tracing::warn!(key = %record.key, error = %err, "could not record a circuit transition");
         }
     }
+}
+
+/// Records one transition of `agent_id`'s breaker: its `circuit_*` event and the circuit's state
+/// (the edge routes call this for an edge worker's breakers).
+pub async fn record_transition(
+    store: &store::Store,
+    agent_id: &str,
+    record: &TransitionRecord,
+) -> Result<(), store::Error> {
+    let state = match record.transition {
+        Transition::Opened => "open",
+        Transition::HalfOpened => "half_open",
+        Transition::Closed => "closed",
+    };
+    let event = model::event::NewEvent::system(record.transition.event_type(), "resilience", "breaker")
+        .with_reason(record.key.clone())
+        .with_payload(serde_json::json!({ "key": record.key, "agent_id": agent_id, "state": state, "open_until": record.open_until }));
+    let row = store::CircuitState {
+        key: record.key.clone(),
+        agent_id: agent_id.to_owned(),
+        state: state.to_owned(),
+        open_until: record.open_until,
+        updated_at: record.at,
+    };
+    store.append_events(vec![event]).await?;
+    store.record_circuit(&row).await
 }
 
 /// One open breaker key across processes.

@@ -13,7 +13,8 @@ mod policies;
 mod reload;
 
 pub use breakers::{
-    BreakerOpen, Breakers, CircuitSummary, OpenCircuit, Permit, TransitionRecord, record_transitions, summarize,
+    BreakerOpen, Breakers, CircuitSummary, OpenCircuit, Permit, TransitionRecord, record_transition,
+    record_transitions, summarize,
 };
 pub use execute::{AttemptError, CallError, TimeoutError, execute};
 pub use policies::Policies;

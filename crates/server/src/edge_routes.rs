@@ -148,9 +148,10 @@ fn check_hello(frame: ClientFrame, roles: &[String]) -> Result<(String, String, 
     let ClientFrame::Hello { version, name, host, software, queues } = frame else {
         return Err("the first frame must be a hello".to_owned());
     };
-    if version != edge::PROTOCOL_VERSION {
+    if !(edge::MIN_PROTOCOL_VERSION..=edge::PROTOCOL_VERSION).contains(&version) {
         return Err(format!(
-            "protocol version {version} is not spoken here (this server speaks {}): run the same COGO version on the worker",
+            "protocol version {version} is not spoken here (this server speaks {} to {}): run the same COGO version on the worker, upgrading servers first",
+            edge::MIN_PROTOCOL_VERSION,
             edge::PROTOCOL_VERSION
         ));
     }
@@ -400,6 +401,7 @@ impl Context {
             ClientFrame::Complete { id, .. } => (*id, "complete"),
             ClientFrame::Fail { id, .. } => (*id, "fail"),
             ClientFrame::Release { id, .. } => (*id, "release"),
+            ClientFrame::Circuit { id, .. } => (*id, "circuit"),
         };
         let reply = match self.run(frame).await {
             Ok(reply) => Ok(reply),
@@ -460,6 +462,17 @@ impl Context {
                     .collect();
                 let outcomes = store.complete(agent, completions).await?;
                 Ok(ServerFrame::Outcomes { id, outcomes: outcomes.into_iter().map(wire_outcome).collect() })
+            }
+            ClientFrame::Circuit { id, key, transition, open_until } => {
+                if !edge::valid_breaker_key(&key) {
+                    return Err(Refusal::Refused(format!(
+                        "breaker key {key:?} is not allowed: 1 to {} printable characters, no spaces",
+                        edge::MAX_BREAKER_KEY
+                    )));
+                }
+                let record = resilience::TransitionRecord { key, transition, at: chrono::Utc::now(), open_until };
+                resilience::record_transition(store, agent, &record).await?;
+                Ok(ServerFrame::Recorded { id })
             }
             ClientFrame::Fail { id, failures } => {
                 count(failures.len(), "failures").map_err(Refusal::Refused)?;

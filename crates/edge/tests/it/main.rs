@@ -406,6 +406,8 @@ async fn bad_frames_are_refused() {
         (r#"{"type":"claim","id":2,"service":"bus","role":"noop","limit":100000,"lease_ms":1000}"#, "limit 100000"),
         (r#"{"type":"claim","id":3,"service":"bus","role":"noop","limit":1,"lease_ms":1}"#, "lease_ms 1 "),
         (r#"{"type":"hello","version":1,"name":"pc","host":"h","software":"0","queues":[]}"#, "already said"),
+        (r#"{"type":"circuit","id":4,"key":"a b","transition":"opened"}"#, "breaker key"),
+        (r#"{"type":"circuit","id":5,"key":"","transition":"closed"}"#, "breaker key"),
     ] {
         socket.send(WsMessage::Text(frame.into())).await.expect("send");
         let (text, rest) = first_text(socket).await;
@@ -414,7 +416,7 @@ async fn bad_frames_are_refused() {
     }
     socket.send(WsMessage::Text(r#"{"type":"steal","id":9}"#.into())).await.expect("send");
     let (text, mut socket) = first_text(socket).await;
-    assert!(text.contains("not a request of protocol 1"), "{text}");
+    assert!(text.contains("not a request of protocol 2"), "{text}");
     loop {
         match socket.next().await {
             Some(Ok(WsMessage::Close(frame))) => {
@@ -425,4 +427,45 @@ async fn bad_frames_are_refused() {
             other => panic!("not closed with a reason: {other:?}"),
         }
     }
+}
+
+/// An edge worker's circuit transitions are recorded by the server under the worker's agent id:
+/// the `circuit_*` events in order and the circuit's latest state, which the summary counts.
+#[tokio::test]
+async fn circuit_transitions_are_recorded_under_the_workers_agent_id() {
+    let t = test_support::sqlite().await;
+    let store = &t.store;
+    let addr = serve(store).await;
+    let (token, _) = edge_token(store, &["gateway"]).await;
+    let mut options = options(format!("http://{addr}"), &token, "pc-c", "noop");
+    options.queues = vec![QueueRef { service: "mcp".into(), role: "gateway".into(), shards: vec![] }];
+    let queue = EdgeQueue::start(options, Duration::from_secs(10)).await.expect("connects");
+    let agent = queue.agent_id().to_owned();
+    let until = chrono::Utc::now() + chrono::Duration::seconds(30);
+    let key = "mcp.call.figma.get_figma_data";
+    queue.record_circuit(key, model::breaker::Transition::Opened, Some(until)).await.expect("opened");
+    let circuits = store.circuits().await.expect("circuits");
+    let row = circuits.iter().find(|c| c.agent_id == agent).expect("the worker's circuit");
+    assert_eq!((row.key.as_str(), row.state.as_str()), (key, "open"));
+    // sent on the server's clock (the test store's clock stands still at its epoch)
+    let on_server = until + (worker::Queue::now(&queue) - chrono::Utc::now());
+    assert!(row.open_until.is_some_and(|at| (at - on_server).num_seconds().abs() <= 1), "{row:?}");
+    queue.record_circuit(key, model::breaker::Transition::HalfOpened, None).await.expect("half open");
+    queue.record_circuit(key, model::breaker::Transition::Closed, None).await.expect("closed");
+    let circuits = store.circuits().await.expect("circuits");
+    let row = circuits.iter().find(|c| c.agent_id == agent).expect("the worker's circuit");
+    assert_eq!(row.state, "closed");
+    let page = store
+        .events(&store::EventFilter { service: Some("resilience".into()), ..Default::default() }, &Default::default())
+        .await
+        .expect("events");
+    let seen: Vec<(&str, &str)> = page
+        .items
+        .iter()
+        .filter(|e| e.payload["agent_id"] == agent.as_str())
+        .map(|e| (e.event_type.as_str(), e.payload["key"].as_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(seen, [("circuit_opened", key), ("circuit_half_open", key), ("circuit_closed", key)]);
+    let err = queue.record_circuit("has space", model::breaker::Transition::Opened, None).await.expect_err("bad key");
+    assert!(!err.transient && err.message.contains("breaker key"), "{}", err.message);
 }
