@@ -245,12 +245,13 @@ impl Artifacts {
             .with_client_options(client)
             .build()
             .map_err(|e| ArtifactError::Config(format!("S3 bucket {bucket}: {e}")))?;
-        let location = match (prefix.is_empty(), &endpoint) {
-            (true, None) => format!("s3://{bucket}"),
-            (false, None) => format!("s3://{bucket}/{}", prefix.join("/")),
-            (true, Some(e)) => format!("s3://{bucket} at {}", endpoint_without_credentials(e)),
-            (false, Some(e)) => format!("s3://{bucket}/{} at {}", prefix.join("/"), endpoint_without_credentials(e)),
-        };
+        let mut location = format!("s3://{bucket}");
+        if !prefix.is_empty() {
+            location = format!("{location}/{}", prefix.join("/"));
+        }
+        if let Some(endpoint) = &endpoint {
+            location = format!("{location} at {}", endpoint_without_credentials(endpoint));
+        }
         let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
             Arc::new(store)
         } else {

@@ -103,8 +103,13 @@ pub fn s3_url() -> String {
 /// The `AWS_*` settings that reach the test S3 server (its credentials are not checked), as
 /// variable names and values: for a child process's environment or an in-process store.
 pub fn s3_settings() -> Vec<(String, String)> {
+    s3_settings_at(&s3_endpoint())
+}
+
+/// [`s3_settings`] with another endpoint (one where nothing listens, for failure tests).
+pub fn s3_settings_at(endpoint: &str) -> Vec<(String, String)> {
     [
-        ("AWS_ENDPOINT_URL", s3_endpoint()),
+        ("AWS_ENDPOINT_URL", endpoint.to_owned()),
         ("AWS_ALLOW_HTTP", "true".to_owned()),
         ("AWS_REGION", "us-east-1".to_owned()),
         ("AWS_ACCESS_KEY_ID", "cogo-test".to_owned()),

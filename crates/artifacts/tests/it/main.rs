@@ -177,12 +177,7 @@ async fn prefixes_keep_deployments_apart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_or_missing_bucket_fails_the_probe_with_the_place_and_no_secrets() {
     // nothing listens on port 9 (discard) on loopback
-    let mut settings = test_support::s3_settings();
-    for (key, value) in &mut settings {
-        if key == "AWS_ENDPOINT_URL" {
-            *value = "http://127.0.0.1:9".into();
-        }
-    }
+    let settings = test_support::s3_settings_at("http://127.0.0.1:9");
     let store = Artifacts::s3_with_settings("s3://cogo-test/x", settings).expect("store");
     let err = store.probe("t").await.expect_err("unreachable");
     let text = err.to_string();

@@ -339,12 +339,7 @@ async fn calls_write_artifacts_to_s3_and_answer_when_the_bucket_is_unreachable()
     let response = store.get(&format!("{}/response.json", answer.artifact_dir), 1 << 20).await.expect("response");
     assert!(String::from_utf8_lossy(&response).contains("Echo: s3"));
     // nothing listens on port 9 of loopback
-    let mut settings = test_support::s3_settings();
-    for (key, value) in &mut settings {
-        if key == "AWS_ENDPOINT_URL" {
-            *value = "http://127.0.0.1:9".into();
-        }
-    }
+    let settings = test_support::s3_settings_at("http://127.0.0.1:9");
     let unreachable = artifacts::Artifacts::s3_with_settings(&url, settings).expect("store");
     let answer = gateway_on(unreachable).call_once(&call, &mcp::CallContext::default()).await.expect("call");
     assert!(answer.result.to_string().contains("Echo: s3"), "{}", answer.result);
