@@ -21,6 +21,9 @@ use futures_util::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
+mod behind;
+pub use behind::{MAX_BEHIND, Written};
+
 /// The top directory of every artifact path.
 pub const ROOT: &str = "artifacts";
 
@@ -115,6 +118,8 @@ struct Inner {
     location: String,
     /// The directory holding `artifacts/`, for the local backend's symbolic-link check.
     local_root: Option<PathBuf>,
+    /// Writes in flight behind their callers.
+    behind: behind::Behind,
 }
 
 impl std::fmt::Debug for Artifacts {
@@ -139,6 +144,7 @@ impl Artifacts {
                 backend: Backend::Local,
                 location: root.join(ROOT).display().to_string(),
                 local_root: Some(root),
+                behind: behind::Behind::default(),
             }),
         })
     }
@@ -257,7 +263,15 @@ impl Artifacts {
         } else {
             Arc::new(object_store::prefix::PrefixStore::new(store, prefix.join("/")))
         };
-        Ok(Self { inner: Arc::new(Inner { store, backend: Backend::S3, location, local_root: None }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                backend: Backend::S3,
+                location,
+                local_root: None,
+                behind: behind::Behind::default(),
+            }),
+        })
     }
 
     /// Which kind of store this is.
@@ -314,6 +328,7 @@ impl Artifacts {
     /// A file's bytes, refused when larger than `limit`.
     pub async fn get(&self, path: &str, limit: u64) -> Result<Bytes, ArtifactError> {
         let location = checked(path)?;
+        self.inner.behind.settle(Some(path)).await;
         self.inside(path).await?;
         let result = self.inner.store.get(&location).await.map_err(|err| self.read_error(path, &err))?;
         if result.meta.size > limit {
@@ -325,6 +340,7 @@ impl Artifacts {
     /// The size of a file, or `None` when there is no file at `path` (a directory or nothing).
     pub async fn size(&self, path: &str) -> Result<Option<u64>, ArtifactError> {
         let location = checked(path)?;
+        self.inner.behind.settle(Some(path)).await;
         self.inside(path).await?;
         if let Some(root) = self.local_root() {
             // a directory is not a file (the local store would answer with an error, not "not found")
@@ -343,6 +359,7 @@ impl Artifacts {
     /// [`ArtifactError::NotFound`] when there is nothing there.
     pub async fn list(&self, dir: &str) -> Result<Vec<Entry>, ArtifactError> {
         let location = checked_dir(dir)?;
+        self.inner.behind.settle(Some(dir)).await;
         self.inside(dir).await?;
         if let Some(root) = self.local_root() {
             let (root, dir_owned) = (root.to_path_buf(), dir.to_owned());
@@ -378,6 +395,7 @@ impl Artifacts {
     /// there is nothing there.
     pub async fn walk(&self, dir: &str, limit: usize) -> Result<Vec<StoredFile>, ArtifactError> {
         let location = checked_dir(dir)?;
+        self.inner.behind.settle(Some(dir)).await;
         self.inside(dir).await?;
         if let Some(root) = self.local_root() {
             let (root, dir_owned) = (root.to_path_buf(), dir.to_owned());

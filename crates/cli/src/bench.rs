@@ -99,6 +99,11 @@ async fn gateway(global: &Global, args: BenchGatewayArgs) -> anyhow::Result<()> 
         gateway_ms.push(elapsed_ms(started));
     }
     direct.close().await;
+    // the artifacts are written behind the answers: how long the last of them took to land
+    let in_flight = artifacts.in_flight();
+    let started = Instant::now();
+    gateway.flush().await;
+    let flush_ms = elapsed_ms(started);
     // the overhead of each call is its gateway time minus the direct call made right before it
     let mut overhead_ms: Vec<f64> = gateway_ms.iter().zip(&direct_ms).map(|(g, d)| g - d).collect();
     let overhead = spread(&mut overhead_ms);
@@ -119,6 +124,7 @@ async fn gateway(global: &Global, args: BenchGatewayArgs) -> anyhow::Result<()> 
     let artifact_fs = spread(&mut artifact_fs_ms);
     // 2. calls in flight on one session
     let mut calls_per_s = serde_json::Map::new();
+    let mut gateway_calls = 50 + calls;
     for concurrency in [1usize, 8, 64] {
         let total = calls.max(concurrency * 10);
         eprintln!("bench: {total} gateway calls at concurrency {concurrency}");
@@ -146,7 +152,10 @@ async fn gateway(global: &Global, args: BenchGatewayArgs) -> anyhow::Result<()> 
         for task in tasks {
             task.await.context("a bench task panicked")??;
         }
+        // the rate counts until every call's artifacts are written
+        gateway.flush().await;
         calls_per_s.insert(concurrency.to_string(), json!((total as f64 / started.elapsed().as_secs_f64()).round()));
+        gateway_calls += total;
     }
     // 3. end to end through the bus
     let scratch = scratch_database(global, args.backend, POSTGRES_ADMIN).await?;
@@ -158,6 +167,15 @@ async fn gateway(global: &Global, args: BenchGatewayArgs) -> anyhow::Result<()> 
     }
     drop(server);
     let (end_to_end_ms, end_to_end_calls) = end_to_end?;
+    // every call left its summary.json
+    let made = gateway_calls + END_TO_END_WARMUP + end_to_end_calls;
+    let written = artifacts
+        .walk("artifacts/mcp/everything", 8 * made)
+        .await?
+        .iter()
+        .filter(|f| f.path.ends_with("/summary.json"))
+        .count();
+    anyhow::ensure!(written == made, "{written} calls left their artifacts, expected {made}");
     let report = json!({
         "backend": match args.backend { BenchBackend::Sqlite => "sqlite", BenchBackend::Postgres => "postgres" },
         "transport": "websocket",
@@ -167,13 +185,19 @@ async fn gateway(global: &Global, args: BenchGatewayArgs) -> anyhow::Result<()> 
         "direct_ms": direct_spread,
         "gateway_ms": gateway_spread,
         "artifact_fs_ms": artifact_fs,
+        "artifacts_in_flight_after_calls": in_flight,
+        "artifacts_flush_ms": (flush_ms * 1000.0).round() / 1000.0,
+        "artifacts_written": written,
         "calls_per_s": calls_per_s,
         "end_to_end_ms": end_to_end_ms,
         "end_to_end_calls": end_to_end_calls,
-        "includes": "gateway: breaker, session, artifacts (request/response/summary written), metrics; end to end: enqueue, wake-up, claim, gateway call, completion with events",
+        "includes": "gateway: breaker, session, artifacts handed to the writer (request/response/summary written behind the answer, at most 256 calls in flight), metrics; calls_per_s: until every call's artifacts are written; end to end: enqueue, wake-up, claim, gateway call, artifacts written, completion with events",
     });
     print_report(&report, args.json)
 }
+
+/// Calls through the bus before the measured ones.
+const END_TO_END_WARMUP: usize = 20;
 
 /// Enqueues `calls` echo calls one at a time (each after the previous finished) and measures
 /// enqueue→done from the stored timestamps.
@@ -204,7 +228,7 @@ async fn gateway_end_to_end(
     let intent = model::Intent::new("mcp_call").context("intent")?;
     eprintln!("bench: {calls} calls enqueued one at a time through the bus");
     let mut ids = Vec::with_capacity(calls);
-    for n in 0..calls + 20 {
+    for n in 0..calls + END_TO_END_WARMUP {
         let payload = json!({ "toolset": "everything", "tool": "echo", "params": { "message": format!("e2e {n}") } });
         let id = store.enqueue(model::NewMessage::new("mcp", "gateway", intent.clone(), payload)).await?.message.id;
         let started = Instant::now();
@@ -217,8 +241,8 @@ async fn gateway_end_to_end(
             }
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
-        // the first 20 warm the session and the caches
-        if n >= 20 {
+        // the first ones warm the session and the caches
+        if n >= END_TO_END_WARMUP {
             ids.push(id);
         }
     }

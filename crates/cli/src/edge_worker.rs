@@ -161,6 +161,7 @@ pub async fn run(global: &Global, args: WorkerArgs, roles: Vec<&'static Role>) -
     for task in tasks {
         let _ = task.await;
     }
+    artifacts.flush().await;
     // the last transitions go out once the breakers (owned by the gateway) are gone
     drop(gateway);
     if tokio::time::timeout(std::time::Duration::from_secs(5), forwarder).await.is_err() {

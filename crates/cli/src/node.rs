@@ -469,11 +469,13 @@ pub fn wait_for_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
 
 pub(crate) async fn stop(node: Node) {
     tracing::info!("stopping: no new work is claimed; in-flight work finishes or is released");
-    let Node { store, gateway, shutdown, tasks, recorder, .. } = node;
+    let Node { store, gateway, shutdown, tasks, recorder, artifacts, .. } = node;
     let _ = shutdown.send(true);
     for task in tasks {
         let _ = task.await;
     }
+    // artifact files still being written behind an answer land before the process exits
+    artifacts.flush().await;
     // the last transitions are recorded once the breakers (owned by the gateway) are dropped
     drop(gateway);
     if tokio::time::timeout(std::time::Duration::from_secs(5), recorder).await.is_err() {

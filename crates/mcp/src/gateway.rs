@@ -5,7 +5,11 @@
 //! Invariants: one long-lived session per toolset, shared by concurrent calls, dropped after a
 //! transport failure and reopened with backoff; every call leaves `request.json`, `summary.json`
 //! and `response.json` or `error.json` under `artifacts/mcp/<toolset>/<ts>/`, with secrets
-//! redacted and images kept as files beside the JSON.
+//! redacted and images kept as files beside the JSON. The files are written behind the answer
+//! (`artifacts::Artifacts::put_all_behind`): `request.json` while the call is in flight, the rest
+//! once it has answered. Readers of the same store wait for them, and every caller that records
+//! the call (the bus worker, the API) or links to a file waits for them too ([`Attempt::settled`]),
+//! so no event or result points at a file that is not there.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -60,7 +64,8 @@ pub struct GatewayAnswer {
     /// Image files written beside the JSON (names inside `artifact_dir`).
     pub images: Vec<String>,
     /// Why the artifacts could not be written (a full or read-only disk), when they could not;
-    /// the answer itself is whole and must then be kept inline.
+    /// the answer itself is whole and must then be kept inline. Known once the attempt is
+    /// [`Attempt::settled`]; `None` before.
     pub artifacts_error: Option<String>,
 }
 
@@ -72,9 +77,29 @@ pub struct Attempt {
     pub outcome: Result<GatewayAnswer, GatewayError>,
     /// Event fields.
     pub detail: Value,
+    /// The attempt's artifact writes, still in flight behind the answer.
+    pub written: Vec<artifacts::Written>,
 }
 
 impl Attempt {
+    /// Waits for the attempt's artifact files. When one could not be written, says why in
+    /// `detail.artifacts_error` and in the answer's `artifacts_error`.
+    pub async fn settled(mut self) -> Self {
+        let mut error = None;
+        for written in std::mem::take(&mut self.written) {
+            if let Err(why) = written.outcome().await {
+                error.get_or_insert(format!("could not write the artifacts: {why}"));
+            }
+        }
+        if let Some(why) = error {
+            self.detail["artifacts_error"] = json!(why);
+            if let Ok(answer) = &mut self.outcome {
+                answer.artifacts_error = Some(why);
+            }
+        }
+        self
+    }
+
     /// True when the tool answered without `isError`.
     pub fn succeeded(&self) -> bool {
         matches!(&self.outcome, Ok(answer) if !answer.is_error)
@@ -410,7 +435,7 @@ impl Gateway {
         let mut attempt = context.attempt.max(1);
         loop {
             let context = CallContext { attempt, ..context.clone() };
-            let attempted = self.attempt(call, &context).await;
+            let attempted = self.attempt(call, &context).await.settled().await;
             on_attempt(&attempted);
             let outcome = attempted.outcome;
             let kind = match &outcome {
@@ -430,19 +455,28 @@ impl Gateway {
         }
     }
 
-    /// One attempt: breaker → call on the toolset's session → artifacts → metrics.
+    /// One attempt: breaker → call on the toolset's session → artifacts → metrics. The answer
+    /// comes back while its artifact files are still being written; readers of the store wait for
+    /// them, [`Gateway::flush`] waits for all.
     pub async fn call_once(&self, call: &McpCall, context: &CallContext) -> Result<GatewayAnswer, GatewayError> {
         self.attempt(call, context).await.outcome
     }
 
-    /// One attempt, with the fields of its `mcp_call_succeeded|failed` event.
+    /// One attempt, with the fields of its `mcp_call_succeeded|failed` event; its artifact writes
+    /// may still be in flight ([`Attempt::settled`] waits for them).
     pub async fn attempt(&self, call: &McpCall, context: &CallContext) -> Attempt {
         let mut detail = json!({ "toolset": call.toolset, "tool": call.tool, "attempt": context.attempt });
-        let outcome = self.run_attempt(call, context, &mut detail).await;
+        let mut written = Vec::with_capacity(2);
+        let outcome = self.run_attempt(call, context, &mut detail, &mut written).await;
         if let Err(err) = &outcome {
             detail["error_kind"] = json!(err.kind().as_str());
         }
-        Attempt { outcome, detail }
+        Attempt { outcome, detail, written }
+    }
+
+    /// Waits until every artifact write behind an answer has ended (before a process exits).
+    pub async fn flush(&self) {
+        self.artifacts.flush().await;
     }
 
     async fn run_attempt(
@@ -450,6 +484,7 @@ impl Gateway {
         call: &McpCall,
         context: &CallContext,
         detail: &mut Value,
+        written: &mut Vec<artifacts::Written>,
     ) -> Result<GatewayAnswer, GatewayError> {
         let session = self.session(&call.toolset)?;
         let breaker_key = model::policy::mcp_breaker_key(&call.toolset, &call.tool, 0);
@@ -459,13 +494,8 @@ impl Gateway {
             .map_err(|_| GatewayError::UnknownToolset(call.toolset.clone()))?;
         detail["artifacts"] = json!(artifact_dir);
         let request = json!({ "toolset": call.toolset, "tool": call.tool, "params": self.scrub_json(redact(&call.params)), "trace_id": context.trace_id, "message_id": context.message_id, "attempt": context.attempt });
-        // request.json is written while the call is in flight (it is awaited before anything else
-        // is written or the answer returned, so no answer ever points at a missing file)
-        let request_written = tokio::spawn(write_artifacts(
-            self.artifacts.clone(),
-            artifact_dir.clone(),
-            vec![json_file(mcp_files::REQUEST, &request)],
-        ));
+        // request.json is written while the call is in flight
+        written.push(self.artifacts.put_all_behind(&artifact_dir, vec![json_file(mcp_files::REQUEST, &request)]).await);
         metrics::counter!(model::metrics::MCP_CALLS_TOTAL, &labels).increment(1);
         let started = Instant::now();
         let outcome = async {
@@ -489,10 +519,6 @@ impl Gateway {
             Ok::<_, GatewayError>(result?)
         }
         .await;
-        let mut artifacts_error = match request_written.await {
-            Ok(written) => written.err(),
-            Err(_) => Some("could not write the artifacts: the writer stopped".to_owned()),
-        };
         let (latency_ms, kind) = match &outcome {
             Ok(answer) => (answer.latency.as_secs_f64() * 1000.0, answer.is_error.then_some(ErrorKind::ToolError)),
             Err(err) => (started.elapsed().as_secs_f64() * 1000.0, Some(err.kind())),
@@ -520,35 +546,26 @@ impl Gateway {
                     files.push(json_file(mcp_files::ERROR, &json!({ "kind": "tool_error", "result": result })));
                 }
                 files.extend(images);
-                if let Err(err) = write_artifacts(self.artifacts.clone(), artifact_dir.clone(), files).await {
-                    artifacts_error.get_or_insert(err);
-                }
-                if let Some(err) = &artifacts_error {
-                    detail["artifacts_error"] = json!(err);
-                }
+                written.push(self.artifacts.put_all_behind(&artifact_dir, files).await);
                 Ok(GatewayAnswer {
                     result,
                     is_error: answer.is_error,
                     latency_ms,
                     artifact_dir,
                     images: names,
-                    artifacts_error,
+                    artifacts_error: None,
                 })
             }
             Err(err) => {
                 let error = json!({ "kind": err.kind().as_str(), "error": self.scrub_text(&err.to_string()) });
-                if let Err(err) = write_artifacts(
-                    self.artifacts.clone(),
-                    artifact_dir.clone(),
-                    vec![json_file(mcp_files::SUMMARY, &summary), json_file(mcp_files::ERROR, &error)],
-                )
-                .await
-                {
-                    artifacts_error.get_or_insert(err);
-                }
-                if let Some(err) = &artifacts_error {
-                    detail["artifacts_error"] = json!(err);
-                }
+                written.push(
+                    self.artifacts
+                        .put_all_behind(
+                            &artifact_dir,
+                            vec![json_file(mcp_files::SUMMARY, &summary), json_file(mcp_files::ERROR, &error)],
+                        )
+                        .await,
+                );
                 Err(err)
             }
         }
@@ -602,18 +619,6 @@ fn json_file(name: &str, value: &Value) -> (String, Vec<u8>) {
     (name.to_owned(), serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"null".to_vec()))
 }
 
-/// Writes `files` into the artifact directory `dir` (on disk or on the object store). An artifact
-/// that cannot be written must not fail the call: the store logs the failure and counts it in
-/// `cogo_artifact_write_failures_total`, it is returned for the call's event, and the caller keeps
-/// the answer inline.
-async fn write_artifacts(
-    artifacts: artifacts::Artifacts,
-    dir: String,
-    files: Vec<(String, Vec<u8>)>,
-) -> Result<(), String> {
-    artifacts.put_all(&dir, files).await.map_err(|err| format!("could not write the artifacts: {err}"))
-}
-
 /// Runs `mcp_call` messages through the gateway (the bus decides retries by the error kind).
 pub struct GatewayHandler {
     gateway: Arc<Gateway>,
@@ -647,7 +652,9 @@ impl worker::Handler for GatewayHandler {
                 message_id: Some(message.id.to_string()),
                 attempt: message.attempts.max(1) as u32,
             };
-            let Attempt { outcome, detail } = gateway.attempt(&call, &context).await;
+            // the artifacts are waited for: the event must say whether they were written, and a
+            // large result links to its response.json
+            let Attempt { outcome, detail, .. } = gateway.attempt(&call, &context).await.settled().await;
             match outcome {
                 Ok(answer) if answer.is_error => {
                     let message = match &answer.artifacts_error {

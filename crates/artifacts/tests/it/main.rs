@@ -38,6 +38,36 @@ on_both!(missing_and_oversized_files_are_told_apart, missing_and_large);
 on_both!(many_writes_at_once_all_land, many_at_once);
 on_both!(concurrent_writers_to_one_file_leave_one_whole_version, racing_writers);
 on_both!(a_local_directory_uploads_with_its_layout, upload);
+on_both!(writes_behind_the_caller_are_bounded_read_back_and_flushed, behind);
+
+async fn behind(store: &Artifacts) {
+    let calls = artifacts::MAX_BEHIND + 44;
+    let mut written = Vec::with_capacity(calls);
+    for n in 0..calls {
+        let dir = format!("artifacts/mcp/behind/T{n:04}");
+        written.push(
+            store.put_all_behind(&dir, vec![("summary.json".to_owned(), format!("{{\"n\": {n}}}").into_bytes())]).await,
+        );
+        assert!(store.in_flight() <= artifacts::MAX_BEHIND, "{} writes in flight", store.in_flight());
+    }
+    // a reader waits for the write in flight under its path: the last call's file is there
+    let last = store.get(&format!("artifacts/mcp/behind/T{:04}/summary.json", calls - 1), 100).await.expect("get");
+    assert_eq!(last.as_ref(), format!("{{\"n\": {}}}", calls - 1).as_bytes(), "{}", store.location());
+    // and a listing above them waits for every one
+    assert_eq!(store.list("artifacts/mcp/behind").await.expect("list").len(), calls, "{}", store.location());
+    store.flush().await;
+    assert_eq!(store.in_flight(), 0);
+    for w in &written {
+        w.outcome().await.expect("written");
+    }
+    // a write that fails says why through its outcome, and nothing stays in flight
+    let bad =
+        store.put_all_behind("artifacts/mcp/behind/T0", vec![("../escape.json".to_owned(), b"{}".to_vec())]).await;
+    let why = bad.outcome().await.expect_err("refused");
+    assert!(why.contains("escape.json"), "{why}");
+    store.flush().await;
+    assert_eq!(store.in_flight(), 0);
+}
 
 async fn probe(store: &Artifacts) {
     store.probe("probe-test").await.unwrap_or_else(|e| panic!("{}: {e}", store.location()));

@@ -72,6 +72,8 @@ async fn browser_navigates_to_a_local_page_and_leaves_a_png_artifact() {
         gateway.call_once(&call("browser", "browser_take_screenshot", json!({})), &context).await.expect("screenshot");
     assert!(!shot.is_error, "{}", shot.result);
     assert_eq!(shot.images, ["image-0.png"], "{}", shot.result);
+    // the files are written behind the answer; read straight from the disk, they are there once flushed
+    gateway.flush().await;
     let dir = scratch.0.join(&shot.artifact_dir);
     let png = std::fs::read(dir.join("image-0.png")).expect("the PNG beside the JSON");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 1000, "a real PNG, {} bytes", png.len());
@@ -101,6 +103,7 @@ async fn figma_offline_tool_errors_are_recorded_and_open_the_breaker() {
     for n in 0..3 {
         let answer = gateway.call_once(&get, &context).await.expect("an answer, which is a tool error");
         assert!(answer.is_error, "call {n}: {}", answer.result);
+        gateway.flush().await;
         let error =
             std::fs::read_to_string(scratch.0.join(&answer.artifact_dir).join("error.json")).expect("error.json");
         assert!(error.contains("\"kind\": \"tool_error\"") && error.contains("Figma API"), "{error}");

@@ -341,7 +341,12 @@ async fn calls_write_artifacts_to_s3_and_answer_when_the_bucket_is_unreachable()
     // nothing listens on port 9 of loopback
     let settings = test_support::s3_settings_at("http://127.0.0.1:9");
     let unreachable = artifacts::Artifacts::s3_with_settings(&url, settings).expect("store");
-    let answer = gateway_on(unreachable).call_once(&call, &mcp::CallContext::default()).await.expect("call");
+    let gateway = gateway_on(unreachable);
+    let attempt = gateway.attempt(&call, &mcp::CallContext::default()).await;
+    assert_eq!(attempt.written.len(), 2, "request.json, then the rest, in flight behind the answer");
+    let attempt = attempt.settled().await;
+    assert!(attempt.detail["artifacts_error"].is_string(), "{}", attempt.detail);
+    let answer = attempt.outcome.expect("call");
     assert!(answer.result.to_string().contains("Echo: s3"), "{}", answer.result);
     let why = answer.artifacts_error.expect("the missing artifacts are explained");
     assert!(why.contains("could not write the artifacts") && why.contains("127.0.0.1:9"), "{why}");
