@@ -15,6 +15,8 @@ pub enum DocumentKind {
     Code,
     /// HTML; indexed as the text it shows.
     Html,
+    /// PDF; indexed as the text of its pages (files only, see [`crate::pdf`]).
+    Pdf,
 }
 
 impl DocumentKind {
@@ -25,6 +27,7 @@ impl DocumentKind {
             "md" | "markdown" | "mdx" => Self::Markdown,
             "txt" | "text" | "rst" | "adoc" => Self::Text,
             "html" | "htm" => Self::Html,
+            "pdf" => Self::Pdf,
             "rs" | "py" | "js" | "mjs" | "cjs" | "ts" | "tsx" | "jsx" | "go" | "java" | "kt" | "c" | "h" | "cc"
             | "cpp" | "hpp" | "cs" | "rb" | "php" | "swift" | "scala" | "sh" | "bash" | "sql" | "toml" | "yaml"
             | "yml" | "json" | "proto" => Self::Code,
@@ -32,13 +35,14 @@ impl DocumentKind {
         })
     }
 
-    /// Its name as stored: `markdown`, `text`, `code`, `html`.
+    /// Its name as stored: `markdown`, `text`, `code`, `html`, `pdf`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Markdown => "markdown",
             Self::Text => "text",
             Self::Code => "code",
             Self::Html => "html",
+            Self::Pdf => "pdf",
         }
     }
 
@@ -49,6 +53,7 @@ impl DocumentKind {
             "text" => Self::Text,
             "code" => Self::Code,
             "html" => Self::Html,
+            "pdf" => Self::Pdf,
             _ => return None,
         })
     }
@@ -108,7 +113,7 @@ pub fn chunk(text: &str, kind: DocumentKind, options: ChunkOptions) -> (Vec<Chun
     };
     let (blocks, headings) = match kind {
         DocumentKind::Markdown | DocumentKind::Html => markdown_blocks(text),
-        DocumentKind::Text => (paragraph_blocks(text, None), Vec::new()),
+        DocumentKind::Text | DocumentKind::Pdf => (paragraph_blocks(text, None), Vec::new()),
         DocumentKind::Code => (code_blocks(text), Vec::new()),
     };
     (pack(text, blocks, options), headings)

@@ -129,7 +129,7 @@ pub fn extract(source: &str, kind: DocumentKind, text: &str, chunks: &[Chunk], h
                     }
                 }
             }
-            DocumentKind::Markdown | DocumentKind::Text | DocumentKind::Html => {
+            DocumentKind::Markdown | DocumentKind::Text | DocumentKind::Html | DocumentKind::Pdf => {
                 let trimmed = line.trim_start();
                 if trimmed.starts_with("```") || trimmed.starts_with("~~~") {
                     in_fence = !in_fence;

@@ -130,6 +130,8 @@ struct Pending {
     hash: String,
     bytes: i64,
     text: String,
+    /// A PDF file's bytes, read into `text` once the file is known to have changed.
+    pdf: Option<Vec<u8>>,
 }
 
 impl<E: Embedder + ?Sized> Indexer<E> {
@@ -268,11 +270,21 @@ impl<E: Embedder + ?Sized> Indexer<E> {
         let mut batch: Vec<(Pending, Vec<crate::chunk::Chunk>, Vec<crate::chunk::Heading>)> = Vec::new();
         let mut batch_chunks = 0;
         let mut last_progress = Instant::now() - Duration::from_secs(1);
-        for (position, document) in documents.into_iter().enumerate() {
+        for (position, mut document) in documents.into_iter().enumerate() {
             let done = position + 1;
             if known.get(&document.source) == Some(&document.hash) {
                 report.unchanged += 1;
                 continue;
+            }
+            // a PDF's text is read only when the file is new or changed
+            if let Some(bytes) = document.pdf.take() {
+                match crate::pdf::read_text(bytes).await {
+                    Ok(read) => (document.text, document.title) = (read.text, read.title),
+                    Err(reason) => {
+                        report.skipped.push(Skipped { source: document.source.clone(), reason });
+                        continue;
+                    }
+                }
             }
             let (chunks, headings) = chunk(&document.text, document.kind, self.chunking);
             batch_chunks += chunks.len();
@@ -388,15 +400,34 @@ fn pending(source: String, kind: DocumentKind, raw: String) -> Pending {
             let title = raw.lines().find_map(|l| l.strip_prefix("# ")).map(|t| t.trim().to_owned());
             (raw, title)
         }
-        DocumentKind::Text | DocumentKind::Code => (raw, None),
+        DocumentKind::Text | DocumentKind::Code | DocumentKind::Pdf => (raw, None),
     };
-    Pending { source, kind, title, hash, bytes, text }
+    Pending { source, kind, title, hash, bytes, text, pdf: None }
 }
 
 /// Reads one file: `Ok(None)` for files that are not documents, `Err(reason)` for ones that cannot be.
 fn read_document(source: &str, path: &Path) -> Result<Option<Pending>, String> {
     let Some(kind) = DocumentKind::of_path(source) else { return Ok(None) };
     let metadata = std::fs::metadata(path).map_err(|err| format!("cannot read: {err}"))?;
+    if kind == DocumentKind::Pdf {
+        if metadata.len() > crate::pdf::MAX_PDF_BYTES {
+            return Err(format!("{} bytes, over the PDF limit of {}", metadata.len(), crate::pdf::MAX_PDF_BYTES));
+        }
+        let bytes = std::fs::read(path).map_err(|err| format!("cannot read: {err}"))?;
+        if !crate::pdf::looks_like_pdf(&bytes) {
+            return Err("not a PDF file (it does not start with %PDF-)".into());
+        }
+        let (hash, size) = (sha256(&bytes), bytes.len() as i64);
+        return Ok(Some(Pending {
+            source: source.to_owned(),
+            kind,
+            title: None,
+            hash,
+            bytes: size,
+            text: String::new(),
+            pdf: Some(bytes),
+        }));
+    }
     if metadata.len() > MAX_FILE_BYTES {
         return Err(format!("{} bytes, over the limit of {MAX_FILE_BYTES}", metadata.len()));
     }

@@ -8,6 +8,7 @@ pub mod embed;
 pub mod eval;
 pub mod graph;
 pub mod index;
+pub mod pdf;
 pub mod roles;
 pub mod search;
 mod telemetry;

@@ -591,3 +591,55 @@ pub async fn openai_contract() {
     }
     assert!(knowledge::OpenAiEmbedder::new("ftp://x", None, "m", 3, std::time::Duration::from_secs(1)).is_err());
 }
+
+/// PDF files are indexed by the text of their pages (a real PDF printed by Chromium); broken ones and
+/// files that only claim to be PDFs are skipped with the reason, and nothing crashes.
+pub async fn pdf_files_are_indexed_by_their_text(test: TestStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("proj");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/runbook.pdf");
+    std::fs::create_dir_all(root.join("manuals")).expect("mkdir");
+    std::fs::copy(&fixture, root.join("manuals/runbook.pdf")).expect("copy the fixture");
+    let real = std::fs::read(&fixture).expect("fixture");
+    std::fs::write(root.join("manuals/truncated.pdf"), &real[..real.len() / 3]).expect("write");
+    std::fs::write(root.join("manuals/empty.pdf"), b"%PDF-1.7\n").expect("write");
+    std::fs::write(root.join("manuals/renamed.pdf"), b"just text with the wrong name").expect("write");
+    let indexer = Indexer::new(test.store.clone(), model());
+    let report = indexer.index_path(&scope(), &root, &no_progress).await.expect("index");
+    assert_eq!((report.seen, report.indexed), (4, 1), "{report:?}");
+    let reason = |name: &str| {
+        report.skipped.iter().find(|s| s.source == format!("proj/manuals/{name}")).map(|s| s.reason.clone())
+    };
+    assert!(reason("renamed.pdf").is_some_and(|r| r.contains("not a PDF file")), "{report:?}");
+    for broken in ["truncated.pdf", "empty.pdf"] {
+        let why = reason(broken).unwrap_or_else(|| panic!("{broken} skipped: {report:?}"));
+        assert!(why.starts_with("not a readable PDF") || why.contains("has no text"), "{broken}: {why}");
+    }
+
+    let searcher = Searcher::new(test.store.clone(), model());
+    assert_eq!(top_source(&searcher, "half-open probe", SearchMode::Fulltext).await, "proj/manuals/runbook.pdf");
+    assert_eq!(
+        top_source(&searcher, "what to do when a tool server keeps failing", SearchMode::Vector).await,
+        "proj/manuals/runbook.pdf"
+    );
+    let mut request = SearchRequest::new("Zürich naïve retries");
+    request.mode = SearchMode::Fulltext;
+    request.threshold = 0.0;
+    let hits = searcher.search("acme", &request).await.expect("search");
+    let hit = hits.first().expect("a hit on the second page's accented words");
+    assert!(hit.chunk.text.contains("Zürich") && hit.chunk.text.contains("naïve"), "{}", hit.chunk.text);
+    // the title is the first line; the reader may split a large heading's first letter off (kerning)
+    let title = hit.chunk.title.clone().expect("a title").replace(' ', "");
+    assert_eq!(title, "Circuitbreakerrunbook");
+    // the text of both pages, in order
+    let all = test
+        .store
+        .knowledge_chunks("acme", &hits.iter().map(|h| h.chunk.id).collect::<Vec<_>>())
+        .await
+        .expect("chunks");
+    assert!(all.iter().all(|c| c.source == "proj/manuals/runbook.pdf"));
+
+    // unchanged PDFs are not read again; the broken ones are still skipped with their reasons
+    let again = indexer.index_path(&scope(), &root, &no_progress).await.expect("reindex");
+    assert_eq!((again.indexed, again.unchanged, again.skipped.len()), (0, 1, 3), "{again:?}");
+}

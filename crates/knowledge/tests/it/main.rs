@@ -33,6 +33,7 @@ conformance!(
     bad_writes_and_queries_get_clear_errors,
     the_fast_vector_search_agrees_with_the_exact_one,
     retrieval_evaluation_scores_the_shipped_dataset,
+    pdf_files_are_indexed_by_their_text,
 );
 
 /// The bus's PostgreSQL has no pgvector: the knowledge index says so and how to fix it.
