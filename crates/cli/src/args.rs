@@ -284,6 +284,17 @@ pub struct IndexArgs {
     /// Empty the index first (needed after changing the embedding model).
     #[arg(long)]
     pub rebuild: bool,
+    /// Also extract entities and relations from the text with the LLM of the `--llm-*` options
+    /// (only for new or changed documents; what the text does not name is dropped). Slow with a
+    /// local model: a few seconds a chunk.
+    #[arg(long)]
+    pub llm_extraction: bool,
+    /// Chunks of each document sent to the LLM with `--llm-extraction` (the rest keep their
+    /// structural graph).
+    #[arg(long, default_value_t = knowledge::llm_extract::DEFAULT_MAX_CHUNKS as u32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub llm_extraction_chunks: u32,
+    #[command(flatten)]
+    pub llm: LlmArgs,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

@@ -90,7 +90,13 @@ pub async fn index(global: &Global, args: IndexArgs) -> anyhow::Result<()> {
     }
     let embedder = embedder(global, &args.embedding)?;
     let store = open_store(global).await?;
-    let indexer = knowledge::Indexer::new(store.clone(), embedder);
+    let mut indexer = knowledge::Indexer::new(store.clone(), embedder);
+    if args.llm_extraction {
+        let client = crate::llm_cmd::client(global, &args.llm).await?;
+        indexer = indexer.with_llm_extraction(
+            knowledge::LlmExtractor::new(client).with_max_chunks(args.llm_extraction_chunks as usize),
+        );
+    }
     indexer.prepare(args.rebuild).await.map_err(knowledge_error)?;
     let progress = progress_printer("indexing");
     let report = indexer.index_path(&scope, &args.path, &progress).await.map_err(knowledge_error)?;
@@ -114,6 +120,18 @@ pub async fn index(global: &Global, args: IndexArgs) -> anyhow::Result<()> {
             report.elapsed_ms,
             report.model
         )?;
+        if let Some(llm) = &report.llm {
+            writeln!(
+                out,
+                "  LLM extraction with {}: {} chunks, {} entities, {} relations kept, {} chunks failed{}",
+                llm.model,
+                llm.chunks,
+                llm.entities,
+                llm.relations,
+                llm.failed,
+                llm.first_error.as_deref().map(|e| format!(" (first: {e})")).unwrap_or_default()
+            )?;
+        }
         for skipped in &report.skipped {
             writeln!(out, "  skipped {}: {}", skipped.source, skipped.reason)?;
         }

@@ -95,7 +95,9 @@ pub(crate) const ROLES: &[Role] = &[
         service: "knowledge",
         role: "indexing",
         needs_llm: false,
-        handler: |ctx| Ok(Arc::new(knowledge::roles::IndexingHandler::new(ctx.store()?, ctx.embedder()?))),
+        handler: |ctx| {
+            Ok(Arc::new(knowledge::roles::IndexingHandler::new(ctx.store()?, ctx.embedder()?).with_llm(ctx.llm().ok())))
+        },
     },
     Role {
         name: "graphrag",

@@ -24,6 +24,8 @@ pub mod relation {
     pub const LINKS_TO: &str = "links_to";
     /// A document names a code symbol (in backticks).
     pub const REFERENCES: &str = "references";
+    /// A document mentions an entity an LLM found in its text ([`crate::llm_extract`]).
+    pub const MENTIONS: &str = "mentions";
 }
 
 /// Entity kinds the structural extractor writes.

@@ -16,7 +16,8 @@ use store::knowledge::{KnowledgeScope, NewChunk, NewDocument};
 use crate::Error;
 use crate::chunk::{ChunkOptions, DocumentKind, chunk, html_to_text};
 use crate::embed::Embedder;
-use crate::graph::extract;
+use crate::graph::{Extracted, extract};
+use crate::llm_extract::{LlmExtractor, merge};
 
 /// Largest file indexed; bigger ones are skipped and reported.
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
@@ -88,6 +89,26 @@ pub struct IndexReport {
     pub elapsed_ms: u64,
     /// The embedding model.
     pub model: String,
+    /// Chunks an LLM extracted entities from (`--llm-extraction`), as `provider/model` and counts.
+    #[serde(default)]
+    pub llm: Option<LlmReport>,
+}
+
+/// What LLM extraction did in one run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct LlmReport {
+    /// The model, as `provider/model`.
+    pub model: String,
+    /// Chunks the model answered for.
+    pub chunks: usize,
+    /// Chunks whose call failed (they keep their structural graph).
+    pub failed: usize,
+    /// Entities kept (named in their chunk's text).
+    pub entities: usize,
+    /// Relations kept (between kept entities).
+    pub relations: usize,
+    /// The first failure, to say what to fix.
+    pub first_error: Option<String>,
 }
 
 /// A document that was not indexed.
@@ -121,6 +142,8 @@ pub struct Indexer<E: ?Sized> {
     chunking: ChunkOptions,
     /// Chunks embedded together (across documents).
     batch: usize,
+    /// Graph extraction from text by an LLM, when configured.
+    llm: Option<Arc<LlmExtractor>>,
 }
 
 struct Pending {
@@ -137,7 +160,14 @@ struct Pending {
 impl<E: Embedder + ?Sized> Indexer<E> {
     /// An indexer with default chunking.
     pub fn new(store: store::Store, embedder: Arc<E>) -> Self {
-        Self { store, embedder, chunking: ChunkOptions::default(), batch: 256 }
+        Self { store, embedder, chunking: ChunkOptions::default(), batch: 256, llm: None }
+    }
+
+    /// Entities and relations are also extracted from the text by `extractor` (an LLM), besides
+    /// the structure; only for documents that are new or changed.
+    pub fn with_llm_extraction(mut self, extractor: LlmExtractor) -> Self {
+        self.llm = Some(Arc::new(extractor));
+        self
     }
 
     /// Chunk sizes.
@@ -349,7 +379,11 @@ impl<E: Embedder + ?Sized> Indexer<E> {
         }
         let mut position = 0;
         for (document, chunks, headings) in batch {
-            let graph = extract(&document.source, document.kind, &document.text, &chunks, &headings);
+            let mut graph = extract(&document.source, document.kind, &document.text, &chunks, &headings);
+            if let Some(extractor) = &self.llm {
+                let texts: Vec<&str> = chunks.iter().map(|c| &document.text[c.start..c.end]).collect();
+                extract_with_llm(extractor, &texts, &mut graph, report).await;
+            }
             let mut new_chunks = Vec::with_capacity(chunks.len());
             for c in &chunks {
                 let (hash, _) = &inputs[position];
@@ -383,6 +417,28 @@ impl<E: Embedder + ?Sized> Indexer<E> {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// Adds to `graph` what the LLM finds in the first chunks of a document; failures are counted in
+/// the report, never returned.
+async fn extract_with_llm(extractor: &LlmExtractor, texts: &[&str], graph: &mut Extracted, report: &mut IndexReport) {
+    let llm = report.llm.get_or_insert_with(|| LlmReport { model: extractor.model(), ..Default::default() });
+    let document = graph.entities.iter().position(|e| e.kind == crate::graph::entity::DOCUMENT).unwrap_or(0);
+    for (n, text) in texts.iter().enumerate().take(extractor.max_chunks()) {
+        match extractor.chunk(text).await {
+            Ok(found) => {
+                llm.chunks += 1;
+                llm.entities += found.entities.len();
+                llm.relations += found.relations.len();
+                merge(graph, document, n, &found);
+            }
+            Err(err) => {
+                llm.failed += 1;
+                tracing::warn!(error = %err, "LLM graph extraction failed for a chunk; it keeps its structural graph");
+                llm.first_error.get_or_insert_with(|| err.to_string());
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod embed;
 pub mod eval;
 pub mod graph;
 pub mod index;
+pub mod llm_extract;
 pub mod pdf;
 pub mod roles;
 pub mod search;
@@ -15,6 +16,7 @@ mod telemetry;
 
 pub use embed::{Embedder, MiniLm, OpenAiEmbedder};
 pub use index::{IndexReport, Indexer, InlineDocument, InlineKind, Progress};
+pub use llm_extract::LlmExtractor;
 pub use search::{Evidence, Fusion, SearchHit, SearchMode, SearchRequest, Searcher};
 
 /// Everything that can go wrong in the knowledge layer.

@@ -22,6 +22,9 @@ struct IndexPayload {
     #[serde(default = "default_project")]
     project: String,
     documents: Vec<InlineDocument>,
+    /// Also extract entities and relations with the worker's LLM.
+    #[serde(default)]
+    llm_extraction: bool,
 }
 
 fn default_project() -> String {
@@ -59,12 +62,19 @@ fn bad_payload(err: serde_json::Error) -> HandlerError {
 pub struct IndexingHandler {
     store: store::Store,
     embedder: Arc<dyn Embedder>,
+    llm: Option<Arc<dyn llm::LlmClient>>,
 }
 
 impl IndexingHandler {
     /// A handler writing into `store` with `embedder`.
     pub fn new(store: store::Store, embedder: Arc<dyn Embedder>) -> Self {
-        Self { store, embedder }
+        Self { store, embedder, llm: None }
+    }
+
+    /// The LLM that messages asking for `llm_extraction` use (none: such messages are refused).
+    pub fn with_llm(mut self, llm: Option<Arc<dyn llm::LlmClient>>) -> Self {
+        self.llm = llm;
+        self
     }
 }
 
@@ -74,7 +84,16 @@ impl worker::Handler for IndexingHandler {
         Box::pin(async move {
             let payload: IndexPayload = serde_json::from_value(message.payload.clone()).map_err(bad_payload)?;
             let scope = KnowledgeScope::new(message.tenant.clone(), payload.project);
-            let indexer = Indexer::new(this.store.clone(), this.embedder.clone());
+            let mut indexer = Indexer::new(this.store.clone(), this.embedder.clone());
+            if payload.llm_extraction {
+                let llm = this.llm.clone().ok_or_else(|| {
+                    HandlerError::new(
+                        ErrorKind::InvalidInput,
+                        "llm_extraction: this indexing worker has no LLM; run the role in a process with one (`cogo up`, or a worker that also runs the orchestrator role)",
+                    )
+                })?;
+                indexer = indexer.with_llm_extraction(crate::LlmExtractor::new(llm));
+            }
             let report = indexer.index_inline(&scope, payload.documents, &|_| {}).await.map_err(failure)?;
             let result =
                 serde_json::to_value(&report).map_err(|err| HandlerError::new(ErrorKind::Internal, err.to_string()))?;

@@ -84,6 +84,8 @@ pub const KNOWLEDGE_EMBEDDED_CHUNKS_TOTAL: &str = "cogo_knowledge_embedded_chunk
 pub const KNOWLEDGE_EMBED_LATENCY_MS: &str = "cogo_knowledge_embed_latency_ms";
 /// Documents indexed, by `outcome` (`indexed`, `unchanged`, `deleted`, `skipped`).
 pub const KNOWLEDGE_DOCUMENTS_TOTAL: &str = "cogo_knowledge_documents_total";
+/// Chunks sent to an LLM for graph extraction, by `outcome` (`ok`, `failed`).
+pub const KNOWLEDGE_LLM_EXTRACTIONS_TOTAL: &str = "cogo_knowledge_llm_extractions_total";
 
 /// Goals finished, by `status` (`succeeded`, `failed`, `cancelled`) and paused (`awaiting_approval`).
 pub const GOALS_TOTAL: &str = "cogo_goals_total";
@@ -95,7 +97,7 @@ pub const GOAL_REPLANS_TOTAL: &str = "cogo_goal_replans_total";
 pub const GOAL_DURATION_MS: &str = "cogo_goal_duration_ms";
 
 /// Every metric name above, for documentation and naming checks.
-pub const ALL: [&str; 43] = [
+pub const ALL: [&str; 44] = [
     MCP_CALLS_TOTAL,
     MCP_FAIL_TOTAL,
     MCP_LATENCY_MS,
@@ -135,6 +137,7 @@ pub const ALL: [&str; 43] = [
     KNOWLEDGE_EMBEDDED_CHUNKS_TOTAL,
     KNOWLEDGE_EMBED_LATENCY_MS,
     KNOWLEDGE_DOCUMENTS_TOTAL,
+    KNOWLEDGE_LLM_EXTRACTIONS_TOTAL,
     GOALS_TOTAL,
     GOAL_STEPS_TOTAL,
     GOAL_REPLANS_TOTAL,
@@ -142,7 +145,7 @@ pub const ALL: [&str; 43] = [
 ];
 
 /// The `# HELP` text of every metric, in the order of [`ALL`].
-pub const HELP: [(&str, &str); 43] = [
+pub const HELP: [(&str, &str); 44] = [
     (MCP_CALLS_TOTAL, "MCP tool calls made (attempts), by toolset and tool."),
     (MCP_FAIL_TOTAL, "MCP tool calls that failed, by toolset, tool and error kind."),
     (MCP_LATENCY_MS, "MCP tool call latency in milliseconds, by toolset and tool."),
@@ -188,6 +191,7 @@ pub const HELP: [(&str, &str); 43] = [
     (KNOWLEDGE_EMBEDDED_CHUNKS_TOTAL, "Texts turned into embeddings, by model."),
     (KNOWLEDGE_EMBED_LATENCY_MS, "Embedding call latency in milliseconds, by model."),
     (KNOWLEDGE_DOCUMENTS_TOTAL, "Documents seen by the indexer, by outcome (indexed, unchanged, deleted, skipped)."),
+    (KNOWLEDGE_LLM_EXTRACTIONS_TOTAL, "Chunks sent to an LLM for graph extraction, by outcome (ok, failed)."),
     (GOALS_TOTAL, "Goals that ended or paused, by status."),
     (GOAL_STEPS_TOTAL, "Goal steps judged, by target kind and outcome."),
     (GOAL_REPLANS_TOTAL, "Replans made after a failed goal step."),

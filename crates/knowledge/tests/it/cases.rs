@@ -643,3 +643,103 @@ pub async fn pdf_files_are_indexed_by_their_text(test: TestStore) {
     let again = indexer.index_path(&scope(), &root, &no_progress).await.expect("reindex");
     assert_eq!((again.indexed, again.unchanged, again.skipped.len()), (0, 1, 3), "{again:?}");
 }
+
+/// An LLM under the seed policies (retries and breaker of `llm.call.<provider>`).
+fn guarded(provider: Arc<dyn llm::Provider>) -> Arc<dyn llm::LlmClient> {
+    let policies = Arc::new(resilience::Policies::seed());
+    let breakers = Arc::new(resilience::Breakers::new(policies.clone(), None));
+    Arc::new(llm::Llm::new(provider, policies, breakers))
+}
+
+/// With an LLM configured, entities and relations come from the text too (the real local model):
+/// only names the text holds are kept, each linked to its document and chunk; unchanged documents
+/// are not sent again; a model that cannot be reached costs nothing but its entities.
+pub async fn llm_extraction_keeps_only_what_the_text_names(test: TestStore) {
+    let text = "# Platform team\n\nAlice Johnson leads the platform team at Acme Corporation in Berlin. The team runs \
+the COGO gateway, which calls the Figma server and the Playwright browser through circuit breakers.\n\n## Storage\n\n\
+The gateway writes its artifacts to Amazon S3. PostgreSQL stores the message bus.\n";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("proj");
+    write(&root, "team.md", text);
+    let local = llm::local::LocalModel::load(&test_support::llm_model(), llm::local::LocalOptions::default())
+        .expect("the local model loads");
+    let extractor = knowledge::LlmExtractor::new(guarded(Arc::new(local)));
+    let indexer = Indexer::new(test.store.clone(), model()).with_llm_extraction(extractor);
+    let report = indexer.index_path(&scope(), &root, &no_progress).await.expect("index");
+    let llm = report.llm.clone().expect("an LLM report");
+    assert_eq!((llm.chunks, llm.failed), (2, 0), "{llm:?}");
+    assert!(llm.entities >= 1, "the model names someone or something in this text: {llm:?}");
+    assert!(llm.model.starts_with("local/SmolLM2"), "{llm:?}");
+
+    let filter = KnowledgeFilter { tenant: "acme".into(), project: Some("platform".into()), source_prefix: None };
+    let document = test.store.knowledge_find_entities(&filter, "proj/team.md", None, 5).await.expect("find");
+    let document = document.into_iter().find(|e| e.kind == "document").expect("the document entity");
+    let around = knowledge::graph::neighbourhood(
+        &test.store,
+        "acme",
+        &[document.id],
+        Direction::Out,
+        &[],
+        TraversalLimits { depth: 1, ..Default::default() },
+    )
+    .await
+    .expect("neighbours");
+    let found: Vec<_> =
+        around.nodes.iter().filter(|n| knowledge::llm_extract::KINDS.contains(&n.entity.kind.as_str())).collect();
+    assert_eq!(found.len(), llm.entities, "{around:?}");
+    for node in &found {
+        assert!(
+            text.to_lowercase().contains(&node.entity.name.to_lowercase()),
+            "{} is not in the text",
+            node.entity.name
+        );
+        assert!(
+            around.edges.iter().any(|e| e.source == document.id && e.target == node.entity.id && e.kind == "mentions"),
+            "{} is linked to its document",
+            node.entity.name
+        );
+    }
+    // the structural graph is still there
+    assert!(around.nodes.iter().any(|n| n.entity.name == "proj/team.md#Platform team"));
+    // nothing changed: nothing asked again
+    let again = indexer.index_path(&scope(), &root, &no_progress).await.expect("reindex");
+    assert_eq!((again.unchanged, again.llm.as_ref().map_or(0, |l| l.chunks)), (1, 0), "{again:?}");
+
+    // a model nobody answers for: the document is indexed with its structure, the failure reported
+    let unreachable = llm::openai::OpenAiProvider::new(llm::openai::OpenAiConfig::new("http://127.0.0.1:9/v1", "none"))
+        .expect("provider");
+    let indexer = Indexer::new(test.store.clone(), model())
+        .with_llm_extraction(knowledge::LlmExtractor::new(guarded(Arc::new(unreachable))).with_max_chunks(1));
+    write(&root, "other.md", "# Other\n\nBob Smith maintains the dashboard.\n");
+    let report = indexer.index_path(&scope(), &root, &no_progress).await.expect("indexed all the same");
+    let llm = report.llm.expect("an LLM report");
+    assert_eq!((report.indexed, llm.chunks, llm.failed), (1, 0, 1), "{llm:?}");
+    assert!(llm.first_error.as_deref().is_some_and(|e| e.contains("127.0.0.1:9")), "{llm:?}");
+    let other = test.store.knowledge_find_entities(&filter, "proj/other.md#Other", None, 5).await.expect("find");
+    assert_eq!(other.len(), 1, "the structural graph is written");
+}
+
+/// The `indexing` role: an `index` message may ask for LLM extraction; a worker without an LLM
+/// refuses it as invalid input (not retried), and indexes the same documents without it.
+pub async fn the_indexing_role_runs_llm_extraction_only_with_an_llm(test: TestStore) {
+    use worker::Handler as _;
+    let handler = knowledge::roles::IndexingHandler::new(test.store.clone(), model());
+    let message = |llm_extraction: bool| {
+        let store = test.store.clone();
+        async move {
+            let payload = serde_json::json!({
+                "project": "platform",
+                "documents": [{ "source": "notes/a.md", "text": "# A\n\nAlice Johnson runs the gateway.\n" }],
+                "llm_extraction": llm_extraction
+            });
+            let new =
+                model::NewMessage::new("knowledge", "indexing", model::Intent::new("index").expect("intent"), payload);
+            store.enqueue(new).await.expect("enqueue").message
+        }
+    };
+    let refused = handler.handle(message(true).await).await.expect_err("no LLM here");
+    assert_eq!(refused.kind, model::ErrorKind::InvalidInput, "{}", refused.message);
+    assert!(refused.message.contains("no LLM"), "{}", refused.message);
+    let done = handler.handle(message(false).await).await.expect("indexed");
+    assert_eq!(done.result.expect("a report")["indexed"], 1);
+}

@@ -34,6 +34,8 @@ conformance!(
     the_fast_vector_search_agrees_with_the_exact_one,
     retrieval_evaluation_scores_the_shipped_dataset,
     pdf_files_are_indexed_by_their_text,
+    llm_extraction_keeps_only_what_the_text_names,
+    the_indexing_role_runs_llm_extraction_only_with_an_llm,
 );
 
 /// The bus's PostgreSQL has no pgvector: the knowledge index says so and how to fix it.
