@@ -134,13 +134,18 @@ impl LlmExtractor {
     }
 }
 
+/// `name` with runs of white space as single spaces and none at the ends.
+fn single_spaced(name: &str) -> String {
+    name.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// Keeps the entities named in `text` and the relations between them.
 fn ground(text: &str, answer: Answer) -> Found {
     let haystack = text.to_lowercase();
     let mut found = Found::default();
     let mut by_name: HashMap<String, usize> = HashMap::new();
     for entity in answer.entities {
-        let name = entity.name.split_whitespace().collect::<Vec<_>>().join(" ");
+        let name = single_spaced(&entity.name);
         let key = name.to_lowercase();
         if name.chars().count() < 2
             || !KINDS.contains(&entity.kind.as_str())
@@ -154,8 +159,7 @@ fn ground(text: &str, answer: Answer) -> Found {
         found.entities.push((entity.kind, name));
     }
     for relation in answer.relations {
-        let end =
-            |name: &str| by_name.get(&name.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()).copied();
+        let end = |name: &str| by_name.get(&single_spaced(name).to_lowercase()).copied();
         let (Some(source), Some(target)) = (end(&relation.source), end(&relation.target)) else { continue };
         let valid = relation.relation.len() >= 2
             && relation.relation.len() <= 40
