@@ -89,7 +89,7 @@ pub struct IndexReport {
     pub elapsed_ms: u64,
     /// The embedding model.
     pub model: String,
-    /// Chunks an LLM extracted entities from (`--llm-extraction`), as `provider/model` and counts.
+    /// What LLM graph extraction did (`--llm-extraction`); none when it was not asked for.
     #[serde(default)]
     pub llm: Option<LlmReport>,
 }
@@ -469,10 +469,8 @@ fn read_document(source: &str, path: &Path) -> Result<Option<Pending>, String> {
         if metadata.len() > crate::pdf::MAX_PDF_BYTES {
             return Err(format!("{} bytes, over the PDF limit of {}", metadata.len(), crate::pdf::MAX_PDF_BYTES));
         }
+        // the header is checked with the text, by `pdf::read_text`, once the file is known to have changed
         let bytes = std::fs::read(path).map_err(|err| format!("cannot read: {err}"))?;
-        if !crate::pdf::looks_like_pdf(&bytes) {
-            return Err("not a PDF file (it does not start with %PDF-)".into());
-        }
         let (hash, size) = (sha256(&bytes), bytes.len() as i64);
         return Ok(Some(Pending {
             source: source.to_owned(),
