@@ -269,14 +269,22 @@ pub async fn search(global: &Global, args: BenchSearchArgs) -> anyhow::Result<()
         let mut vector = Vec::with_capacity(queries.len());
         let mut agree = 0usize;
         let mut wanted = 0usize;
+        let mut fulltext_every = Vec::with_capacity(queries.len());
+        let (mut text_agree, mut text_wanted) = (0usize, 0usize);
         for (query, query_vector) in queries.iter().zip(&query_vectors) {
             let request = SearchRequest::new(query.clone());
             let started = Instant::now();
             searcher.search_embedded("bench", &request, Some(query_vector.clone())).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             hybrid.push(elapsed_ms(started));
             let started = Instant::now();
-            store.knowledge_fulltext(&filter, query, 50).await?;
+            let pruned = store.knowledge_fulltext(&filter, query, 50).await?;
             fulltext.push(elapsed_ms(started));
+            let started = Instant::now();
+            let every = store.knowledge_fulltext_every_match(&filter, query, 50).await?;
+            fulltext_every.push(elapsed_ms(started));
+            let best: Vec<i64> = every.iter().take(10).map(|h| h.chunk_id).collect();
+            text_wanted += best.len();
+            text_agree += pruned.iter().take(10).filter(|h| best.contains(&h.chunk_id)).count();
             let started = Instant::now();
             let fast = store.knowledge_vector(&filter, query_vector, 10, false).await?;
             vector.push(elapsed_ms(started));
@@ -293,12 +301,14 @@ pub async fn search(global: &Global, args: BenchSearchArgs) -> anyhow::Result<()
             "model": embedder.model(),
             "hybrid_ms": spread(&mut hybrid),
             "fulltext_ms": spread(&mut fulltext),
+            "fulltext_every_match_ms": spread(&mut fulltext_every),
+            "fulltext_top10_agreement": if text_wanted == 0 { 0.0 } else { text_agree as f64 / text_wanted as f64 },
             "vector_ms": spread(&mut vector),
             "ann_recall_at_10": if wanted == 0 { 0.0 } else { agree as f64 / wanted as f64 },
             "embed_query_ms": spread(&mut embed_query),
             "index_load_ms": load_ms,
             "write_chunks_per_s": chunks as f64 / write_s,
-            "includes": "hybrid_ms: full text (50 candidates) and vector (50) concurrently, weighted fusion, chunks read back; the query's embedding is computed beforehand and reported as embed_query_ms",
+            "includes": "hybrid_ms: full text (50 candidates) and vector (50) concurrently, weighted fusion, chunks read back; the query's embedding is computed beforehand and reported as embed_query_ms; fulltext_every_match_ms ranks every chunk with any query word (no pruning of common words) and fulltext_top10_agreement is the share of its top 10 the pruned search also returns",
         }))
     }
     .await;

@@ -35,6 +35,15 @@ pub struct KnowledgeFilter {
     pub source_prefix: Option<String>,
 }
 
+impl KnowledgeFilter {
+    /// Whether a document of this tenant, project and source passes the filter.
+    pub(crate) fn admits(&self, tenant: &str, project: &str, source: &str) -> bool {
+        tenant == self.tenant
+            && self.project.as_deref().is_none_or(|p| project == p)
+            && self.source_prefix.as_deref().is_none_or(|p| source.starts_with(p))
+    }
+}
+
 /// A document as stored (without its chunks).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StoredDocument {
@@ -269,6 +278,44 @@ pub(crate) fn query_terms(query: &str) -> Vec<String> {
     terms
 }
 
+/// A full-text query only needs its common words pruned once the index is this large: below it,
+/// ranking every chunk that has any query word costs little.
+pub(crate) const PRUNE_FROM_CHUNKS: u64 = 20_000;
+/// A query word in more than this share of the chunks is common.
+pub(crate) const COMMON_SHARE: f64 = 0.01;
+
+/// The words a chunk must hold at least one of to be a full-text candidate, given each term's
+/// chunk count (`df`) among `total` chunks; `None` when every chunk having any word stays a
+/// candidate.
+///
+/// Ranking by BM25 (SQLite's FTS5) costs time for every chunk that matches, and a common word (in
+/// more than 1 % of the chunks) matches many that rank low: a chunk with only common words scores
+/// below one with a rarer word, whose inverse document frequency is higher. So when the query also has rarer words, candidates are the chunks with at least one of
+/// them, still ranked by every word of the query. When the rarer words find fewer than `wanted`
+/// chunks, common words are added back, least common first, until they could; a query of common
+/// words only is not pruned.
+pub(crate) fn required_terms(terms: &[(String, u64)], total: u64, wanted: usize) -> Option<Vec<String>> {
+    if terms.len() < 2 || total < PRUNE_FROM_CHUNKS {
+        return None;
+    }
+    let common = (total as f64 * COMMON_SHARE) as u64;
+    if terms.iter().all(|(_, df)| *df > common) {
+        return None;
+    }
+    let mut ranked: Vec<&(String, u64)> = terms.iter().collect();
+    ranked.sort_by_key(|(_, df)| *df);
+    let mut required = Vec::new();
+    let mut reach = 0u64;
+    for (term, df) in ranked {
+        if *df > common && reach >= wanted as u64 {
+            break;
+        }
+        required.push(term.clone());
+        reach += df;
+    }
+    (required.len() < terms.len()).then_some(required)
+}
+
 /// Checks a document before any write: sizes, the embedding dimension, indices of relations and
 /// mentions. Returns the relations and mentions deduplicated.
 pub(crate) fn checked_graph(
@@ -376,6 +423,29 @@ mod tests {
     fn vectors_round_trip_through_bytes() {
         let v = vec![0.5f32, -1.25, 3.0];
         assert_eq!(super::bytes_vector(&super::vector_bytes(&v)), v);
+    }
+
+    #[test]
+    fn common_words_are_pruned_only_when_rarer_ones_find_enough() {
+        let terms = |list: &[(&str, u64)]| list.iter().map(|(t, df)| (t.to_string(), *df)).collect::<Vec<_>>();
+        let total = 100_000;
+        // "the" is in 60 % of the chunks, "lease" in 0.2 %
+        assert_eq!(
+            super::required_terms(&terms(&[("the", 60_000), ("lease", 200), ("expiry", 40)]), total, 50),
+            Some(vec!["expiry".to_owned(), "lease".to_owned()])
+        );
+        // the rarer words find 30 chunks, fewer than the 50 wanted: the least common word is added
+        assert_eq!(
+            super::required_terms(&terms(&[("the", 60_000), ("claim", 5_000), ("lease", 30)]), total, 50),
+            Some(vec!["lease".to_owned(), "claim".to_owned()])
+        );
+        // nothing to prune: all rare, all common, one word, a small index
+        assert_eq!(super::required_terms(&terms(&[("lease", 200), ("expiry", 40)]), total, 50), None);
+        assert_eq!(super::required_terms(&terms(&[("the", 60_000), ("a", 70_000)]), total, 50), None);
+        assert_eq!(super::required_terms(&terms(&[("lease", 200)]), total, 50), None);
+        assert_eq!(super::required_terms(&terms(&[("the", 6_000), ("lease", 2)]), 10_000, 50), None);
+        // adding common words back that cover every word: no pruning
+        assert_eq!(super::required_terms(&terms(&[("the", 60_000), ("lease", 3)]), total, 50), None);
     }
 
     #[test]

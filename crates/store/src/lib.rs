@@ -543,19 +543,29 @@ impl Store {
     }
 
     /// Full-text search: the best `limit` chunks for the words of `query` (any of them), best first.
+    /// On SQLite, on a large index (20,000 chunks or more), when the query also has rarer words,
+    /// chunks with only common words (each in more than 1 % of the chunks) are not candidates; see
+    /// [`Store::knowledge_fulltext_every_match`].
     pub async fn knowledge_fulltext(
         &self,
         filter: &knowledge::KnowledgeFilter,
         query: &str,
         limit: usize,
     ) -> Result<Vec<knowledge::ScoredChunk>, Error> {
-        check_knowledge_filter(filter)?;
-        if query.chars().count() > knowledge::limits::MAX_QUERY_CHARS {
-            return Err(Error::InvalidKnowledge {
-                detail: format!("the query is over {} characters", knowledge::limits::MAX_QUERY_CHARS),
-            });
-        }
-        dispatch!(self, bus => bus.kb_fulltext(filter, query, limit).await)
+        check_fulltext(filter, query)?;
+        dispatch!(self, bus => bus.kb_fulltext(filter, query, limit, true).await)
+    }
+
+    /// Full-text search ranking every chunk that has any word of the query, common words too:
+    /// slower on large indexes; measures what [`Store::knowledge_fulltext`]'s pruning changes.
+    pub async fn knowledge_fulltext_every_match(
+        &self,
+        filter: &knowledge::KnowledgeFilter,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<knowledge::ScoredChunk>, Error> {
+        check_fulltext(filter, query)?;
+        dispatch!(self, bus => bus.kb_fulltext(filter, query, limit, false).await)
     }
 
     /// Vector search: the `limit` chunks nearest to `vector` by cosine similarity, best first.
@@ -654,6 +664,16 @@ impl Store {
     pub async fn close(&self) {
         dispatch!(self, bus => bus.close().await)
     }
+}
+/// Checks a full-text search's filter and the length of its query.
+fn check_fulltext(filter: &knowledge::KnowledgeFilter, query: &str) -> Result<(), Error> {
+    check_knowledge_filter(filter)?;
+    if query.chars().count() > knowledge::limits::MAX_QUERY_CHARS {
+        return Err(Error::InvalidKnowledge {
+            detail: format!("the query is over {} characters", knowledge::limits::MAX_QUERY_CHARS),
+        });
+    }
+    Ok(())
 }
 
 fn check_knowledge_filter(filter: &knowledge::KnowledgeFilter) -> Result<(), Error> {

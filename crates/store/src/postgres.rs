@@ -32,7 +32,7 @@ mod knowledge;
 
 const BUS_CHANNEL: &str = "cogo_bus";
 
-pub(crate) const MIGRATIONS: [(i64, &str, &str); 7] = [
+pub(crate) const MIGRATIONS: [(i64, &str, &str); 8] = [
     (1, "bus", include_str!("../../../migrations/postgres/0001_bus.sql")),
     (2, "mcp events", include_str!("../../../migrations/postgres/0002_mcp_events.sql")),
     (3, "secrets", include_str!("../../../migrations/postgres/0003_secrets.sql")),
@@ -40,6 +40,7 @@ pub(crate) const MIGRATIONS: [(i64, &str, &str); 7] = [
     (5, "knowledge", include_str!("../../../migrations/postgres/0005_knowledge.sql")),
     (6, "goals", include_str!("../../../migrations/postgres/0006_goals.sql")),
     (7, "edge tokens", include_str!("../../../migrations/postgres/0007_edge_tokens.sql")),
+    (8, "hnsw graph", include_str!("../../../migrations/postgres/0008_hnsw_graph.sql")),
 ];
 
 #[derive(Debug, Clone)]

@@ -743,3 +743,113 @@ pub async fn the_indexing_role_runs_llm_extraction_only_with_an_llm(test: TestSt
     let done = handler.handle(message(false).await).await.expect("indexed");
     assert_eq!(done.result.expect("a report")["indexed"], 1);
 }
+
+/// 20,000 chunks of tenant `acme` (a few of tenant `other`): `alpha` in every chunk, `beta` in
+/// 3 of 10, `kappa` in 40 and `sigma` in 20 (always with `alpha` and `beta`), `zeta` in 3.
+async fn large_fulltext_corpus(test: &TestStore) -> Vec<i64> {
+    let store = &test.store;
+    store.knowledge_prepare("synthetic-4d", 4, false).await.expect("prepare");
+    let write = |scope: KnowledgeScope, source: String, texts: Vec<String>| NewDocument {
+        scope,
+        source,
+        kind: "text".into(),
+        title: None,
+        content_hash: "h".into(),
+        bytes: 1,
+        chunks: texts
+            .into_iter()
+            .enumerate()
+            .map(|(i, text)| NewChunk {
+                heading: None,
+                end: text.len() as i64,
+                text,
+                start: 0,
+                content_hash: format!("{i}"),
+                embedding: vec![0.5, 0.5, 0.5, 0.5],
+            })
+            .collect(),
+        entities: vec![],
+        relations: vec![],
+        mentions: vec![],
+    };
+    for document in 0..20 {
+        let texts = (0..1000)
+            .map(|i| {
+                let n = document * 1000 + i;
+                let mut text = format!("alpha word{} filler{}", n % 997, n % 89);
+                let (kappa, sigma) = (n % 500 == 7, n % 1000 == 250);
+                if n % 10 < 3 || kappa || sigma {
+                    text.push_str(" beta");
+                }
+                if kappa {
+                    text.push_str(" kappa");
+                }
+                if sigma {
+                    text.push_str(" sigma");
+                }
+                if n % 7000 == 11 {
+                    text.push_str(" zeta");
+                }
+                text
+            })
+            .collect();
+        store.knowledge_put_document(write(scope(), format!("big/{document:02}.txt"), texts)).await.expect("write");
+    }
+    let other = KnowledgeScope::new("other", "platform");
+    let texts = (0..50).map(|_| "alpha beta kappa sigma kappa sigma".to_owned()).collect();
+    store.knowledge_put_document(write(other, "big/other.txt".into(), texts)).await.expect("write other");
+    store.knowledge_analyze().await.expect("analyze");
+    let filter = KnowledgeFilter { tenant: "acme".into(), ..Default::default() };
+    store
+        .knowledge_fulltext_every_match(&filter, "kappa sigma", 1000)
+        .await
+        .expect("rare")
+        .iter()
+        .map(|h| h.chunk_id)
+        .collect()
+}
+
+pub async fn full_text_prunes_common_words_but_keeps_the_best_hits(test: TestStore) {
+    let rare = large_fulltext_corpus(&test).await;
+    assert_eq!(rare.len(), 60, "chunks of acme with kappa or sigma");
+    let store = &test.store;
+    let filter = KnowledgeFilter { tenant: "acme".into(), ..Default::default() };
+    // every word counted: the 60 chunks with a rare word rank first, they also have alpha and beta
+    let every: Vec<i64> = store
+        .knowledge_fulltext_every_match(&filter, "alpha beta kappa sigma", 60)
+        .await
+        .expect("every match")
+        .iter()
+        .map(|h| h.chunk_id)
+        .collect();
+    let pruned = store.knowledge_fulltext(&filter, "alpha beta kappa sigma", 60).await.expect("pruned");
+    let mut pruned_ids: Vec<i64> = pruned.iter().map(|h| h.chunk_id).collect();
+    let (mut every_sorted, rare_sorted) = (every.clone(), {
+        let mut r = rare.clone();
+        r.sort();
+        r
+    });
+    every_sorted.sort();
+    pruned_ids.sort();
+    assert_eq!(every_sorted, rare_sorted, "unpruned, the chunks with rare words rank first");
+    assert_eq!(pruned_ids, rare_sorted, "pruned: the same chunks, none of tenant other");
+    assert!(pruned.windows(2).all(|w| w[0].score >= w[1].score), "best first");
+    // a wider window than the rare words fill: common words are candidates again
+    let wide = store.knowledge_fulltext(&filter, "alpha beta kappa sigma", 200).await.expect("wide");
+    assert_eq!(wide.len(), 200, "the rare words find 60 of acme's chunks, fewer than the 200 wanted");
+    assert!(rare.iter().all(|id| wide.iter().any(|h| h.chunk_id == *id)), "the rare chunks are among them");
+    // the rare words find 3 chunks, fewer than wanted: common words stay candidates
+    let few = store.knowledge_fulltext(&filter, "alpha zeta", 50).await.expect("few");
+    assert_eq!(few.len(), 50);
+    let with_zeta = store.knowledge_fulltext_every_match(&filter, "zeta", 50).await.expect("zeta");
+    assert_eq!(with_zeta.len(), 3);
+    assert!(with_zeta.iter().all(|z| few.iter().any(|h| h.chunk_id == z.chunk_id)), "the zeta chunks are among them");
+    // another tenant's chunks never come back, whichever path the search takes
+    let other = KnowledgeFilter { tenant: "other".into(), ..Default::default() };
+    let theirs = store.knowledge_fulltext(&other, "alpha beta kappa sigma", 60).await.expect("other tenant");
+    assert_eq!(theirs.len(), 50);
+    assert!(theirs.iter().all(|h| !rare.contains(&h.chunk_id)));
+    // a project filter that matches nothing
+    let none = KnowledgeFilter { tenant: "acme".into(), project: Some("nope".into()), ..Default::default() };
+    assert!(store.knowledge_fulltext(&none, "alpha beta kappa sigma", 10).await.expect("no project").is_empty());
+}

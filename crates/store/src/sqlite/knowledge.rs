@@ -10,10 +10,16 @@ use super::{SqliteBus, at, us};
 use crate::Error;
 use crate::error::db;
 use crate::knowledge::{
-    Direction, Edge, Entity, KnowledgeFilter, KnowledgeScope, KnowledgeStats, NewDocument, ScoredChunk, StoredChunk,
-    StoredDocument, bytes_vector, check_model, checked_graph, limits, query_terms, vector_bytes,
+    Direction, Edge, Entity, KnowledgeFilter, KnowledgeScope, KnowledgeStats, NewDocument, PRUNE_FROM_CHUNKS,
+    ScoredChunk, StoredChunk, StoredDocument, bytes_vector, check_model, checked_graph, limits, query_terms,
+    required_terms, vector_bytes,
 };
 use crate::vector_index::{IndexedDocument, VectorIndex, VectorIndexBuilder};
+
+/// An FTS5 query matching any of `terms` (each quoted, so none is read as an operator).
+fn fts_expression(terms: &[String]) -> String {
+    terms.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(" OR ")
+}
 
 /// Rows per multi-row insert (SQLite allows 32766 bound values).
 const INSERT_BATCH: usize = 500;
@@ -264,21 +270,103 @@ impl SqliteBus {
         filter: &KnowledgeFilter,
         query: &str,
         limit: usize,
+        prune: bool,
     ) -> Result<Vec<ScoredChunk>, Error> {
         let terms = query_terms(query);
+        let limit = limit.min(limits::MAX_CANDIDATES);
         if terms.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let expression = terms.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(" OR ");
+        let all = fts_expression(&terms);
+        // the vector index knows every chunk's document: it sizes the filter's share of the index
+        // and filters hits without a join
+        let index = self.kb_vector_index().await?;
+        let total = index.len();
+        let required = if prune && terms.len() >= 2 && total as u64 >= PRUNE_FROM_CHUNKS {
+            let counts = self.kb_term_counts(&terms).await?;
+            required_terms(&counts, total as u64, limit).map(|required| fts_expression(&required))
+        } else {
+            None
+        };
+        let admitted =
+            |document: &IndexedDocument| filter.admits(&document.tenant, &document.project, &document.source);
+        let in_scope = index.count(admitted);
+        if in_scope == 0 && total > 0 {
+            return Ok(Vec::new());
+        }
+        // When the filter keeps most of the index, rank without the join and filter the best hits
+        // in memory, asking for enough that `limit` pass; a chunk newer than the index, or too few
+        // passing, takes the joined query.
+        if total > 0 && in_scope * 2 >= total {
+            let fetch = (limit * total).div_ceil(in_scope).min(limits::MAX_CANDIDATES * 2);
+            let rows = self.kb_fulltext_rows(None, &all, required.as_deref(), fetch).await?;
+            let complete = rows.len() < fetch;
+            let mut hits = Vec::with_capacity(limit);
+            let mut unknown = false;
+            for hit in rows {
+                match index.document_of(hit.chunk_id) {
+                    Some(document) if admitted(document) => hits.push(hit),
+                    Some(_) => {}
+                    None => unknown = true,
+                }
+            }
+            if !unknown && (hits.len() >= limit || complete) {
+                hits.truncate(limit);
+                return Ok(hits);
+            }
+        }
+        self.kb_fulltext_rows(Some(filter), &all, required.as_deref(), limit).await
+    }
+
+    /// How many chunks hold each term (one statement for all of them).
+    async fn kb_term_counts(&self, terms: &[String]) -> Result<Vec<(String, u64)>, Error> {
+        let mut builder = QueryBuilder::<Sqlite>::new("SELECT ");
+        let mut columns = builder.separated(", ");
+        for term in terms {
+            columns.push("(SELECT count(*) FROM knowledge_chunks_fts WHERE knowledge_chunks_fts MATCH ");
+            columns.push_bind_unseparated(fts_expression(std::slice::from_ref(term)));
+            columns.push_unseparated(")");
+        }
+        let row = builder.build().fetch_one(&self.reader).await.map_err(db("counting full-text terms"))?;
+        terms
+            .iter()
+            .enumerate()
+            .map(|(i, term)| Ok((term.clone(), row.try_get::<i64, _>(i)?.max(0) as u64)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db("counting full-text terms"))
+    }
+
+    /// The best chunks for `all` by BM25 (heading weighted twice), only among chunks that match
+    /// `required` when given, and of documents passing `filter` when given.
+    async fn kb_fulltext_rows(
+        &self,
+        filter: Option<&KnowledgeFilter>,
+        all: &str,
+        required: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ScoredChunk>, Error> {
         let mut builder = QueryBuilder::<Sqlite>::new(
-            // CROSS JOIN keeps the full-text index the outer loop: one index query, not one per chunk
-            "SELECT f.rowid, -bm25(knowledge_chunks_fts, 2.0, 1.0) AS score FROM knowledge_chunks_fts f
-             CROSS JOIN knowledge_chunks c ON c.id = f.rowid CROSS JOIN knowledge_documents d ON d.id = c.document_id
-             WHERE knowledge_chunks_fts MATCH ",
+            "SELECT f.rowid, -bm25(knowledge_chunks_fts, 2.0, 1.0) AS score FROM knowledge_chunks_fts f",
         );
-        builder.push_bind(expression);
-        push_filter(&mut builder, filter);
-        builder.push(" ORDER BY score DESC LIMIT ").push_bind(limit.min(limits::MAX_CANDIDATES) as i64);
+        if filter.is_some() {
+            // CROSS JOIN keeps the full-text index the outer loop: one index query, not one per chunk
+            builder.push(
+                " CROSS JOIN knowledge_chunks c ON c.id = f.rowid CROSS JOIN knowledge_documents d ON d.id = c.document_id",
+            );
+        }
+        builder.push(" WHERE knowledge_chunks_fts MATCH ").push_bind(all.to_owned());
+        if let Some(required) = required {
+            // `+` keeps the planner from running the full-text query once per candidate: the
+            // candidates become a lookup table and BM25 is computed only for chunks in it
+            builder
+                .push(" AND +f.rowid IN (SELECT rowid FROM knowledge_chunks_fts WHERE knowledge_chunks_fts MATCH ")
+                .push_bind(required.to_owned())
+                .push(")");
+        }
+        if let Some(filter) = filter {
+            push_filter(&mut builder, filter);
+        }
+        builder.push(" ORDER BY score DESC LIMIT ").push_bind(limit as i64);
         let rows = builder.build().fetch_all(&self.reader).await.map_err(db("searching the full-text index"))?;
         rows.iter()
             .map(|row| Ok(ScoredChunk { chunk_id: row.try_get(0)?, score: row.try_get::<f64, _>(1)? as f32 }))
@@ -299,9 +387,7 @@ impl SqliteBus {
         let limit = limit.min(limits::MAX_CANDIDATES);
         tokio::task::spawn_blocking(move || {
             index.search(&vector, limit, exact, |document| {
-                document.tenant == filter.tenant
-                    && filter.project.as_ref().is_none_or(|p| &document.project == p)
-                    && filter.source_prefix.as_ref().is_none_or(|p| document.source.starts_with(p.as_str()))
+                filter.admits(&document.tenant, &document.project, &document.source)
             })
         })
         .await
