@@ -754,7 +754,8 @@ mod migration_tests {
     /// Every file in `migrations/<backend>/` is embedded, in order (a new file must be listed).
     #[test]
     fn every_migration_file_is_embedded() {
-        for (backend, embedded) in [("sqlite", &crate::sqlite::MIGRATIONS), ("postgres", &crate::postgres::MIGRATIONS)]
+        for (backend, embedded) in
+            [("sqlite", &crate::sqlite::MIGRATIONS[..]), ("postgres", &crate::postgres::MIGRATIONS[..])]
         {
             let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations").join(backend);
             let mut files: Vec<String> = std::fs::read_dir(&dir)
