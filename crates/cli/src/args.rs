@@ -1066,8 +1066,9 @@ pub struct BenchBusArgs {
     /// Concurrent handlers.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    /// Claim batch size.
-    #[arg(long, default_value_t = 50)]
+    /// Most messages one claim takes (the runtime asks for what its handlers finish in about
+    /// 50 ms, at least the free handler slots, at most this).
+    #[arg(long, default_value_t = 500)]
     pub batch: u32,
     /// Print one JSON object.
     #[arg(long)]

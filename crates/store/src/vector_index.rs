@@ -20,6 +20,12 @@ const BITS_FROM: usize = 20_000;
 const BITS_FACTOR: usize = 100;
 /// At least this many candidates of the 1-bit pass are re-scored.
 const MIN_BITS_KEEP: usize = 2_000;
+/// Filters whose scope counts are remembered per generation (sources prefixes vary; the map is
+/// emptied when full rather than growing with every prefix ever asked for).
+const COUNTS_KEPT: usize = 1_024;
+
+/// A filter's tenant, project and source prefix.
+type ScopeKey = (String, Option<String>, Option<String>);
 
 /// One document's place in the index, for filters.
 #[derive(Debug, Clone)]
@@ -37,7 +43,8 @@ pub(crate) struct VectorIndex {
     chunk_ids: Vec<i64>,
     documents_of_chunks: Vec<u32>,
     documents: Vec<IndexedDocument>,
-    /// Row-major, `dim` per chunk, unit vectors scaled by 127.
+    /// Row-major, `dim` per chunk, unit vectors scaled by 127 (empty from `BITS_FROM` vectors,
+    /// where the 1-bit pass replaces the 8-bit scan).
     quantized: Vec<i8>,
     /// Row-major, `dim` per chunk.
     full: Vec<f32>,
@@ -48,6 +55,9 @@ pub(crate) struct VectorIndex {
     bits: Vec<u64>,
     /// 64-bit words per chunk in `bits`.
     words: usize,
+    /// Chunks in scope per filter, counted once per generation (the index is rebuilt, and this
+    /// emptied, when the knowledge tables change).
+    counts: std::sync::Mutex<HashMap<ScopeKey, usize>>,
 }
 
 /// Builds an index from rows of (chunk id, document id, embedding).
@@ -76,7 +86,6 @@ impl VectorIndexBuilder {
         }
         self.index.chunk_ids.push(chunk_id);
         self.index.documents_of_chunks.push(*slot);
-        self.index.quantized.extend(vector.iter().map(|v| (v * 127.0).round().clamp(-127.0, 127.0) as i8));
         self.index.full.extend_from_slice(vector);
     }
 
@@ -93,10 +102,6 @@ impl VectorIndexBuilder {
                 chunk_ids: order.iter().map(|row| old.chunk_ids[*row]).collect(),
                 documents_of_chunks: order.iter().map(|row| old.documents_of_chunks[*row]).collect(),
                 documents: old.documents,
-                quantized: order
-                    .iter()
-                    .flat_map(|row| old.quantized[row * dim..(row + 1) * dim].iter().copied())
-                    .collect(),
                 full: order.iter().flat_map(|row| old.full[row * dim..(row + 1) * dim].iter().copied()).collect(),
                 ..VectorIndex::default()
             };
@@ -116,6 +121,8 @@ impl VectorIndexBuilder {
                 bits.extend(sign_bits(vector, &self.index.mean));
             }
             self.index.bits = bits;
+        } else {
+            self.index.quantized = self.index.full.iter().map(|v| quantize(*v)).collect();
         }
         self.index
     }
@@ -137,6 +144,22 @@ impl VectorIndex {
     pub(crate) fn count(&self, allow: impl Fn(&IndexedDocument) -> bool) -> usize {
         let allowed: Vec<bool> = self.documents.iter().map(allow).collect();
         self.documents_of_chunks.iter().filter(|slot| allowed[**slot as usize]).count()
+    }
+
+    /// How many chunks are in the filter's scope, counted on the first search of this generation
+    /// with this filter and remembered (at most `COUNTS_KEPT` filters) until the index is rebuilt.
+    pub(crate) fn count_in_scope(&self, filter: &crate::knowledge::KnowledgeFilter) -> usize {
+        let key = (filter.tenant.clone(), filter.project.clone(), filter.source_prefix.clone());
+        if let Some(count) = self.counts.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return *count;
+        }
+        let count = self.count(|d| filter.admits(&d.tenant, &d.project, &d.source));
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if counts.len() >= COUNTS_KEPT {
+            counts.clear();
+        }
+        counts.insert(key, count);
+        count
     }
 
     /// The `limit` nearest chunks to `query` (a unit vector) among documents that pass `allow`,
@@ -161,7 +184,7 @@ impl VectorIndex {
             )
         } else {
             let rough: Vec<usize> = if self.bits.is_empty() {
-                let quantized: Vec<i8> = query.iter().map(|v| (v * 127.0).round().clamp(-127.0, 127.0) as i8).collect();
+                let quantized: Vec<i8> = query.iter().map(|v| quantize(*v)).collect();
                 let keep = (limit * RESCORE_FACTOR).max(MIN_RESCORE);
                 self.scan(
                     keep,
@@ -258,6 +281,11 @@ impl VectorIndex {
         merged.truncate(keep);
         merged
     }
+}
+
+/// A unit vector's component scaled to a signed byte.
+fn quantize(value: f32) -> i8 {
+    (value * 127.0).round().clamp(-127.0, 127.0) as i8
 }
 
 /// One bit a dimension, set when the value is above the mean's, packed into 64-bit words.
@@ -414,27 +442,55 @@ mod tests {
     }
 
     #[test]
-    fn the_quantised_scan_agrees_with_the_exact_one() {
+    fn the_quantised_scans_agree_with_the_exact_one() {
         let dim = 48;
         let mut seed = 7u64;
         let mut next = || {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((seed >> 33) as f32 / u32::MAX as f32) - 0.25
         };
-        let documents = vec![(1, document("a"))];
-        let mut builder = VectorIndexBuilder::new(1, dim, documents);
-        for id in 0..30_000 {
-            let v: Vec<f32> = (0..dim).map(|_| next()).collect();
-            builder.push(id, 1, &unit(v));
+        // below BITS_FROM the 8-bit scan picks the candidates, from it the 1-bit pass
+        for rows in [5_000, 30_000] {
+            let documents = vec![(1, document("a"))];
+            let mut builder = VectorIndexBuilder::new(1, dim, documents);
+            for id in 0..rows {
+                let v: Vec<f32> = (0..dim).map(|_| next()).collect();
+                builder.push(id, 1, &unit(v));
+            }
+            let index = builder.build();
+            let one_bit = rows as usize >= BITS_FROM;
+            assert_eq!(index.bits.is_empty(), !one_bit, "{rows} vectors");
+            // only the copy the search reads is kept
+            assert_eq!(index.quantized.is_empty(), one_bit, "{rows} vectors");
+            let mut agree = 0;
+            for _ in 0..20 {
+                let query = unit((0..dim).map(|_| next()).collect());
+                let exact: Vec<i64> = index.search(&query, 10, true, |_| true).iter().map(|h| h.chunk_id).collect();
+                let fast: Vec<i64> = index.search(&query, 10, false, |_| true).iter().map(|h| h.chunk_id).collect();
+                agree += fast.iter().filter(|id| exact.contains(id)).count();
+            }
+            assert!(agree >= 190, "recall@10 at {rows} vectors: {agree}/200");
         }
+    }
+
+    #[test]
+    fn scope_counts_are_remembered_per_filter() {
+        let mut builder = VectorIndexBuilder::new(1, 2, vec![(10, document("a")), (11, document("b"))]);
+        builder.push(1, 10, &unit(vec![1.0, 0.0]));
+        builder.push(2, 10, &unit(vec![0.0, 1.0]));
+        builder.push(3, 11, &unit(vec![1.0, 1.0]));
         let index = builder.build();
-        let mut agree = 0;
-        for _ in 0..20 {
-            let query = unit((0..dim).map(|_| next()).collect());
-            let exact: Vec<i64> = index.search(&query, 10, true, |_| true).iter().map(|h| h.chunk_id).collect();
-            let fast: Vec<i64> = index.search(&query, 10, false, |_| true).iter().map(|h| h.chunk_id).collect();
-            agree += fast.iter().filter(|id| exact.contains(id)).count();
+        let filter = |tenant: &str, prefix: Option<&str>| crate::knowledge::KnowledgeFilter {
+            tenant: tenant.into(),
+            project: None,
+            source_prefix: prefix.map(Into::into),
+        };
+        for _ in 0..2 {
+            assert_eq!(index.count_in_scope(&filter("a", None)), 2);
+            assert_eq!(index.count_in_scope(&filter("b", None)), 1);
+            assert_eq!(index.count_in_scope(&filter("a", Some("x"))), 0);
+            assert_eq!(index.count_in_scope(&filter("c", None)), 0);
         }
-        assert!(agree >= 190, "recall@10 of the 8-bit scan: {agree}/200");
+        assert_eq!(index.counts.lock().map(|c| c.len()).unwrap_or(0), 4);
     }
 }

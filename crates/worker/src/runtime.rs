@@ -26,7 +26,9 @@ pub struct RuntimeConfig {
     pub agent_id: String,
     /// Handlers running at once.
     pub concurrency: usize,
-    /// Most messages claimed in one statement.
+    /// Most messages claimed in one statement. Each claim asks for what the handlers finish in
+    /// about `CLAIM_AHEAD` at their recent rate, at least the free handler slots, at most this: a
+    /// deep queue of fast jobs is claimed in large batches, slow jobs are not hoarded by one process.
     pub batch: u32,
     /// Lease length; heartbeats extend it every third of it.
     pub lease: Duration,
@@ -47,7 +49,7 @@ impl RuntimeConfig {
             shards: Vec::new(),
             agent_id: agent_id.to_owned(),
             concurrency: 16,
-            batch: 32,
+            batch: 500,
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(2),
             claimers: 2,
@@ -69,6 +71,45 @@ pub struct RuntimeStats {
     pub lease_lost: AtomicU64,
     /// Claim statements issued.
     pub claim_queries: AtomicU64,
+    /// Handler calls finished (either way).
+    pub handled: AtomicU64,
+}
+
+/// How much work, at the handlers' recent rate, one claim loop asks for at a time.
+const CLAIM_AHEAD: Duration = Duration::from_millis(50);
+
+/// The size of the next claim: what the handlers finish in `CLAIM_AHEAD` at their recent rate,
+/// at least the free handler slots, at most `max`.
+#[derive(Debug)]
+struct ClaimSizer {
+    max: u32,
+    last: std::time::Instant,
+    last_handled: u64,
+    /// Messages a second, smoothed over the last claims.
+    rate: f64,
+}
+
+impl ClaimSizer {
+    fn new(max: u32) -> Self {
+        Self { max: max.max(1), last: std::time::Instant::now(), last_handled: 0, rate: 0.0 }
+    }
+
+    /// The next claim's size, given the handlers' total so far and the free slots now.
+    fn next(&mut self, handled: u64, free: usize) -> u32 {
+        self.next_at(std::time::Instant::now(), handled, free)
+    }
+
+    fn next_at(&mut self, now: std::time::Instant, handled: u64, free: usize) -> u32 {
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        if elapsed > 0.0 {
+            let recent = handled.saturating_sub(self.last_handled) as f64 / elapsed;
+            self.rate = (self.rate + recent) / 2.0;
+        }
+        self.last = now;
+        self.last_handled = handled;
+        let ahead = (self.rate * CLAIM_AHEAD.as_secs_f64()).ceil().min(f64::from(self.max)) as u32;
+        ahead.max(u32::try_from(free).unwrap_or(u32::MAX)).clamp(1, self.max)
+    }
 }
 
 enum Finished {
@@ -196,6 +237,7 @@ async fn claim_loop(context: Arc<LoopContext>, mut shutdown: watch::Receiver<boo
     let wake = context.queue.wakeup(&config.service, &config.role);
     let shard_refs: Vec<&str> = config.shards.iter().map(String::as_str).collect();
     let mut backoff = Duration::from_millis(50);
+    let mut sizer = ClaimSizer::new(config.batch);
     let mut handlers = tokio::task::JoinSet::new();
     // Claimed messages wait here for a free handler slot: claiming a whole batch at once keeps
     // claims few even when handlers are fewer than the batch (their leases are heartbeated).
@@ -206,9 +248,9 @@ async fn claim_loop(context: Arc<LoopContext>, mut shutdown: watch::Receiver<boo
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let request =
-                ClaimRequest::new(&config.service, &config.role, &config.agent_id, config.batch.max(1), config.lease)
-                    .with_shards(&shard_refs);
+            let size = sizer.next(context.stats.handled.load(Ordering::Relaxed), context.permits.available_permits());
+            let request = ClaimRequest::new(&config.service, &config.role, &config.agent_id, size, config.lease)
+                .with_shards(&shard_refs);
             context.stats.claim_queries.fetch_add(1, Ordering::Relaxed);
             let claimed = match context.queue.claim(&request).await {
                 Ok(claimed) => {
@@ -266,10 +308,12 @@ async fn claim_loop(context: Arc<LoopContext>, mut shutdown: watch::Receiver<boo
         };
         let handler = context.handler.clone();
         let finished = context.finished.clone();
+        let stats = context.stats.clone();
         handlers.spawn(async move {
             let id = message.id;
             let copy = message.clone();
             let outcome = handler.handle(message).await;
+            stats.handled.fetch_add(1, Ordering::Relaxed);
             let _ = finished.send(match outcome {
                 Ok(output) => Finished::Done(id, output),
                 Err(error) => Finished::Failed(Box::new(copy), error),
@@ -298,8 +342,10 @@ async fn completer(
     // SQLite has one writer: concurrent writes only shrink batches, so write one at a time there
     let concurrent_writes = queue.concurrent_writes().max(1);
     let writers = Arc::new(Semaphore::new(concurrent_writes));
-    let mut buffer = Vec::with_capacity(256);
-    while finished.recv_many(&mut buffer, 256).await > 0 {
+    // one statement records up to a claim's worth of outcomes
+    let most = (config.batch as usize).clamp(256, 2_000);
+    let mut buffer = Vec::with_capacity(most);
+    while finished.recv_many(&mut buffer, most).await > 0 {
         let mut completions = Vec::new();
         let mut failures = Vec::new();
         let now = queue.now();
@@ -449,5 +495,33 @@ async fn heartbeat(
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "extending leases failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_follow_the_handlers_rate_between_the_free_slots_and_the_most() {
+        let start = std::time::Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut sizer = ClaimSizer { max: 500, last: start, last_handled: 0, rate: 0.0 };
+        // nothing measured yet: the free slots
+        assert_eq!(sizer.next_at(at(0), 0, 16), 16);
+        // fast handlers (2,000 in 10 ms): the rate climbs, claims grow to the most
+        assert_eq!(sizer.next_at(at(10), 2_000, 16), 500);
+        assert_eq!(sizer.next_at(at(20), 4_000, 16), 500);
+        // slow handlers (2 in a second): back to the free slots, never fewer than one
+        let mut slow = ClaimSizer { max: 500, last: start, last_handled: 0, rate: 0.0 };
+        assert_eq!(slow.next_at(at(1_000), 2, 4), 4);
+        assert_eq!(slow.next_at(at(2_000), 4, 0), 1);
+        // a medium rate (4,000 a second): about 50 ms of work
+        let mut medium = ClaimSizer { max: 500, last: start, last_handled: 0, rate: 4_000.0 };
+        assert_eq!(medium.next_at(at(1_000), 4_000, 8), 200);
+        // never more than the most, whatever the free slots
+        let mut small = ClaimSizer::new(8);
+        assert_eq!(small.next_at(at(5), 0, 64), 8);
+        assert_eq!(ClaimSizer::new(0).next_at(at(5), 0, 0), 1);
     }
 }

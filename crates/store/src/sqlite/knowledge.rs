@@ -290,7 +290,7 @@ impl SqliteBus {
         };
         let admitted =
             |document: &IndexedDocument| filter.admits(&document.tenant, &document.project, &document.source);
-        let in_scope = index.count(admitted);
+        let in_scope = index.count_in_scope(filter);
         if in_scope == 0 && total > 0 {
             return Ok(Vec::new());
         }
