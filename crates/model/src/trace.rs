@@ -54,9 +54,25 @@ impl TraceContext {
         }
     }
 
-    /// A new root context from the thread's random generator.
+    /// A new root context: the trace id begins with the current time (see `from_time_and_random`).
     pub fn new_root() -> Self {
-        Self::from_random(&mut rand::rng())
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+        Self::from_time_and_random(unix_ms, &mut rand::rng())
+    }
+
+    /// A new root context whose trace id begins with `unix_ms` (its low 48 bits, big-endian) and
+    /// ends with ten random bytes, more than the seven random rightmost bytes Trace Context
+    /// level 2 asks of a trace id. Trace ids made later sort after earlier ones, so the indexes on
+    /// `trace_id` grow at one end instead of taking each new trace at a random place: fewer pages
+    /// change per commit.
+    pub fn from_time_and_random(unix_ms: u64, random: &mut impl RngCore) -> Self {
+        let mut context = Self::from_random(random);
+        if unix_ms > 0 {
+            context.trace_id[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
+        }
+        context
     }
 
     /// Parses a `traceparent` header value. Future versions (not `00`, not `ff`) are accepted when

@@ -53,6 +53,44 @@ pub(crate) struct SqliteBus {
     options: StoreOptions,
     wakeups: Wakeups,
     vectors: std::sync::Arc<knowledge::VectorCache>,
+    /// The checkpointer's connection (none in memory).
+    checkpoints: Option<SqlitePool>,
+    /// Held by every clone; the checkpointer stops once the last clone is gone.
+    _alive: std::sync::Arc<()>,
+}
+
+/// How often the checkpointer looks at the WAL file (a `stat`, no query, while nothing changes).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// The WAL size, in pages, past which the writer checkpoints by itself (SQLite's default is 1,000;
+/// the checkpointer normally keeps the WAL far below this).
+const WRITER_CHECKPOINT_PAGES: u32 = 10_000;
+
+/// Copies the WAL into the database file from a connection of its own, whenever the WAL changed
+/// since its last pass (`PRAGMA wal_checkpoint(PASSIVE)`: it never blocks the writer or readers).
+/// The writer, which every write waits on, thus never copies pages or waits on `fsync` for a
+/// checkpoint. Stops when the store is closed or dropped.
+async fn checkpointer(pool: SqlitePool, wal: std::path::PathBuf, alive: std::sync::Weak<()>) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut checkpointed = None;
+    loop {
+        tick.tick().await;
+        if alive.strong_count() == 0 || pool.is_closed() {
+            break;
+        }
+        // read before the checkpoint: a commit during it shows as a change on the next pass
+        let seen = std::fs::metadata(&wal).ok().map(|m| (m.len(), m.modified().ok()));
+        if seen.is_none() || seen == checkpointed {
+            continue;
+        }
+        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
+            Ok(_) => checkpointed = seen,
+            Err(_) if pool.is_closed() => break,
+            Err(error) => tracing::warn!(%error, wal = %wal.display(), "checkpointing the SQLite WAL failed; retrying"),
+        }
+    }
+    pool.close().await;
 }
 
 fn us(at: DateTime<Utc>) -> i64 {
@@ -79,17 +117,25 @@ impl SqliteBus {
             .pragma("temp_store", "memory")
             .pragma("cache_size", "-32768");
         let memory = url.contains(":memory:") || url.contains("mode=memory");
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(connect.clone())
-            .await
-            .map_err(db("opening the SQLite database"))?;
+        let one =
+            || SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None);
+        // On a file the writer leaves checkpoints to the checkpointer; it checkpoints itself only
+        // past `WRITER_CHECKPOINT_PAGES` (should the checkpointer fall behind).
+        let writer_options = if memory {
+            connect.clone()
+        } else {
+            connect.clone().pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES.to_string())
+        };
+        let writer = one().connect_with(writer_options).await.map_err(db("opening the SQLite database"))?;
+        let alive = std::sync::Arc::new(());
+        let mut checkpoints = None;
         let reader = if memory {
             writer.clone()
         } else {
+            let pool = one().connect_with(connect.clone()).await.map_err(db("opening the SQLite checkpointer"))?;
+            let wal = std::path::PathBuf::from(format!("{}-wal", connect.get_filename().display()));
+            tokio::spawn(checkpointer(pool.clone(), wal, std::sync::Arc::downgrade(&alive)));
+            checkpoints = Some(pool);
             SqlitePoolOptions::new()
                 .max_connections(options.max_connections.clamp(1, 16))
                 // each reader keeps a smaller page cache than the writer: up to 16 of them, and
@@ -98,7 +144,15 @@ impl SqliteBus {
                 .await
                 .map_err(db("opening SQLite readers"))?
         };
-        Ok(Self { writer, reader, options, wakeups: Wakeups::default(), vectors: Default::default() })
+        Ok(Self {
+            writer,
+            reader,
+            options,
+            wakeups: Wakeups::default(),
+            vectors: Default::default(),
+            checkpoints,
+            _alive: alive,
+        })
     }
 
     pub(crate) fn options(&self) -> &StoreOptions {
@@ -258,34 +312,56 @@ impl SqliteBus {
         .await
         .map_err(db("finding tenants with queued messages"))?;
         let share = u64::from(request.limit).div_ceil(tenants.len().max(1) as u64) as i64;
-        let mut rows = Vec::new();
+        // Each tenant's share comes back as one row (a JSON array), not a row a message: the
+        // writer thread hands over one value per statement instead of waiting on the reader for
+        // every few rows while it holds the write lock.
+        let mut messages = Vec::new();
         for tenant in &tenants {
-            let remaining = i64::from(request.limit) - rows.len() as i64;
+            let remaining = i64::from(request.limit) - messages.len() as i64;
             if remaining <= 0 {
                 break;
             }
-            let claimed = sqlx::query(
-                "UPDATE agent_messages SET status = 'claimed', attempts = attempts + 1, claimed_by = ?1, claimed_at = ?2, lease_until = ?3 \
-                 WHERE id IN (SELECT id FROM agent_messages \
-                              WHERE status = 'queued' AND service = ?4 AND role = ?5 AND tenant = ?8 AND run_at <= ?2 \
-                                AND shard IN (SELECT value FROM json_each(?6)) \
-                              ORDER BY priority DESC, run_at, id LIMIT ?7) \
-                 RETURNING *",
-            )
-            .bind(&request.agent_id)
-            .bind(us(now))
-            .bind(lease_until)
+            let ready: String = sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT json_group_array({MESSAGE_JSON}) FROM (SELECT * FROM agent_messages \
+                 WHERE status = 'queued' AND service = ?1 AND role = ?2 AND tenant = ?3 AND run_at <= ?4 \
+                   AND shard IN (SELECT value FROM json_each(?5)) \
+                 ORDER BY priority DESC, run_at, id LIMIT ?6)"
+            )))
             .bind(&request.service)
             .bind(&request.role)
+            .bind(tenant)
+            .bind(us(now))
             .bind(&shards)
             .bind(share.min(remaining))
-            .bind(tenant)
-            .fetch_all(&mut *tx)
+            .fetch_one(&mut *tx)
             .await
-            .map_err(db("claiming messages"))?;
-            rows.extend(claimed);
+            .map_err(db("finding messages to claim"))?;
+            messages.extend(messages_from_json(&ready)?);
         }
-        let mut messages = rows.iter().map(message_from_row).collect::<Result<Vec<_>, _>>()?;
+        if messages.is_empty() {
+            tx.commit().await.map_err(db("committing a claim"))?;
+            return Ok(messages);
+        }
+        let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
+        sqlx::query(
+            "UPDATE agent_messages SET status = 'claimed', attempts = attempts + 1, claimed_by = ?1, claimed_at = ?2, lease_until = ?3 \
+             WHERE id IN (SELECT unhex(value) FROM json_each(?4))",
+        )
+        .bind(&request.agent_id)
+        .bind(us(now))
+        .bind(lease_until)
+        .bind(id_array(&ids))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("claiming messages"))?;
+        // the rows as the update left them: inside `BEGIN IMMEDIATE` nothing else wrote them
+        for message in &mut messages {
+            message.status = MessageStatus::Claimed;
+            message.attempts += 1;
+            message.claimed_by = Some(request.agent_id.clone());
+            message.claimed_at = Some(at(us(now)));
+            message.lease_until = Some(at(lease_until));
+        }
         messages.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.run_at.cmp(&b.run_at)).then(a.id.cmp(&b.id)));
         let events: Vec<NewEvent> = messages
             .iter()
@@ -335,56 +411,61 @@ impl SqliteBus {
                 })
             })
             .collect();
+        let input = Value::Array(input).to_string();
         let mut tx = self.begin("starting a completion").await?;
-        let rows = sqlx::query(
-            "UPDATE agent_messages SET status = 'done', done_at = ?1, lease_until = NULL, \
-               result = j.value ->> 'result', result_url = j.value ->> 'result_url' \
-             FROM json_each(?2) AS j \
-             WHERE agent_messages.id = unhex(j.value ->> 'id') AND agent_messages.status = 'claimed' \
-               AND agent_messages.claimed_by = ?3 \
-             RETURNING id, intent, trace_id, tenant, service, role, shard, attempts, claimed_at",
+        // the rows to complete come back as one JSON array (see `claim`), then one update
+        let held: String = sqlx::query_scalar(
+            "SELECT json_group_array(json_object('id', hex(id), 'intent', intent, 'trace_id', trace_id, 'tenant', tenant, \
+               'service', service, 'role', role, 'shard', shard, 'attempts', attempts, 'claimed_at', claimed_at)) \
+             FROM agent_messages WHERE id IN (SELECT unhex(value ->> 'id') FROM jsonb_each(?1)) \
+               AND status = 'claimed' AND claimed_by = ?2",
         )
-        .bind(us(now))
-        .bind(Value::Array(input).to_string())
+        .bind(&input)
         .bind(agent_id)
-        .fetch_all(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
-        .map_err(db("completing messages"))?;
+        .map_err(db("finding the messages to complete"))?;
+        let held: Vec<Held> = serde_json::from_str(&held)
+            .map_err(|e| Error::Corrupt { what: "message", detail: format!("messages to complete: {e}") })?;
+        if !held.is_empty() {
+            sqlx::query(
+                "UPDATE agent_messages SET status = 'done', done_at = ?1, lease_until = NULL, \
+                   result = j.value ->> 'result', result_url = j.value ->> 'result_url' \
+                 FROM jsonb_each(?2) AS j \
+                 WHERE agent_messages.id = unhex(j.value ->> 'id') AND agent_messages.status = 'claimed' \
+                   AND agent_messages.claimed_by = ?3",
+            )
+            .bind(us(now))
+            .bind(&input)
+            .bind(agent_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("completing messages"))?;
+        }
         let details: std::collections::HashMap<Uuid, &Value> =
             completions.iter().filter_map(|c| c.detail.as_ref().map(|d| (c.id.0, d))).collect();
-        let mut done = HashSet::with_capacity(rows.len());
-        let mut events = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let read = || -> Result<(Uuid, NewEvent), sqlx::Error> {
-                let id: Uuid = row.try_get("id")?;
-                let intent: String = row.try_get("intent")?;
-                let attempts: i32 = row.try_get("attempts")?;
-                let claimed_at: Option<i64> = row.try_get("claimed_at")?;
-                Ok((
-                    id,
-                    NewEvent {
-                        event_type: model::message::event_type(&intent, model::Phase::Succeeded),
-                        message_id: Some(MessageId(id)),
-                        trace_id: row.try_get("trace_id")?,
-                        tenant: row.try_get("tenant")?,
-                        service: row.try_get("service")?,
-                        role: row.try_get("role")?,
-                        shard: row.try_get("shard")?,
-                        reason: None,
-                        payload: with_detail(
-                            serde_json::json!({
-                                "attempt": attempts,
-                                "agent_id": agent_id,
-                                "duration_ms": claimed_at.map(|c| (us(now) - c) / 1000),
-                            }),
-                            details.get(&id).copied(),
-                        ),
-                    },
-                ))
-            };
-            let (id, event) = read().map_err(db("reading completed messages"))?;
+        let mut done = HashSet::with_capacity(held.len());
+        let mut events = Vec::with_capacity(held.len());
+        for row in held {
+            let id = Uuid::parse_str(&row.id)
+                .map_err(|e| Error::Corrupt { what: "message", detail: format!("id {:?}: {e}", row.id) })?;
+            let payload = serde_json::json!({
+                "attempt": row.attempts,
+                "agent_id": agent_id,
+                "duration_ms": row.claimed_at.map(|c| (us(now) - c) / 1000),
+            });
+            events.push(NewEvent {
+                event_type: model::message::event_type(&row.intent, model::Phase::Succeeded),
+                message_id: Some(MessageId(id)),
+                trace_id: Some(row.trace_id),
+                tenant: row.tenant,
+                service: row.service,
+                role: row.role,
+                shard: row.shard,
+                reason: None,
+                payload: with_detail(payload, details.get(&id).copied()),
+            });
             done.insert(id);
-            events.push(event);
         }
         insert_events(&mut tx, now, &events).await?;
         tx.commit().await.map_err(db("committing completions"))?;
@@ -1000,6 +1081,9 @@ impl SqliteBus {
     pub(crate) async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
+        if let Some(checkpoints) = &self.checkpoints {
+            checkpoints.close().await;
+        }
     }
 }
 
@@ -1084,28 +1168,152 @@ async fn fail_rows(
     Ok((outcomes, retried))
 }
 
+/// An event as `insert_events` hands it to SQLite (one element of a JSON array).
+#[derive(serde::Serialize)]
+struct EventRow<'a> {
+    i: String,
+    t: &'a str,
+    m: Option<String>,
+    tr: Option<&'a str>,
+    te: &'a str,
+    s: &'a str,
+    r: &'a str,
+    sh: &'a str,
+    re: Option<&'a str>,
+    p: String,
+}
+
+/// Appends events in one statement whatever their number: they travel as one JSON array bound to
+/// one parameter, so the statement's text never changes (prepared once, cached) and the writer
+/// does not bind eleven values a row. `jsonb_each` hands each element over in SQLite's binary
+/// JSON, so the fields are read without printing and parsing each element again.
 async fn insert_events(tx: &mut Tx, now: DateTime<Utc>, events: &[NewEvent]) -> Result<(), Error> {
-    // 10 columns a row: chunks of 1000 rows stay below SQLite's bind limit.
-    for chunk in events.chunks(1000) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO bus_events (id, created_at, event_type, message_id, trace_id, tenant, service, role, shard, reason, payload) ",
-        );
-        query.push_values(chunk, |mut row, event| {
-            row.push_bind(model::new_id())
-                .push_bind(us(now))
-                .push_bind(event.event_type.clone())
-                .push_bind(event.message_id.map(|id| id.0))
-                .push_bind(event.trace_id.clone())
-                .push_bind(event.tenant.clone())
-                .push_bind(event.service.clone())
-                .push_bind(event.role.clone())
-                .push_bind(event.shard.clone())
-                .push_bind(event.reason.clone())
-                .push_bind(event.payload.to_string());
-        });
-        query.build().execute(&mut **tx).await.map_err(db("appending events"))?;
+    if events.is_empty() {
+        return Ok(());
     }
+    let rows: Vec<EventRow<'_>> = events
+        .iter()
+        .map(|event| EventRow {
+            i: model::new_id().simple().to_string(),
+            t: &event.event_type,
+            m: event.message_id.map(|id| id.0.simple().to_string()),
+            tr: event.trace_id.as_deref(),
+            te: &event.tenant,
+            s: &event.service,
+            r: &event.role,
+            sh: &event.shard,
+            re: event.reason.as_deref(),
+            p: event.payload.to_string(),
+        })
+        .collect();
+    let rows = serde_json::to_string(&rows).map_err(|_| Error::Internal { what: "encoding events" })?;
+    sqlx::query(
+        "INSERT INTO bus_events (id, created_at, event_type, message_id, trace_id, tenant, service, role, shard, reason, payload) \
+         SELECT unhex(value ->> 'i'), ?1, value ->> 't', unhex(value ->> 'm'), value ->> 'tr', value ->> 'te', \
+                value ->> 's', value ->> 'r', value ->> 'sh', value ->> 're', value ->> 'p' \
+         FROM jsonb_each(?2) ORDER BY key",
+    )
+    .bind(us(now))
+    .bind(rows)
+    .execute(&mut **tx)
+    .await
+    .map_err(db("appending events"))?;
     Ok(())
+}
+
+/// A message row as one JSON object (`id` and `parent_id` as hex), read back by `messages_from_json`.
+const MESSAGE_JSON: &str = "json_object('id', hex(id), 'created_at', created_at, 'tenant', tenant, \
+     'project_id', project_id, 'service', service, 'role', role, 'shard', shard, 'intent', intent, \
+     'payload', payload, 'trace_id', trace_id, 'parent_id', nullif(hex(parent_id), ''), \
+     'idempotency_key', idempotency_key, 'priority', priority, 'status', status, 'attempts', attempts, \
+     'max_attempts', max_attempts, 'run_at', run_at, 'claimed_by', claimed_by, 'claimed_at', claimed_at, \
+     'lease_until', lease_until, 'done_at', done_at, 'last_error', last_error, 'last_error_at', last_error_at, \
+     'result', result, 'result_url', result_url)";
+
+/// One object of `MESSAGE_JSON`; the JSON columns stay text and are parsed as `message_from_row` does.
+#[derive(serde::Deserialize)]
+struct MessageJson {
+    id: String,
+    created_at: i64,
+    tenant: String,
+    project_id: Option<String>,
+    service: String,
+    role: String,
+    shard: String,
+    intent: String,
+    payload: String,
+    trace_id: String,
+    parent_id: Option<String>,
+    idempotency_key: Option<String>,
+    priority: i32,
+    status: String,
+    attempts: i32,
+    max_attempts: i32,
+    run_at: i64,
+    claimed_by: Option<String>,
+    claimed_at: Option<i64>,
+    lease_until: Option<i64>,
+    done_at: Option<i64>,
+    last_error: Option<String>,
+    last_error_at: Option<i64>,
+    result: Option<String>,
+    result_url: Option<String>,
+}
+
+/// The messages of a JSON array of `MESSAGE_JSON` objects.
+fn messages_from_json(text: &str) -> Result<Vec<Message>, Error> {
+    let corrupt = |detail: String| Error::Corrupt { what: "message", detail };
+    let rows: Vec<MessageJson> = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
+    let id = |hex: &str| Uuid::parse_str(hex).map(MessageId).map_err(|e| corrupt(format!("id {hex:?}: {e}")));
+    let json = |what: &str, text: &str| {
+        serde_json::from_str::<Value>(text).map_err(|e| corrupt(format!("{what} is not JSON: {e}")))
+    };
+    rows.into_iter()
+        .map(|row| {
+            Ok(Message {
+                id: id(&row.id)?,
+                created_at: at(row.created_at),
+                intent: Intent::new(row.intent.clone())
+                    .map_err(|e| corrupt(format!("intent {:?}: {e}", row.intent)))?,
+                payload: json("payload", &row.payload)?,
+                parent_id: row.parent_id.as_deref().map(id).transpose()?,
+                status: MessageStatus::parse(&row.status).ok_or_else(|| corrupt(format!("status {:?}", row.status)))?,
+                run_at: at(row.run_at),
+                claimed_at: row.claimed_at.map(at),
+                lease_until: row.lease_until.map(at),
+                done_at: row.done_at.map(at),
+                last_error_at: row.last_error_at.map(at),
+                result: row.result.as_deref().map(|r| json("result", r)).transpose()?,
+                tenant: row.tenant,
+                project_id: row.project_id,
+                service: row.service,
+                role: row.role,
+                shard: row.shard,
+                trace_id: row.trace_id,
+                idempotency_key: row.idempotency_key,
+                priority: row.priority,
+                attempts: row.attempts,
+                max_attempts: row.max_attempts,
+                claimed_by: row.claimed_by,
+                last_error: row.last_error,
+                result_url: row.result_url,
+            })
+        })
+        .collect()
+}
+
+/// A claimed message as `complete` reads it before completing it.
+#[derive(serde::Deserialize)]
+struct Held {
+    id: String,
+    intent: String,
+    trace_id: String,
+    tenant: String,
+    service: String,
+    role: String,
+    shard: String,
+    attempts: i32,
+    claimed_at: Option<i64>,
 }
 
 fn id_array(ids: &[MessageId]) -> String {

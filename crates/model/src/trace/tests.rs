@@ -35,6 +35,21 @@ fn accepts_future_versions_with_extra_fields() {
 }
 
 #[test]
+fn root_trace_ids_begin_with_their_time_and_end_random() {
+    let mut random = rand::rng();
+    let earlier = TraceContext::from_time_and_random(1_764_000_000_000, &mut random);
+    let later = TraceContext::from_time_and_random(1_764_000_000_001, &mut random);
+    let same_time = TraceContext::from_time_and_random(1_764_000_000_001, &mut random);
+    assert_eq!(&earlier.trace_id_hex()[..12], "019ab697e800");
+    assert!(earlier.trace_id_hex() < later.trace_id_hex(), "later ids sort after earlier ones");
+    assert_eq!(later.trace_id[..6], same_time.trace_id[..6]);
+    assert_ne!(later.trace_id[6..], same_time.trace_id[6..], "the ten rightmost bytes are random");
+    assert!(TraceContext::parse(&later.to_string()).is_ok(), "still a valid traceparent");
+    let now = TraceContext::new_root();
+    assert!(now.trace_id_hex() > later.trace_id_hex(), "new roots carry the current time");
+}
+
+#[test]
 fn new_roots_and_children_are_valid_and_share_the_trace() {
     let root = TraceContext::new_root();
     assert!(is_valid_trace_id(&root.trace_id_hex()));

@@ -64,6 +64,40 @@ fn unknown_database_urls_are_refused() {
     assert!(text.contains("unsupported database URL") && !text.contains("secret"), "{text}");
 }
 
+/// On SQLite the WAL reaches the database file through the checkpointer's own connection, even
+/// for far less than the 1,000 pages after which a writer would checkpoint by SQLite's default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_wal_is_checkpointed_off_the_writer() {
+    let t = test_support::sqlite().await;
+    let file = std::path::PathBuf::from(t.url.trim_start_matches("sqlite://"));
+    let before = std::fs::metadata(&file).expect("the database file").len();
+    let padding = "x".repeat(1000);
+    let messages: Vec<_> = (0..500)
+        .map(|n| {
+            model::NewMessage::new(
+                "mcp",
+                "gateway",
+                model::Intent::new("mcp_call").expect("intent"),
+                serde_json::json!({"n": n, "padding": padding}),
+            )
+        })
+        .collect();
+    t.store.enqueue_batch(messages).await.expect("enqueue");
+    // about 200 pages in the WAL; the database file grows only when they are checkpointed
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let now = std::fs::metadata(&file).expect("the database file").len();
+        if now >= before + 500 * 1000 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the WAL was not checkpointed: {before} -> {now} bytes");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let reopened = t.reopen().await;
+    let stats = reopened.queue_stats().await.expect("queue stats");
+    assert_eq!(stats.iter().map(|q| q.ready).sum::<i64>(), 500, "{stats:?}");
+}
+
 /// A real PgBouncer in front of the local PostgreSQL, as `postgres` (PgBouncer refuses to run as
 /// root), in `pool_mode`; stopped when dropped.
 struct PgBouncer {
