@@ -275,6 +275,10 @@ fn cpu_micros(prefix: &str) -> Option<u64> {
     let ticks_per_s = 100u64; // USER_HZ on Linux
     let mut total = 0u64;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        // processes only: `self` and `thread-self` are this process again (counted twice before)
+        if !entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
         let stat = match std::fs::read_to_string(entry.path().join("stat")) {
             Ok(stat) => stat,
             Err(_) => continue,
