@@ -627,7 +627,7 @@ function events(root, signal, params) {
       h("td", {}, badge(e.event_type.replace(/^.*_(?=succeeded|failed|scheduled|claimed|dead_lettered|requeued|cancelled)/, "")), " ", e.event_type),
       h("td", {}, `${e.service} / ${e.role}`),
       h("td", {}, e.tenant),
-      h("td", { class: "mono" }, e.trace_id ? h("a", { href: `#/traces/${e.trace_id}` }, e.trace_id.slice(0, 12) + "…") : "–"),
+      h("td", { class: "mono" }, e.trace_id ? h("a", { href: `#/traces/${e.trace_id}`, title: e.trace_id }, "…" + e.trace_id.slice(-12)) : "–"),
       h("td", { class: "muted" }, short(e.reason || summarizePayload(e.payload), 140)),
     );
   const start = () => {
