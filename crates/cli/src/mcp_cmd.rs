@@ -188,7 +188,15 @@ async fn conformance(url: &str) -> anyhow::Result<()> {
                 writeln!(std::io::stdout(), "{}", answer.result)?;
             }
             "sse-retry" => {
-                // the answer arrives on the stream the client reopens with Last-Event-ID
+                // list first, as a client does: the standalone GET stream the client opens after
+                // `initialized` then reaches the scenario before the call (the scenario answers a
+                // pending call on whichever GET comes next); the answer arrives on the stream the
+                // client reopens with Last-Event-ID
+                let tools = client.tools(timeout).await?;
+                anyhow::ensure!(
+                    tools.iter().any(|t| t.name == "test_reconnection"),
+                    "the server lists no test_reconnection tool"
+                );
                 let answer = client.call("test_reconnection", json!({}), timeout).await?;
                 anyhow::ensure!(!answer.is_error, "test_reconnection reported an error: {}", answer.result);
             }
