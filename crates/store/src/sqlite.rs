@@ -117,8 +117,16 @@ impl SqliteBus {
             .pragma("temp_store", "memory")
             .pragma("cache_size", "-32768");
         let memory = url.contains(":memory:") || url.contains("mode=memory");
-        let one =
-            || SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None);
+        // A pool of one connection, which it hands on without pinging it first (a SQLite connection
+        // is a handle on a file, not a socket that can go stale).
+        let one = || {
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .test_before_acquire(false)
+        };
         // On a file the writer leaves checkpoints to the checkpointer; it checkpoints itself only
         // past `WRITER_CHECKPOINT_PAGES` (should the checkpointer fall behind).
         let writer_options = if memory {
@@ -126,7 +134,13 @@ impl SqliteBus {
         } else {
             connect.clone().pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES.to_string())
         };
-        let writer = one().connect_with(writer_options).await.map_err(db("opening the SQLite database"))?;
+        let writer = one()
+            .after_connect(|connection, _| {
+                Box::pin(async move { sqlx::query(BATCH_TABLE).execute(connection).await.map(drop) })
+            })
+            .connect_with(writer_options)
+            .await
+            .map_err(db("opening the SQLite database"))?;
         let alive = std::sync::Arc::new(());
         let mut checkpoints = None;
         let reader = if memory {
@@ -294,84 +308,29 @@ impl SqliteBus {
         let now = self.now();
         let lease_until = us(now) + dur_us(request.lease);
         let shards = serde_json::to_string(&request.shard_list()).unwrap_or_else(|_| "[\"\"]".into());
+        // the event payload spells the lease's end as every other event does (RFC 3339)
+        let lease_text = serde_json::to_value(at(lease_until)).ok().and_then(|v| v.as_str().map(str::to_owned));
         let mut tx = self.begin("starting a claim").await?;
-        // Fair share: the tenants with queued work (a loose scan of the ready index) each get an
-        // equal share of the batch, in priority order within the tenant.
-        let tenants: Vec<String> = sqlx::query_scalar(
-            "WITH RECURSIVE tenants(tenant) AS ( \
-               SELECT (SELECT tenant FROM agent_messages WHERE status = 'queued' AND service = ?1 AND role = ?2 ORDER BY tenant LIMIT 1) \
-               UNION ALL \
-               SELECT (SELECT m.tenant FROM agent_messages m WHERE m.status = 'queued' AND m.service = ?1 AND m.role = ?2 \
-                       AND m.tenant > t.tenant ORDER BY m.tenant LIMIT 1) \
-               FROM tenants t WHERE t.tenant IS NOT NULL) \
-             SELECT tenant FROM tenants WHERE tenant IS NOT NULL LIMIT 256",
-        )
-        .bind(&request.service)
-        .bind(&request.role)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db("finding tenants with queued messages"))?;
-        let share = u64::from(request.limit).div_ceil(tenants.len().max(1) as u64) as i64;
-        // Each tenant's share comes back as one row (a JSON array), not a row a message: the
-        // writer thread hands over one value per statement instead of waiting on the reader for
-        // every few rows while it holds the write lock.
-        let mut messages = Vec::new();
-        for tenant in &tenants {
-            let remaining = i64::from(request.limit) - messages.len() as i64;
-            if remaining <= 0 {
-                break;
-            }
-            let ready: String = sqlx::query_scalar(AssertSqlSafe(format!(
-                "SELECT json_group_array({MESSAGE_JSON}) FROM (SELECT * FROM agent_messages \
-                 WHERE status = 'queued' AND service = ?1 AND role = ?2 AND tenant = ?3 AND run_at <= ?4 \
-                   AND shard IN (SELECT value FROM json_each(?5)) \
-                 ORDER BY priority DESC, run_at, id LIMIT ?6)"
-            )))
+        // One command for the whole claim (see `CLAIM`): the writer thread runs its statements
+        // back to back while it holds the write lock, with no round trip to tokio between them.
+        let claimed: String = sqlx::query(CLAIM)
             .bind(&request.service)
             .bind(&request.role)
-            .bind(tenant)
             .bind(us(now))
             .bind(&shards)
-            .bind(share.min(remaining))
+            .bind(i64::from(request.limit))
+            .bind(&request.agent_id)
+            .bind(lease_until)
+            .bind(lease_text)
+            .bind(event_suffix(model::Phase::Claimed))
+            .bind(unix_ms())
             .fetch_one(&mut *tx)
             .await
-            .map_err(db("finding messages to claim"))?;
-            messages.extend(messages_from_json(&ready)?);
-        }
-        if messages.is_empty() {
-            tx.commit().await.map_err(db("committing a claim"))?;
-            return Ok(messages);
-        }
-        let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
-        sqlx::query(
-            "UPDATE agent_messages SET status = 'claimed', attempts = attempts + 1, claimed_by = ?1, claimed_at = ?2, lease_until = ?3 \
-             WHERE id IN (SELECT unhex(value) FROM json_each(?4))",
-        )
-        .bind(&request.agent_id)
-        .bind(us(now))
-        .bind(lease_until)
-        .bind(id_array(&ids))
-        .execute(&mut *tx)
-        .await
-        .map_err(db("claiming messages"))?;
-        // the rows as the update left them: inside `BEGIN IMMEDIATE` nothing else wrote them
-        for message in &mut messages {
-            message.status = MessageStatus::Claimed;
-            message.attempts += 1;
-            message.claimed_by = Some(request.agent_id.clone());
-            message.claimed_at = Some(at(us(now)));
-            message.lease_until = Some(at(lease_until));
-        }
-        messages.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.run_at.cmp(&b.run_at)).then(a.id.cmp(&b.id)));
-        let events: Vec<NewEvent> = messages
-            .iter()
-            .map(|m| {
-                let payload = serde_json::json!({ "attempt": m.attempts, "agent_id": m.claimed_by, "lease_until": m.lease_until });
-                message_event(m, model::Phase::Claimed, None, payload)
-            })
-            .collect();
-        insert_events(&mut tx, now, &events).await?;
+            .and_then(|row| row.try_get(0))
+            .map_err(db("claiming messages"))?;
         tx.commit().await.map_err(db("committing a claim"))?;
+        let mut messages = messages_from_json(&claimed)?;
+        messages.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.run_at.cmp(&b.run_at)).then(a.id.cmp(&b.id)));
         Ok(messages)
     }
 
@@ -401,75 +360,38 @@ impl SqliteBus {
 
     pub(crate) async fn complete(&self, agent_id: &str, completions: Vec<Completion>) -> Result<Vec<Outcome>, Error> {
         let now = self.now();
-        let input: Vec<Value> = completions
+        let input: Vec<CompletionJson<'_>> = completions
             .iter()
-            .map(|c| {
-                serde_json::json!({
-                    "id": c.id.0.simple().to_string(),
-                    "result": c.result.as_ref().map(Value::to_string),
-                    "result_url": c.result_url,
-                })
+            .map(|c| CompletionJson {
+                id: c.id.0.simple().to_string(),
+                result: c.result.as_ref().map(Value::to_string),
+                result_url: c.result_url.as_deref(),
+                detail: c.detail.as_ref().filter(|d| d.is_object()),
             })
             .collect();
-        let input = Value::Array(input).to_string();
+        let input = serde_json::to_string(&input).map_err(|_| Error::Internal { what: "encoding completions" })?;
         let mut tx = self.begin("starting a completion").await?;
-        // the rows to complete come back as one JSON array (see `claim`), then one update
-        let held: String = sqlx::query_scalar(
-            "SELECT json_group_array(json_object('id', hex(id), 'intent', intent, 'trace_id', trace_id, 'tenant', tenant, \
-               'service', service, 'role', role, 'shard', shard, 'attempts', attempts, 'claimed_at', claimed_at)) \
-             FROM agent_messages WHERE id IN (SELECT unhex(value ->> 'id') FROM jsonb_each(?1)) \
-               AND status = 'claimed' AND claimed_by = ?2",
-        )
-        .bind(&input)
-        .bind(agent_id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db("finding the messages to complete"))?;
-        let held: Vec<Held> = serde_json::from_str(&held)
-            .map_err(|e| Error::Corrupt { what: "message", detail: format!("messages to complete: {e}") })?;
-        if !held.is_empty() {
-            sqlx::query(
-                "UPDATE agent_messages SET status = 'done', done_at = ?1, lease_until = NULL, \
-                   result = j.value ->> 'result', result_url = j.value ->> 'result_url' \
-                 FROM jsonb_each(?2) AS j \
-                 WHERE agent_messages.id = unhex(j.value ->> 'id') AND agent_messages.status = 'claimed' \
-                   AND agent_messages.claimed_by = ?3",
-            )
-            .bind(us(now))
+        // one command for the whole completion, as for a claim (see `COMPLETE`)
+        let done: String = sqlx::query(COMPLETE)
             .bind(&input)
             .bind(agent_id)
-            .execute(&mut *tx)
+            .bind(us(now))
+            .bind(event_suffix(model::Phase::Succeeded))
+            .bind(unix_ms())
+            .fetch_one(&mut *tx)
             .await
+            .and_then(|row| row.try_get(0))
             .map_err(db("completing messages"))?;
-        }
-        let details: std::collections::HashMap<Uuid, &Value> =
-            completions.iter().filter_map(|c| c.detail.as_ref().map(|d| (c.id.0, d))).collect();
-        let mut done = HashSet::with_capacity(held.len());
-        let mut events = Vec::with_capacity(held.len());
-        for row in held {
-            let id = Uuid::parse_str(&row.id)
-                .map_err(|e| Error::Corrupt { what: "message", detail: format!("id {:?}: {e}", row.id) })?;
-            let payload = serde_json::json!({
-                "attempt": row.attempts,
-                "agent_id": agent_id,
-                "duration_ms": row.claimed_at.map(|c| (us(now) - c) / 1000),
-            });
-            events.push(NewEvent {
-                event_type: model::message::event_type(&row.intent, model::Phase::Succeeded),
-                message_id: Some(MessageId(id)),
-                trace_id: Some(row.trace_id),
-                tenant: row.tenant,
-                service: row.service,
-                role: row.role,
-                shard: row.shard,
-                reason: None,
-                payload: with_detail(payload, details.get(&id).copied()),
-            });
-            done.insert(id);
-        }
-        insert_events(&mut tx, now, &events).await?;
         tx.commit().await.map_err(db("committing completions"))?;
         self.wakeups.events().notify_waiters();
+        let done: Vec<String> = serde_json::from_str(&done)
+            .map_err(|e| Error::Corrupt { what: "message", detail: format!("completed ids: {e}") })?;
+        let done = done
+            .iter()
+            .map(|hex| {
+                Uuid::parse_str(hex).map_err(|e| Error::Corrupt { what: "message", detail: format!("id {hex:?}: {e}") })
+            })
+            .collect::<Result<HashSet<Uuid>, Error>>()?;
         Ok(completions
             .iter()
             .map(|c| if done.contains(&c.id.0) { Outcome::Done } else { Outcome::LeaseLost })
@@ -1221,19 +1143,110 @@ async fn insert_events(tx: &mut Tx, now: DateTime<Utc>, events: &[NewEvent]) -> 
     Ok(())
 }
 
-/// A message row as one JSON object (`id` and `parent_id` as hex), read back by `messages_from_json`.
-const MESSAGE_JSON: &str = "json_object('id', hex(id), 'created_at', created_at, 'tenant', tenant, \
-     'project_id', project_id, 'service', service, 'role', role, 'shard', shard, 'intent', intent, \
-     'payload', payload, 'trace_id', trace_id, 'parent_id', nullif(hex(parent_id), ''), \
-     'idempotency_key', idempotency_key, 'priority', priority, 'status', status, 'attempts', attempts, \
-     'max_attempts', max_attempts, 'run_at', run_at, 'claimed_by', claimed_by, 'claimed_at', claimed_at, \
-     'lease_until', lease_until, 'done_at', done_at, 'last_error', last_error, 'last_error_at', last_error_at, \
-     'result', result, 'result_url', result_url)";
+/// A message row as one JSON object (`id` and `parent_id` as hex), read back as a `StoredMessage` by `messages_from_json`.
+macro_rules! message_json {
+    () => {
+        "json_object('id', hex(id), 'created_at', created_at, 'tenant', tenant, \
+         'project_id', project_id, 'service', service, 'role', role, 'shard', shard, 'intent', intent, \
+         'payload', payload, 'trace_id', trace_id, 'parent_id', nullif(hex(parent_id), ''), \
+         'idempotency_key', idempotency_key, 'priority', priority, 'status', status, 'attempts', attempts, \
+         'max_attempts', max_attempts, 'run_at', run_at, 'claimed_by', claimed_by, 'claimed_at', claimed_at, \
+         'lease_until', lease_until, 'done_at', done_at, 'last_error', last_error, 'last_error_at', last_error_at, \
+         'result', result, 'result_url', result_url)"
+    };
+}
 
-/// One object of `MESSAGE_JSON`; the JSON columns stay text and are parsed as `message_from_row` does.
+/// A new event id in SQL, as `model::new_id` makes them (UUIDv7: 48 bits of milliseconds, the
+/// version, 74 random bits with the variant), from the parameter `$unix_ms`: the system clock's
+/// milliseconds (see `unix_ms`).
+macro_rules! new_event_id {
+    ($unix_ms:literal) => {
+        concat!(
+            "unhex(printf('%012x%04x%016x', ",
+            $unix_ms,
+            ", 28672 + abs(random() % 4096), (random() & 4611686018427387903) | -9223372036854775808))"
+        )
+    };
+}
+
+/// The system clock's milliseconds since the Unix epoch, as the ids of `model::new_id` carry them
+/// (the store's clock, which tests may set, dates the rows; ids always come from the system clock).
+fn unix_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// The writer connection's scratch table: the messages one claim or completion works on.
+const BATCH_TABLE: &str = "CREATE TEMP TABLE IF NOT EXISTS batch (n INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, \
+     result TEXT, result_url TEXT, detail TEXT)";
+
+/// A claim, as one command of several statements that share their numbered parameters: ?1 service,
+/// ?2 role, ?3 now (µs), ?4 shards (JSON array), ?5 limit, ?6 agent id, ?7 lease end (µs), ?8 lease
+/// end (RFC 3339), ?9 the claimed event type's suffix, ?10 the system clock's milliseconds (event
+/// ids). The rows come back as one JSON array.
+///
+/// Fair share: the tenants with queued work (a loose scan of the ready index, at most 256) each get
+/// an equal share of the batch, in priority order within the tenant; tenants take their shares in
+/// name order until the batch is full.
+const CLAIM: &str = concat!(
+    "DELETE FROM temp.batch; \
+     WITH RECURSIVE tenants(tenant) AS ( \
+       SELECT (SELECT tenant FROM agent_messages WHERE status = 'queued' AND service = ?1 AND role = ?2 ORDER BY tenant LIMIT 1) \
+       UNION ALL \
+       SELECT (SELECT m.tenant FROM agent_messages m WHERE m.status = 'queued' AND m.service = ?1 AND m.role = ?2 \
+               AND m.tenant > t.tenant ORDER BY m.tenant LIMIT 1) \
+       FROM tenants t WHERE t.tenant IS NOT NULL), \
+     ranked AS MATERIALIZED (SELECT tenant, row_number() OVER (ORDER BY tenant) AS k FROM tenants \
+       WHERE tenant IS NOT NULL LIMIT 256), \
+     share(n) AS MATERIALIZED (SELECT (?5 + count(*) - 1) / max(count(*), 1) FROM ranked) \
+     INSERT INTO temp.batch (id) SELECT q.id FROM ranked r, agent_messages q \
+     WHERE q.id IN (SELECT id FROM agent_messages WHERE status = 'queued' AND service = ?1 AND role = ?2 \
+         AND tenant = r.tenant AND run_at <= ?3 AND shard IN (SELECT value FROM json_each(?4)) \
+         ORDER BY priority DESC, run_at, id LIMIT (SELECT n FROM share)) \
+     ORDER BY r.k, q.priority DESC, q.run_at, q.id LIMIT ?5; \
+     UPDATE agent_messages SET status = 'claimed', attempts = attempts + 1, claimed_by = ?6, claimed_at = ?3, \
+       lease_until = ?7 WHERE id IN (SELECT id FROM temp.batch); \
+     INSERT INTO bus_events (id, created_at, event_type, message_id, trace_id, tenant, service, role, shard, reason, payload) \
+     SELECT ",
+    new_event_id!("?10"),
+    ", ?3, m.intent || ?9, m.id, m.trace_id, m.tenant, m.service, m.role, m.shard, NULL, \
+       json_object('agent_id', ?6, 'attempt', m.attempts, 'lease_until', ?8) \
+     FROM temp.batch b CROSS JOIN agent_messages m ON m.id = b.id ORDER BY m.priority DESC, m.run_at, m.id; \
+     SELECT json_group_array(",
+    message_json!(),
+    ") FROM (SELECT m.* FROM temp.batch b CROSS JOIN agent_messages m ON m.id = b.id \
+       ORDER BY m.priority DESC, m.run_at, m.id)"
+);
+
+/// A completion, as one command like `CLAIM`: ?1 the completions (a JSON array of
+/// `CompletionJson`), ?2 agent id, ?3 now (µs), ?4 the succeeded event type's suffix, ?5 the system
+/// clock's milliseconds (event ids). Only messages
+/// still claimed by the agent are completed; their ids come back as one JSON array of hex. Each
+/// event's payload carries the handler's `detail` fields, the store's own fields winning.
+const COMPLETE: &str = concat!(
+    "DELETE FROM temp.batch; \
+     INSERT OR IGNORE INTO temp.batch (id, result, result_url, detail) \
+     SELECT m.id, j.value ->> 'result', j.value ->> 'result_url', j.value -> 'detail' \
+     FROM jsonb_each(?1) j CROSS JOIN agent_messages m ON m.id = unhex(j.value ->> 'id') \
+     WHERE m.status = 'claimed' AND m.claimed_by = ?2 ORDER BY j.key; \
+     INSERT INTO bus_events (id, created_at, event_type, message_id, trace_id, tenant, service, role, shard, reason, payload) \
+     SELECT ",
+    new_event_id!("?5"),
+    ", ?3, m.intent || ?4, m.id, m.trace_id, m.tenant, m.service, m.role, m.shard, NULL, \
+       json_patch(coalesce(b.detail, '{}'), \
+         json_object('agent_id', ?2, 'attempt', m.attempts, 'duration_ms', (?3 - m.claimed_at) / 1000)) \
+     FROM temp.batch b CROSS JOIN agent_messages m ON m.id = b.id ORDER BY b.n; \
+     UPDATE agent_messages SET status = 'done', done_at = ?3, lease_until = NULL, \
+       result = (SELECT result FROM temp.batch b WHERE b.id = agent_messages.id), \
+       result_url = (SELECT result_url FROM temp.batch b WHERE b.id = agent_messages.id) \
+     WHERE id IN (SELECT id FROM temp.batch); \
+     SELECT json_group_array(hex(id)) FROM temp.batch"
+);
+
+/// A message row as stored: one object of `message_json!` (ids as hex) or one row read by
+/// `message_from_row`. The JSON columns stay text until `into_message` parses them.
 #[derive(serde::Deserialize)]
-struct MessageJson {
-    id: String,
+struct StoredMessage {
+    id: Uuid,
     created_at: i64,
     tenant: String,
     project_id: Option<String>,
@@ -1243,7 +1256,7 @@ struct MessageJson {
     intent: String,
     payload: String,
     trace_id: String,
-    parent_id: Option<String>,
+    parent_id: Option<Uuid>,
     idempotency_key: Option<String>,
     priority: i32,
     status: String,
@@ -1260,60 +1273,92 @@ struct MessageJson {
     result_url: Option<String>,
 }
 
-/// The messages of a JSON array of `MESSAGE_JSON` objects.
-fn messages_from_json(text: &str) -> Result<Vec<Message>, Error> {
-    let corrupt = |detail: String| Error::Corrupt { what: "message", detail };
-    let rows: Vec<MessageJson> = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
-    let id = |hex: &str| Uuid::parse_str(hex).map(MessageId).map_err(|e| corrupt(format!("id {hex:?}: {e}")));
-    let json = |what: &str, text: &str| {
-        serde_json::from_str::<Value>(text).map_err(|e| corrupt(format!("{what} is not JSON: {e}")))
-    };
-    rows.into_iter()
-        .map(|row| {
-            Ok(Message {
-                id: id(&row.id)?,
-                created_at: at(row.created_at),
-                intent: Intent::new(row.intent.clone())
-                    .map_err(|e| corrupt(format!("intent {:?}: {e}", row.intent)))?,
-                payload: json("payload", &row.payload)?,
-                parent_id: row.parent_id.as_deref().map(id).transpose()?,
-                status: MessageStatus::parse(&row.status).ok_or_else(|| corrupt(format!("status {:?}", row.status)))?,
-                run_at: at(row.run_at),
-                claimed_at: row.claimed_at.map(at),
-                lease_until: row.lease_until.map(at),
-                done_at: row.done_at.map(at),
-                last_error_at: row.last_error_at.map(at),
-                result: row.result.as_deref().map(|r| json("result", r)).transpose()?,
-                tenant: row.tenant,
-                project_id: row.project_id,
-                service: row.service,
-                role: row.role,
-                shard: row.shard,
-                trace_id: row.trace_id,
-                idempotency_key: row.idempotency_key,
-                priority: row.priority,
-                attempts: row.attempts,
-                max_attempts: row.max_attempts,
-                claimed_by: row.claimed_by,
-                last_error: row.last_error,
-                result_url: row.result_url,
-            })
+impl StoredMessage {
+    fn from_row(row: &SqliteRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            created_at: row.try_get("created_at")?,
+            tenant: row.try_get("tenant")?,
+            project_id: row.try_get("project_id")?,
+            service: row.try_get("service")?,
+            role: row.try_get("role")?,
+            shard: row.try_get("shard")?,
+            intent: row.try_get("intent")?,
+            payload: row.try_get("payload")?,
+            trace_id: row.try_get("trace_id")?,
+            parent_id: row.try_get("parent_id")?,
+            idempotency_key: row.try_get("idempotency_key")?,
+            priority: row.try_get("priority")?,
+            status: row.try_get("status")?,
+            attempts: row.try_get("attempts")?,
+            max_attempts: row.try_get("max_attempts")?,
+            run_at: row.try_get("run_at")?,
+            claimed_by: row.try_get("claimed_by")?,
+            claimed_at: row.try_get("claimed_at")?,
+            lease_until: row.try_get("lease_until")?,
+            done_at: row.try_get("done_at")?,
+            last_error: row.try_get("last_error")?,
+            last_error_at: row.try_get("last_error_at")?,
+            result: row.try_get("result")?,
+            result_url: row.try_get("result_url")?,
         })
-        .collect()
+    }
+
+    fn into_message(self) -> Result<Message, Error> {
+        let corrupt = |detail: String| Error::Corrupt { what: "message", detail };
+        let json = |what: &str, text: &str| {
+            serde_json::from_str::<Value>(text).map_err(|e| corrupt(format!("{what} is not JSON: {e}")))
+        };
+        Ok(Message {
+            id: MessageId(self.id),
+            created_at: at(self.created_at),
+            intent: Intent::new(self.intent.clone()).map_err(|e| corrupt(format!("intent {:?}: {e}", self.intent)))?,
+            payload: json("payload", &self.payload)?,
+            parent_id: self.parent_id.map(MessageId),
+            status: MessageStatus::parse(&self.status).ok_or_else(|| corrupt(format!("status {:?}", self.status)))?,
+            run_at: at(self.run_at),
+            claimed_at: self.claimed_at.map(at),
+            lease_until: self.lease_until.map(at),
+            done_at: self.done_at.map(at),
+            last_error_at: self.last_error_at.map(at),
+            result: self.result.as_deref().map(|r| json("result", r)).transpose()?,
+            tenant: self.tenant,
+            project_id: self.project_id,
+            service: self.service,
+            role: self.role,
+            shard: self.shard,
+            trace_id: self.trace_id,
+            idempotency_key: self.idempotency_key,
+            priority: self.priority,
+            attempts: self.attempts,
+            max_attempts: self.max_attempts,
+            claimed_by: self.claimed_by,
+            last_error: self.last_error,
+            result_url: self.result_url,
+        })
+    }
 }
 
-/// A claimed message as `complete` reads it before completing it.
-#[derive(serde::Deserialize)]
-struct Held {
+/// The messages of a JSON array of `message_json!` objects.
+fn messages_from_json(text: &str) -> Result<Vec<Message>, Error> {
+    let rows: Vec<StoredMessage> = serde_json::from_str(text)
+        .map_err(|e| Error::Corrupt { what: "message", detail: format!("messages as JSON: {e}") })?;
+    rows.into_iter().map(StoredMessage::into_message).collect()
+}
+
+/// One completion as `COMPLETE` reads it (`detail` only when it is an object: other details add
+/// no fields to the event).
+#[derive(serde::Serialize)]
+struct CompletionJson<'a> {
     id: String,
-    intent: String,
-    trace_id: String,
-    tenant: String,
-    service: String,
-    role: String,
-    shard: String,
-    attempts: i32,
-    claimed_at: Option<i64>,
+    result: Option<String>,
+    result_url: Option<&'a str>,
+    detail: Option<&'a Value>,
+}
+
+/// `_<phase>`, appended to an intent in SQL to spell a lifecycle event's type.
+fn event_suffix(phase: model::Phase) -> String {
+    model::message::event_type("", phase)
 }
 
 fn id_array(ids: &[MessageId]) -> String {
@@ -1321,43 +1366,7 @@ fn id_array(ids: &[MessageId]) -> String {
 }
 
 fn message_from_row(row: &SqliteRow) -> Result<Message, Error> {
-    let read = || -> Result<Message, sqlx::Error> {
-        let status: String = row.try_get("status")?;
-        let intent: String = row.try_get("intent")?;
-        let payload: String = row.try_get("payload")?;
-        let result: Option<String> = row.try_get("result")?;
-        let json = |text: &str| serde_json::from_str::<Value>(text).map_err(|e| sqlx::Error::Decode(Box::new(e)));
-        Ok(Message {
-            id: MessageId(row.try_get("id")?),
-            created_at: at(row.try_get("created_at")?),
-            tenant: row.try_get("tenant")?,
-            project_id: row.try_get("project_id")?,
-            service: row.try_get("service")?,
-            role: row.try_get("role")?,
-            shard: row.try_get("shard")?,
-            intent: Intent::new(intent.clone())
-                .map_err(|e| sqlx::Error::Decode(format!("intent {intent:?}: {e}").into()))?,
-            payload: json(&payload)?,
-            trace_id: row.try_get("trace_id")?,
-            parent_id: row.try_get::<Option<Uuid>, _>("parent_id")?.map(MessageId),
-            idempotency_key: row.try_get("idempotency_key")?,
-            priority: row.try_get("priority")?,
-            status: MessageStatus::parse(&status)
-                .ok_or_else(|| sqlx::Error::Decode(format!("status {status:?}").into()))?,
-            attempts: row.try_get("attempts")?,
-            max_attempts: row.try_get("max_attempts")?,
-            run_at: at(row.try_get("run_at")?),
-            claimed_by: row.try_get("claimed_by")?,
-            claimed_at: row.try_get::<Option<i64>, _>("claimed_at")?.map(at),
-            lease_until: row.try_get::<Option<i64>, _>("lease_until")?.map(at),
-            done_at: row.try_get::<Option<i64>, _>("done_at")?.map(at),
-            last_error: row.try_get("last_error")?,
-            last_error_at: row.try_get::<Option<i64>, _>("last_error_at")?.map(at),
-            result: result.as_deref().map(json).transpose()?,
-            result_url: row.try_get("result_url")?,
-        })
-    };
-    read().map_err(|e| Error::Corrupt { what: "message", detail: e.to_string() })
+    StoredMessage::from_row(row).map_err(|e| Error::Corrupt { what: "message", detail: e.to_string() })?.into_message()
 }
 
 fn event_from_row(row: &SqliteRow) -> Result<Event, Error> {

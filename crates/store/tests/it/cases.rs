@@ -38,6 +38,7 @@ pub async fn lifecycle_emits_events_in_order(t: TestStore) {
     let id = enqueued.message.id;
     assert_eq!(enqueued.message.status, MessageStatus::Queued);
     assert_eq!(s.message(id).await.expect("read back"), enqueued.message, "enqueue returns what is stored");
+    let before = chrono::Utc::now().timestamp_millis();
     let claimed = s.claim(&claim("w1", 10)).await.expect("claim");
     assert_eq!(claimed.len(), 1);
     assert_eq!(
@@ -51,6 +52,25 @@ pub async fn lifecycle_emits_events_in_order(t: TestStore) {
     assert_eq!((done.status, done.result), (MessageStatus::Done, Some(json!({"echo": "hi"}))));
     assert_eq!(done.lease_until, None);
     assert_eq!(event_types(s, id).await, ["mcp_call_scheduled", "mcp_call_claimed", "mcp_call_succeeded"]);
+    // each event says who did what: the claim's agent and lease, the completion's duration
+    let filter = EventFilter { message_id: Some(id), ..EventFilter::default() };
+    let events = s.events(&filter, &PageRequest::first(10)).await.expect("events").items;
+    let lease: Option<chrono::DateTime<chrono::Utc>> =
+        serde_json::from_value(events[1].payload["lease_until"].clone()).expect("a time");
+    assert_eq!(
+        (&events[1].payload["agent_id"], &events[1].payload["attempt"], lease),
+        (&json!("w1"), &json!(1), claimed[0].lease_until)
+    );
+    assert_eq!((&events[2].payload["agent_id"], &events[2].payload["duration_ms"]), (&json!("w1"), &json!(0)));
+    assert_eq!(events.iter().map(|e| e.id).collect::<HashSet<_>>().len(), 3, "every event has its own id");
+    let after = chrono::Utc::now().timestamp_millis();
+    for event in &events[1..] {
+        // UUIDv7 ids whose 48-bit prefix is the millisecond they were made in (system clock)
+        let (secs, nanos) = event.id.0.get_timestamp().expect("a UUIDv7").to_unix();
+        let made = secs as i64 * 1000 + i64::from(nanos / 1_000_000);
+        assert!((before..=after).contains(&made), "event id made at {made}, not in {before}..={after}");
+        assert_eq!(event.id.0.get_variant(), uuid::Variant::RFC4122);
+    }
     // the trace alone reconstructs the story
     let by_trace = EventFilter { trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()), ..EventFilter::default() };
     assert_eq!(s.events(&by_trace, &PageRequest::first(10)).await.expect("events").items.len(), 3);
