@@ -1105,6 +1105,14 @@ struct EventRow<'a> {
     p: String,
 }
 
+/// The head of every event append: `bus_events`' columns in the order each `SELECT` gives them.
+macro_rules! insert_bus_events {
+    () => {
+        "INSERT INTO bus_events (id, created_at, event_type, message_id, trace_id, tenant, service, role, shard, \
+         reason, payload) "
+    };
+}
+
 /// Appends events in one statement whatever their number: they travel as one JSON array bound to
 /// one parameter, so the statement's text never changes (prepared once, cached) and the writer
 /// does not bind eleven values a row. `jsonb_each` hands each element over in SQLite's binary
@@ -1129,12 +1137,12 @@ async fn insert_events(tx: &mut Tx, now: DateTime<Utc>, events: &[NewEvent]) -> 
         })
         .collect();
     let rows = serde_json::to_string(&rows).map_err(|_| Error::Internal { what: "encoding events" })?;
-    sqlx::query(
-        "INSERT INTO bus_events (id, created_at, event_type, message_id, trace_id, tenant, service, role, shard, reason, payload) \
-         SELECT unhex(value ->> 'i'), ?1, value ->> 't', unhex(value ->> 'm'), value ->> 'tr', value ->> 'te', \
+    sqlx::query(concat!(
+        insert_bus_events!(),
+        "SELECT unhex(value ->> 'i'), ?1, value ->> 't', unhex(value ->> 'm'), value ->> 'tr', value ->> 'te', \
                 value ->> 's', value ->> 'r', value ->> 'sh', value ->> 're', value ->> 'p' \
-         FROM jsonb_each(?2) ORDER BY key",
-    )
+         FROM jsonb_each(?2) ORDER BY key"
+    ))
     .bind(us(now))
     .bind(rows)
     .execute(&mut **tx)
@@ -1204,9 +1212,9 @@ const CLAIM: &str = concat!(
          ORDER BY priority DESC, run_at, id LIMIT (SELECT n FROM share)) \
      ORDER BY r.k, q.priority DESC, q.run_at, q.id LIMIT ?5; \
      UPDATE agent_messages SET status = 'claimed', attempts = attempts + 1, claimed_by = ?6, claimed_at = ?3, \
-       lease_until = ?7 WHERE id IN (SELECT id FROM temp.batch); \
-     INSERT INTO bus_events (id, created_at, event_type, message_id, trace_id, tenant, service, role, shard, reason, payload) \
-     SELECT ",
+       lease_until = ?7 WHERE id IN (SELECT id FROM temp.batch); ",
+    insert_bus_events!(),
+    "SELECT ",
     new_event_id!("?10"),
     ", ?3, m.intent || ?9, m.id, m.trace_id, m.tenant, m.service, m.role, m.shard, NULL, \
        json_object('agent_id', ?6, 'attempt', m.attempts, 'lease_until', ?8) \
@@ -1227,9 +1235,9 @@ const COMPLETE: &str = concat!(
      INSERT OR IGNORE INTO temp.batch (id, result, result_url, detail) \
      SELECT m.id, j.value ->> 'result', j.value ->> 'result_url', j.value -> 'detail' \
      FROM jsonb_each(?1) j CROSS JOIN agent_messages m ON m.id = unhex(j.value ->> 'id') \
-     WHERE m.status = 'claimed' AND m.claimed_by = ?2 ORDER BY j.key; \
-     INSERT INTO bus_events (id, created_at, event_type, message_id, trace_id, tenant, service, role, shard, reason, payload) \
-     SELECT ",
+     WHERE m.status = 'claimed' AND m.claimed_by = ?2 ORDER BY j.key; ",
+    insert_bus_events!(),
+    "SELECT ",
     new_event_id!("?5"),
     ", ?3, m.intent || ?4, m.id, m.trace_id, m.tenant, m.service, m.role, m.shard, NULL, \
        json_patch(coalesce(b.detail, '{}'), \
