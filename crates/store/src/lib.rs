@@ -542,9 +542,10 @@ impl Store {
         dispatch!(self, bus => bus.kb_delete_documents(scope, sources).await)
     }
 
-    /// Full-text search: the best `limit` chunks for the words of `query` (any of them), best first.
-    /// On SQLite, on a large index (20,000 chunks or more), when the query also has rarer words,
-    /// chunks with only common words (each in more than 1 % of the chunks) are not candidates; see
+    /// Full-text search: the best `limit` chunks for the words of `query` (any of them), best first,
+    /// ranked by BM25 on both backends. On a large index (20,000 chunks or more), when the query
+    /// also has rarer words, chunks with only common words (each in more than 1 % of the chunks)
+    /// are not candidates; see
     /// [`Store::knowledge_fulltext_every_match`].
     pub async fn knowledge_fulltext(
         &self,

@@ -853,3 +853,67 @@ pub async fn full_text_prunes_common_words_but_keeps_the_best_hits(test: TestSto
     let none = KnowledgeFilter { tenant: "acme".into(), project: Some("nope".into()), ..Default::default() };
     assert!(store.knowledge_fulltext(&none, "alpha beta kappa sigma", 10).await.expect("no project").is_empty());
 }
+
+/// Full text weighs a word by how rare it is (BM25 on both backends): one rare word outranks two
+/// common ones, even in a long chunk, a shorter chunk with the same rare word ranks above a longer
+/// one, and a query of words no chunk holds (on PostgreSQL, stop words) finds nothing.
+pub async fn full_text_ranks_rare_words_above_common_ones(test: TestStore) {
+    let store = &test.store;
+    store.knowledge_prepare("synthetic-4d", 4, false).await.expect("prepare");
+    // 40 chunks with the two common words, then the rare word: alone, with a common word, in a
+    // long chunk
+    let mut texts: Vec<String> = (0..40).map(|i| format!("harbour crane filler{i}")).collect();
+    texts.push("lighthouse filler".into());
+    texts.push("lighthouse harbour filler".into());
+    texts.push(format!("lighthouse {}", (0..30).map(|i| format!("padding{i}")).collect::<Vec<_>>().join(" ")));
+    let document = NewDocument {
+        scope: scope(),
+        source: "docs/ranking.txt".into(),
+        kind: "text".into(),
+        title: None,
+        content_hash: "h".into(),
+        bytes: 1,
+        chunks: texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| NewChunk {
+                heading: None,
+                end: text.len() as i64,
+                text: text.clone(),
+                start: 0,
+                content_hash: format!("{i}"),
+                embedding: vec![0.5, 0.5, 0.5, 0.5],
+            })
+            .collect(),
+        entities: vec![],
+        relations: vec![],
+        mentions: vec![],
+    };
+    store.knowledge_put_document(document).await.expect("write");
+    let filter = KnowledgeFilter { tenant: "acme".into(), ..Default::default() };
+    let hits = store.knowledge_fulltext(&filter, "harbour crane lighthouse", 50).await.expect("search");
+    assert_eq!(hits.len(), 43, "every chunk has a query word");
+    let ids: Vec<i64> = store
+        .knowledge_fulltext_every_match(&filter, "lighthouse", 10)
+        .await
+        .expect("rare word")
+        .iter()
+        .map(|h| h.chunk_id)
+        .collect();
+    assert_eq!(ids.len(), 3);
+    let texts_of = store
+        .knowledge_chunks("acme", &hits.iter().take(3).map(|h| h.chunk_id).collect::<Vec<_>>())
+        .await
+        .expect("chunks");
+    let text = |id: i64| texts_of.iter().find(|c| c.id == id).map(|c| c.text.clone()).expect("a top chunk");
+    let mut first_two = vec![text(hits[0].chunk_id), text(hits[1].chunk_id)];
+    first_two.sort();
+    assert_eq!(first_two, ["lighthouse filler", "lighthouse harbour filler"], "the rare word first: {hits:?}");
+    assert!(
+        text(hits[2].chunk_id).starts_with("lighthouse padding0"),
+        "the long chunk, still above the common words: {hits:?}"
+    );
+    assert!(hits[2].score > hits[3].score && hits[1].score > hits[2].score, "shorter ranks higher: {hits:?}");
+    assert!(hits.windows(2).all(|w| w[0].score >= w[1].score), "best first");
+    assert!(store.knowledge_fulltext(&filter, "the and of", 10).await.expect("stop words").is_empty());
+}

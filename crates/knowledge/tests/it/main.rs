@@ -37,6 +37,7 @@ conformance!(
     llm_extraction_keeps_only_what_the_text_names,
     the_indexing_role_runs_llm_extraction_only_with_an_llm,
     full_text_prunes_common_words_but_keeps_the_best_hits,
+    full_text_ranks_rare_words_above_common_ones,
 );
 
 /// The bus's PostgreSQL has no pgvector: the knowledge index says so and how to fix it.
