@@ -744,12 +744,9 @@ pub async fn the_indexing_role_runs_llm_extraction_only_with_an_llm(test: TestSt
     assert_eq!(done.result.expect("a report")["indexed"], 1);
 }
 
-/// 20,000 chunks of tenant `acme` (a few of tenant `other`): `alpha` in every chunk, `beta` in
-/// 3 of 10, `kappa` in 40 and `sigma` in 20 (always with `alpha` and `beta`), `zeta` in 3.
-async fn large_fulltext_corpus(test: &TestStore) -> Vec<i64> {
-    let store = &test.store;
-    store.knowledge_prepare("synthetic-4d", 4, false).await.expect("prepare");
-    let write = |scope: KnowledgeScope, source: String, texts: Vec<String>| NewDocument {
+/// A document of plain-text chunks, one a text, all with the same 4-dimensional embedding.
+fn text_document(scope: KnowledgeScope, source: String, texts: Vec<String>) -> NewDocument {
+    NewDocument {
         scope,
         source,
         kind: "text".into(),
@@ -771,7 +768,14 @@ async fn large_fulltext_corpus(test: &TestStore) -> Vec<i64> {
         entities: vec![],
         relations: vec![],
         mentions: vec![],
-    };
+    }
+}
+
+/// 20,000 chunks of tenant `acme` (a few of tenant `other`): `alpha` in every chunk, `beta` in
+/// 3 of 10, `kappa` in 40 and `sigma` in 20 (always with `alpha` and `beta`), `zeta` in 3.
+async fn large_fulltext_corpus(test: &TestStore) -> Vec<i64> {
+    let store = &test.store;
+    store.knowledge_prepare("synthetic-4d", 4, false).await.expect("prepare");
     for document in 0..20 {
         let texts = (0..1000)
             .map(|i| {
@@ -793,11 +797,14 @@ async fn large_fulltext_corpus(test: &TestStore) -> Vec<i64> {
                 text
             })
             .collect();
-        store.knowledge_put_document(write(scope(), format!("big/{document:02}.txt"), texts)).await.expect("write");
+        store
+            .knowledge_put_document(text_document(scope(), format!("big/{document:02}.txt"), texts))
+            .await
+            .expect("write");
     }
     let other = KnowledgeScope::new("other", "platform");
     let texts = (0..50).map(|_| "alpha beta kappa sigma kappa sigma".to_owned()).collect();
-    store.knowledge_put_document(write(other, "big/other.txt".into(), texts)).await.expect("write other");
+    store.knowledge_put_document(text_document(other, "big/other.txt".into(), texts)).await.expect("write other");
     store.knowledge_analyze().await.expect("analyze");
     let filter = KnowledgeFilter { tenant: "acme".into(), ..Default::default() };
     store
@@ -866,29 +873,7 @@ pub async fn full_text_ranks_rare_words_above_common_ones(test: TestStore) {
     texts.push("lighthouse filler".into());
     texts.push("lighthouse harbour filler".into());
     texts.push(format!("lighthouse {}", (0..30).map(|i| format!("padding{i}")).collect::<Vec<_>>().join(" ")));
-    let document = NewDocument {
-        scope: scope(),
-        source: "docs/ranking.txt".into(),
-        kind: "text".into(),
-        title: None,
-        content_hash: "h".into(),
-        bytes: 1,
-        chunks: texts
-            .iter()
-            .enumerate()
-            .map(|(i, text)| NewChunk {
-                heading: None,
-                end: text.len() as i64,
-                text: text.clone(),
-                start: 0,
-                content_hash: format!("{i}"),
-                embedding: vec![0.5, 0.5, 0.5, 0.5],
-            })
-            .collect(),
-        entities: vec![],
-        relations: vec![],
-        mentions: vec![],
-    };
+    let document = text_document(scope(), "docs/ranking.txt".into(), texts);
     store.knowledge_put_document(document).await.expect("write");
     let filter = KnowledgeFilter { tenant: "acme".into(), ..Default::default() };
     let hits = store.knowledge_fulltext(&filter, "harbour crane lighthouse", 50).await.expect("search");

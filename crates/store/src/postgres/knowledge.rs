@@ -55,8 +55,8 @@ const BM25_CANDIDATES: &str = ") AS selects FROM plan
 ), m AS MATERIALIZED (
     SELECT c.id, c.tsv FROM knowledge_chunks c JOIN knowledge_documents d ON d.id = c.document_id
     WHERE c.tsv @@ (SELECT string_agg(q::text, ' | ')::tsquery FROM t WHERE selects)";
-/// Part 5: each candidate's words, each word's inverse document frequency, the scores (the
-/// limit follows).
+/// Part 5: each candidate's words, each word's inverse document frequency, the scores and
+/// whether a word was pruned (the limit follows).
 const BM25_SCORE: &str = "
 ), hits AS MATERIALIZED (
     SELECT m.id, t.i, length(m.tsv)::float8 AS dl FROM m JOIN t ON m.tsv @@ t.q
@@ -65,7 +65,8 @@ const BM25_SCORE: &str = "
     FROM t LEFT JOIN (SELECT i, count(*)::float8 AS n FROM hits GROUP BY i) c USING (i)
     CROSS JOIN LATERAL (SELECT CASE WHEN t.selects THEN coalesce(c.n, 0) ELSE t.df END AS n) x
 ), avgdl AS (SELECT greatest(avg(dl), 1) AS a FROM hits)
-SELECT h.id, sum(idf.w * 2.2 / (1 + 1.2 * (0.25 + 0.75 * h.dl / avgdl.a)))::real AS score
+SELECT h.id, sum(idf.w * 2.2 / (1 + 1.2 * (0.25 + 0.75 * h.dl / avgdl.a)))::real AS score,
+       (SELECT bool_or(NOT selects) FROM t) AS pruned
 FROM hits h JOIN idf USING (i), avgdl
 GROUP BY h.id ORDER BY score DESC, h.id LIMIT ";
 
@@ -396,9 +397,9 @@ impl PgBus {
             return Ok(Vec::new());
         }
         let limit = limit.min(limits::MAX_CANDIDATES);
-        let hits = self.kb_bm25(filter, &terms, limit, prune).await?;
-        if prune && hits.len() < limit {
-            return self.kb_bm25(filter, &terms, limit, false).await;
+        let (hits, pruned) = self.kb_bm25(filter, &terms, limit, prune).await?;
+        if pruned && hits.len() < limit {
+            return Ok(self.kb_bm25(filter, &terms, limit, false).await?.0);
         }
         Ok(hits)
     }
@@ -409,7 +410,7 @@ impl PgBus {
         terms: &[String],
         limit: usize,
         prune: bool,
-    ) -> Result<Vec<ScoredChunk>, Error> {
+    ) -> Result<(Vec<ScoredChunk>, bool), Error> {
         let mut builder = QueryBuilder::<Postgres>::new(BM25_WORDS);
         builder.push_bind(terms.to_vec());
         builder.push(BM25_PLAN).push_bind(COMMON_SHARE).push(BM25_PRUNE);
@@ -420,10 +421,17 @@ impl PgBus {
         push_filter(&mut builder, filter);
         builder.push(BM25_SCORE).push_bind(limit as i64);
         let rows = builder.build().fetch_all(&self.pool).await.map_err(db("searching the full-text index"))?;
-        rows.iter()
+        // no rows: whether a word was pruned is unknown, so the search counts as pruned
+        let pruned = match rows.first() {
+            Some(row) => row.try_get::<Option<bool>, _>(2).map_err(db("reading full-text hits"))?.unwrap_or(false),
+            None => prune,
+        };
+        let hits = rows
+            .iter()
             .map(|row| Ok(ScoredChunk { chunk_id: row.try_get(0)?, score: row.try_get(1)? }))
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(db("reading full-text hits"))
+            .map_err(db("reading full-text hits"))?;
+        Ok((hits, pruned))
     }
 
     pub(crate) async fn kb_vector(
