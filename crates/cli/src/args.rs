@@ -1015,6 +1015,11 @@ pub struct BenchSearchArgs {
     /// Queries measured.
     #[arg(long, default_value_t = 200)]
     pub queries: usize,
+    /// `bench search` only: keep the index between runs (a database named by the chunk count,
+    /// `cogo_bench_search_N` on PostgreSQL, `bench-cache/search-N.db` in the data dir on SQLite)
+    /// and search the kept one when it holds the same corpus, instead of writing it again.
+    #[arg(long)]
+    pub reuse: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

@@ -205,7 +205,7 @@ pub async fn search(global: &Global, args: BenchSearchArgs) -> anyhow::Result<()
     // minutes rather than the hour full-size chunks would (search cost depends on the count)
     let texts: Vec<String> = (0..chunks).map(|_| corpus_chunk(&mut rng, &words, 2..3)).collect();
     let vectors = cached_embeddings(global, &embedder, "zipf-s7", &texts).await?;
-    let queries: Vec<String> = (0..args.queries.max(10)).map(|_| query_text(&mut rng, &words)).collect();
+    let queries: Vec<String> = (0..args.queries.max(10) + WARM_UP).map(|_| query_text(&mut rng, &words)).collect();
     let query_vectors = embedder.embed(queries.clone()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     // one query at a time, as a search embeds it
     let mut embed_query = Vec::new();
@@ -215,89 +215,96 @@ pub async fn search(global: &Global, args: BenchSearchArgs) -> anyhow::Result<()
         embed_query.push(elapsed_ms(started));
     }
 
-    let (scratch, store) = scratch_store(global, args.backend).await?;
+    let (scratch, store) = if args.reuse {
+        (None, kept_store(global, args.backend, chunks).await?)
+    } else {
+        let (scratch, store) = scratch_store(global, args.backend).await?;
+        (Some(scratch), store)
+    };
     let result = async {
-        store.knowledge_prepare(embedder.model(), embedder.dim(), false).await?;
-        let scope = KnowledgeScope::new("bench", "search");
-        let started = Instant::now();
-        for (document, (texts, vectors)) in texts.chunks(100).zip(vectors.chunks(100)).enumerate() {
-            let mut offset = 0i64;
-            let chunks = texts
-                .iter()
-                .zip(vectors)
-                .enumerate()
-                .map(|(i, (text, vector))| {
-                    let start = offset;
-                    offset += text.len() as i64 + 2;
-                    NewChunk {
-                        heading: None,
-                        text: text.clone(),
-                        start,
-                        end: start + text.len() as i64,
-                        content_hash: format!("{document}-{i}"),
-                        embedding: vector.clone(),
-                    }
-                })
-                .collect();
-            store
-                .knowledge_put_document(NewDocument {
-                    scope: scope.clone(),
-                    source: format!("bench/{document:05}.txt"),
-                    kind: "text".into(),
-                    title: None,
-                    content_hash: format!("{document}"),
-                    bytes: offset,
-                    chunks,
-                    entities: vec![],
-                    relations: vec![],
-                    mentions: vec![],
-                })
-                .await?;
-            if document % 100 == 99 {
-                eprintln!("bench: wrote {} chunks", (document + 1) * 100);
-            }
-        }
-        let write_s = started.elapsed().as_secs_f64();
-        let searcher = Searcher::new(store.clone(), embedder.clone());
         let filter = KnowledgeFilter { tenant: "bench".into(), ..KnowledgeFilter::default() };
+        let stats = store.knowledge_stats(&filter).await?;
+        let kept = args.reuse
+            && stats.chunks == chunks as i64
+            && stats.embedding_model.as_deref() == Some(embedder.model());
+        let writers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+        let write_s = if kept {
+            eprintln!("bench: reusing the kept index of {chunks} chunks");
+            None
+        } else {
+            store.knowledge_prepare(embedder.model(), embedder.dim(), true).await?;
+            let started = Instant::now();
+            write_corpus(&store, &texts, &vectors, writers).await?;
+            store.knowledge_analyze().await?;
+            Some(started.elapsed().as_secs_f64())
+        };
+        let searcher = Searcher::new(store.clone(), embedder.clone());
         // warm: the first vector search on SQLite loads the in-memory index
         let started = Instant::now();
         store.knowledge_vector(&filter, &query_vectors[0], 10, false).await?;
         let load_ms = elapsed_ms(started);
-        let mut hybrid = Vec::with_capacity(queries.len());
-        let mut fulltext = Vec::with_capacity(queries.len());
-        let mut vector = Vec::with_capacity(queries.len());
-        let mut agree = 0usize;
-        let mut wanted = 0usize;
-        let mut fulltext_every = Vec::with_capacity(queries.len());
-        let (mut text_agree, mut text_wanted) = (0usize, 0usize);
-        for (query, query_vector) in queries.iter().zip(&query_vectors) {
+        // warm-up queries, apart from the measured ones: a serving node's pool and caches are warm
+        for (query, query_vector) in queries.iter().zip(&query_vectors).take(WARM_UP) {
             let request = SearchRequest::new(query.clone());
+            searcher
+                .search_embedded("bench", &request, Some(query_vector.clone()))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            store.knowledge_fulltext(&filter, query, 50).await?;
+            store.knowledge_vector(&filter, query_vector, 10, false).await?;
+        }
+        let measured: Vec<(&String, &Vec<f32>)> = queries.iter().zip(&query_vectors).skip(WARM_UP).collect();
+        // each kind of search in its own pass, so one kind's reads (an exact scan reads every
+        // vector) do not land in another's figures
+        let mut hybrid = Vec::with_capacity(measured.len());
+        for (query, query_vector) in &measured {
+            let request = SearchRequest::new((*query).clone());
             let started = Instant::now();
-            searcher.search_embedded("bench", &request, Some(query_vector.clone())).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            searcher
+                .search_embedded("bench", &request, Some((*query_vector).clone()))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             hybrid.push(elapsed_ms(started));
+        }
+        let mut fulltext = Vec::with_capacity(measured.len());
+        let mut pruned_top = Vec::with_capacity(measured.len());
+        for (query, _) in &measured {
             let started = Instant::now();
             let pruned = store.knowledge_fulltext(&filter, query, 50).await?;
             fulltext.push(elapsed_ms(started));
+            pruned_top.push(pruned.into_iter().take(10).map(|h| h.chunk_id).collect::<Vec<_>>());
+        }
+        let mut fulltext_every = Vec::with_capacity(measured.len());
+        let (mut text_agree, mut text_wanted) = (0usize, 0usize);
+        for ((query, _), pruned) in measured.iter().zip(&pruned_top) {
             let started = Instant::now();
             let every = store.knowledge_fulltext_every_match(&filter, query, 50).await?;
             fulltext_every.push(elapsed_ms(started));
             let best: Vec<i64> = every.iter().take(10).map(|h| h.chunk_id).collect();
             text_wanted += best.len();
-            text_agree += pruned.iter().take(10).filter(|h| best.contains(&h.chunk_id)).count();
+            text_agree += pruned.iter().filter(|id| best.contains(id)).count();
+        }
+        let mut vector = Vec::with_capacity(measured.len());
+        let mut fast_top = Vec::with_capacity(measured.len());
+        for (_, query_vector) in &measured {
             let started = Instant::now();
             let fast = store.knowledge_vector(&filter, query_vector, 10, false).await?;
             vector.push(elapsed_ms(started));
+            fast_top.push(fast.into_iter().map(|h| h.chunk_id).collect::<Vec<_>>());
+        }
+        let (mut agree, mut wanted) = (0usize, 0usize);
+        for ((_, query_vector), fast) in measured.iter().zip(&fast_top) {
             let exact = store.knowledge_vector(&filter, query_vector, 10, true).await?;
             wanted += exact.len();
-            agree += fast.iter().filter(|h| exact.iter().any(|e| e.chunk_id == h.chunk_id)).count();
+            agree += fast.iter().filter(|id| exact.iter().any(|e| e.chunk_id == **id)).count();
         }
         let _ = SearchMode::Hybrid;
         anyhow::Ok(json!({
             "bench": "search",
             "backend": backend_name(args.backend),
             "chunks": chunks,
-            "queries": queries.len(),
+            "queries": measured.len(),
+            "warm_up_queries": WARM_UP,
             "model": embedder.model(),
             "hybrid_ms": spread(&mut hybrid),
             "fulltext_ms": spread(&mut fulltext),
@@ -307,18 +314,112 @@ pub async fn search(global: &Global, args: BenchSearchArgs) -> anyhow::Result<()
             "ann_recall_at_10": if wanted == 0 { 0.0 } else { agree as f64 / wanted as f64 },
             "embed_query_ms": spread(&mut embed_query),
             "index_load_ms": load_ms,
-            "write_chunks_per_s": chunks as f64 / write_s,
-            "includes": "hybrid_ms: full text (50 candidates) and vector (50) concurrently, weighted fusion, chunks read back; the query's embedding is computed beforehand and reported as embed_query_ms; fulltext_every_match_ms ranks every chunk with any query word (no pruning of common words) and fulltext_top10_agreement is the share of its top 10 the pruned search also returns",
+            "writers": writers,
+            "write_chunks_per_s": write_s.map(|s| chunks as f64 / s),
+            "index_reused": kept,
+            "includes": "hybrid_ms: full text (50 candidates) and vector (50) concurrently, weighted fusion, chunks read back; the query's embedding is computed beforehand and reported as embed_query_ms; each kind of search runs in its own pass over the same queries, after warm-up queries that are not measured; fulltext_every_match_ms ranks every chunk with any query word (no pruning of common words) and fulltext_top10_agreement is the share of its top 10 the pruned search also returns; write_chunks_per_s: 100-chunk documents written by `writers` concurrent writers, null when a kept index was reused",
         }))
     }
     .await;
     store.close().await;
-    scratch.cleanup().await;
+    if let Some(scratch) = scratch {
+        scratch.cleanup().await;
+    }
     print_report(&result?, args.json)
+}
+
+/// Queries run before the measured ones in `bench search`.
+const WARM_UP: usize = 20;
+
+/// Writes the search bench's corpus as 100-chunk documents, `writers` at a time.
+async fn write_corpus(
+    store: &store::Store,
+    texts: &[String],
+    vectors: &[Vec<f32>],
+    writers: usize,
+) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    let scope = KnowledgeScope::new("bench", "search");
+    let documents = texts.chunks(100).zip(vectors.chunks(100)).enumerate().map(|(document, (texts, vectors))| {
+        let mut offset = 0i64;
+        let chunks = texts
+            .iter()
+            .zip(vectors)
+            .enumerate()
+            .map(|(i, (text, vector))| {
+                let start = offset;
+                offset += text.len() as i64 + 2;
+                NewChunk {
+                    heading: None,
+                    text: text.clone(),
+                    start,
+                    end: start + text.len() as i64,
+                    content_hash: format!("{document}-{i}"),
+                    embedding: vector.clone(),
+                }
+            })
+            .collect();
+        NewDocument {
+            scope: scope.clone(),
+            source: format!("bench/{document:05}.txt"),
+            kind: "text".into(),
+            title: None,
+            content_hash: format!("{document}"),
+            bytes: offset,
+            chunks,
+            entities: vec![],
+            relations: vec![],
+            mentions: vec![],
+        }
+    });
+    let mut writes = futures_util::stream::iter(documents.map(|document| store.knowledge_put_document(document)))
+        .buffer_unordered(writers.max(1));
+    let mut written = 0usize;
+    while let Some(result) = writes.next().await {
+        result?;
+        written += 1;
+        if written % 100 == 0 {
+            eprintln!("bench: wrote {} chunks", written * 100);
+        }
+    }
+    Ok(())
+}
+
+/// The search bench's kept index (`--reuse`): a database named by the corpus's size, on the
+/// PostgreSQL server or as a SQLite file in the data dir's `bench-cache`, left in place afterwards.
+async fn kept_store(global: &Global, backend: BenchBackend, chunks: usize) -> anyhow::Result<store::Store> {
+    let options = || store::StoreOptions::default().with_max_connections(8);
+    let store = match backend {
+        BenchBackend::Sqlite => {
+            let dir = global.data_dir.join("bench-cache");
+            std::fs::create_dir_all(&dir).context("creating the bench cache directory")?;
+            let url = format!("sqlite://{}", dir.join(format!("search-{chunks}.db")).display());
+            store::Store::open(&url, options()).await.context("opening the kept bench database")?
+        }
+        BenchBackend::Postgres => {
+            let admin = global.database_url.clone().unwrap_or_else(|| PGVECTOR_ADMIN.to_owned());
+            let database = format!("cogo_bench_search_{chunks}");
+            let base =
+                admin.rsplit_once('/').map(|(b, _)| b.to_owned()).context("--database-url must end with /DATABASE")?;
+            let url = format!("{base}/{database}");
+            match store::Store::open(&url, options()).await {
+                Ok(store) => store,
+                Err(_) => {
+                    store::create_postgres_database(&admin, &database)
+                        .await
+                        .context("creating the kept bench database (needs CREATEDB)")?;
+                    store::Store::open(&url, options()).await.context("opening the kept bench database")?
+                }
+            }
+        }
+    };
+    store.migrate().await.context("migrating the kept bench database")?;
+    Ok(store)
 }
 
 /// `bench ingest`: Markdown documents chunked, embedded by the model and written, end to end.
 pub async fn ingest(global: &Global, args: BenchSearchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(!args.reuse, "--reuse applies to `bench search` only: `bench ingest` measures writing the index");
     let _metrics = crate::node::metrics_render()?;
     let embedder = minilm(global)?;
     let words = Vocabulary::load(global);

@@ -40,7 +40,7 @@ const BUS_CHANNEL: &str = "cogo_bus";
 ///   and the message runs again (at least once, never lost).
 const CLAIM_BEGIN: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL synchronous_commit = off";
 
-pub(crate) const MIGRATIONS: [(i64, &str, &str); 8] = [
+pub(crate) const MIGRATIONS: [(i64, &str, &str); 10] = [
     (1, "bus", include_str!("../../../migrations/postgres/0001_bus.sql")),
     (2, "mcp events", include_str!("../../../migrations/postgres/0002_mcp_events.sql")),
     (3, "secrets", include_str!("../../../migrations/postgres/0003_secrets.sql")),
@@ -49,6 +49,8 @@ pub(crate) const MIGRATIONS: [(i64, &str, &str); 8] = [
     (6, "goals", include_str!("../../../migrations/postgres/0006_goals.sql")),
     (7, "edge tokens", include_str!("../../../migrations/postgres/0007_edge_tokens.sql")),
     (8, "hnsw graph", include_str!("../../../migrations/postgres/0008_hnsw_graph.sql")),
+    (9, "gin fastupdate", include_str!("../../../migrations/postgres/0009_gin_fastupdate.sql")),
+    (10, "hnsw halfvec", include_str!("../../../migrations/postgres/0010_hnsw_halfvec.sql")),
 ];
 
 #[derive(Debug, Clone)]

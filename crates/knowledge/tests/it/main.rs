@@ -72,3 +72,72 @@ async fn sqlx_free_probe(url: &str) -> Option<String> {
 async fn openai_embeddings_follow_the_recorded_contract() {
     cases::openai_contract().await;
 }
+
+/// An index made before the half-precision graph (`vector_cosine_ops`) is rebuilt on `halfvec` by
+/// the migration, once, and searches through it find the nearest chunk first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_full_precision_hnsw_index_is_rebuilt_on_half_precision() {
+    use store::knowledge::{KnowledgeFilter, KnowledgeScope, NewChunk, NewDocument};
+    let test = test_support::postgres_vector().await;
+    let store = &test.store;
+    store.knowledge_prepare("synthetic-3d", 3, false).await.expect("prepare");
+    let vectors = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]];
+    let chunks = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| NewChunk {
+            heading: None,
+            text: format!("chunk {i}"),
+            start: 0,
+            end: 7,
+            content_hash: format!("{i}"),
+            embedding: v.to_vec(),
+        })
+        .collect();
+    let document = NewDocument {
+        scope: KnowledgeScope::new("acme", "p"),
+        source: "a.txt".into(),
+        kind: "text".into(),
+        title: None,
+        content_hash: "h".into(),
+        bytes: 7,
+        chunks,
+        entities: vec![],
+        relations: vec![],
+        mentions: vec![],
+    };
+    store.knowledge_put_document(document).await.expect("write");
+    let definition =
+        |url: String| async move { psql(&url, "SELECT pg_get_indexdef('knowledge_embeddings_hnsw'::regclass)").await };
+    assert!(definition(test.url.clone()).await.contains("halfvec(3)"), "a new index is built on halfvec");
+    // the index as an older version made it, and the migration not yet applied
+    psql(
+        &test.url,
+        "DROP INDEX knowledge_embeddings_hnsw; \
+         CREATE INDEX knowledge_embeddings_hnsw ON knowledge_embeddings USING hnsw (embedding vector_cosine_ops); \
+         DELETE FROM _sqlx_migrations WHERE version = 10",
+    )
+    .await;
+    assert!(!definition(test.url.clone()).await.contains("halfvec"));
+    store.migrate().await.expect("migrate");
+    assert!(definition(test.url.clone()).await.contains("halfvec(3)"), "the migration rebuilt the index");
+    let filter = KnowledgeFilter { tenant: "acme".into(), ..Default::default() };
+    for exact in [false, true] {
+        let hits = store.knowledge_vector(&filter, &[0.5, 0.9, 0.0], 2, exact).await.expect("search");
+        assert_eq!(hits.len(), 2, "{hits:?}");
+        assert!(hits[0].score > hits[1].score, "{hits:?}");
+        let best = store.knowledge_chunks("acme", &[hits[0].chunk_id]).await.expect("chunks");
+        assert_eq!(best[0].text, "chunk 2", "exact: {exact}");
+    }
+}
+
+/// Runs `sql` with `psql` against `url` and returns what it printed (panics when it fails).
+async fn psql(url: &str, sql: &str) -> String {
+    let output = tokio::process::Command::new("psql")
+        .args([url, "-qAt", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .await
+        .expect("psql runs");
+    assert!(output.status.success(), "{sql}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
