@@ -1,7 +1,7 @@
 -- The HNSW graph of the knowledge embeddings holds half-precision copies of the vectors
--- (`halfvec`, pgvector 0.7 or later): a search visits thousands of vectors, and reading half the
--- bytes made it 1.6 times faster on 100k MiniLM embeddings. The table keeps full precision, and
--- the search re-scores its hits with it. An index made before this migration is rebuilt here,
+-- (`halfvec`, pgvector 0.7 or later): a search visits thousands of vectors, and at 100k MiniLM
+-- embeddings the index is 116 MB instead of 195 and the search 10 to 20 % faster. The table keeps
+-- full precision, and the search re-scores its hits with it. An index made before this migration is rebuilt here,
 -- once: on a large index this takes minutes (about 3 minutes for 100k vectors on two cores),
 -- during which knowledge writes wait.
 DO $$

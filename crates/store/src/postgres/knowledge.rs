@@ -169,8 +169,9 @@ impl PgBus {
             .execute(&mut *tx)
             .await
             .map_err(db("creating the embeddings table"))?;
-        // the graph holds half-precision copies: half the bytes a visit reads, 1.6 times faster
-        // searches at 100k MiniLM embeddings; the hits are re-scored in full precision
+        // the graph holds half-precision copies: half the bytes a visit reads (at 100k MiniLM
+        // embeddings 116 MB instead of 195, searches 10 to 20 % faster); hits are re-scored in
+        // full precision
         let index = format!(
             "CREATE INDEX IF NOT EXISTS knowledge_embeddings_hnsw ON knowledge_embeddings
              USING hnsw ((embedding::halfvec({dim})) halfvec_cosine_ops) WITH (m = 24, ef_construction = 128)"
