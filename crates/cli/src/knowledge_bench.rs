@@ -378,7 +378,7 @@ async fn write_corpus(
     while let Some(result) = writes.next().await {
         result?;
         written += 1;
-        if written % 100 == 0 {
+        if written.is_multiple_of(100) {
             eprintln!("bench: wrote {} chunks", written * 100);
         }
     }
