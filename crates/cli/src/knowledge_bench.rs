@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use knowledge::search::{SearchMode, SearchRequest, Searcher};
+use knowledge::search::{SearchRequest, Searcher};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -298,7 +298,6 @@ pub async fn search(global: &Global, args: BenchSearchArgs) -> anyhow::Result<()
             wanted += exact.len();
             agree += fast.iter().filter(|id| exact.iter().any(|e| e.chunk_id == **id)).count();
         }
-        let _ = SearchMode::Hybrid;
         anyhow::Ok(json!({
             "bench": "search",
             "backend": backend_name(args.backend),
