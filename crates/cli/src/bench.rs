@@ -328,6 +328,12 @@ pub const POSTGRES_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
 /// The admin URL of the PostgreSQL with pgvector that `scripts/pgvector start` runs.
 pub const PGVECTOR_ADMIN: &str = "postgres://postgres@127.0.0.1:5433/postgres";
 
+/// The URL of `database` on the same PostgreSQL server as `admin` (which names its database last).
+pub fn sibling_database_url(admin: &str, database: &str) -> anyhow::Result<String> {
+    let (base, _) = admin.rsplit_once('/').context("--database-url must end with /DATABASE")?;
+    Ok(format!("{base}/{database}"))
+}
+
 /// A scratch database: a temporary SQLite file, or a new database on the PostgreSQL server of
 /// `--database-url` (default `default_admin`).
 pub async fn scratch_database(global: &Global, backend: BenchBackend, default_admin: &str) -> anyhow::Result<Scratch> {
@@ -348,9 +354,7 @@ pub async fn scratch_database(global: &Global, backend: BenchBackend, default_ad
             store::create_postgres_database(&admin, &database)
                 .await
                 .context("creating a scratch database (needs CREATEDB)")?;
-            let base =
-                admin.rsplit_once('/').map(|(b, _)| b.to_owned()).context("--database-url must end with /DATABASE")?;
-            Ok(Scratch { url: format!("{base}/{database}"), cleanup: Some((admin, database)), _dir: None })
+            Ok(Scratch { url: sibling_database_url(&admin, &database)?, cleanup: Some((admin, database)), _dir: None })
         }
     }
 }
@@ -507,4 +511,17 @@ fn resilience(args: BenchJson) -> anyhow::Result<()> {
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sibling_database_url;
+
+    #[test]
+    fn a_sibling_database_lives_on_the_admin_urls_server() {
+        let url = sibling_database_url("postgres://postgres@127.0.0.1:5433/postgres", "cogo_bench_x").expect("a URL");
+        assert_eq!(url, "postgres://postgres@127.0.0.1:5433/cogo_bench_x");
+        let err = sibling_database_url("postgres:", "cogo_bench_x").expect_err("no database part");
+        assert!(err.to_string().contains("--database-url must end with /DATABASE"), "{err}");
+    }
 }

@@ -398,9 +398,7 @@ async fn kept_store(global: &Global, backend: BenchBackend, chunks: usize) -> an
         BenchBackend::Postgres => {
             let admin = global.database_url.clone().unwrap_or_else(|| PGVECTOR_ADMIN.to_owned());
             let database = format!("cogo_bench_search_{chunks}");
-            let base =
-                admin.rsplit_once('/').map(|(b, _)| b.to_owned()).context("--database-url must end with /DATABASE")?;
-            let url = format!("{base}/{database}");
+            let url = crate::bench::sibling_database_url(&admin, &database)?;
             match store::Store::open(&url, options()).await {
                 Ok(store) => store,
                 Err(_) => {
