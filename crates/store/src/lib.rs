@@ -579,6 +579,15 @@ impl Store {
         exact: bool,
     ) -> Result<Vec<knowledge::ScoredChunk>, Error> {
         check_knowledge_filter(filter)?;
+        if vector.is_empty() || limit == 0 || vector.iter().any(|x| !x.is_finite()) {
+            return Err(Error::InvalidKnowledge {
+                detail: format!(
+                    "a vector search needs a non-empty query of finite numbers and a limit above 0 \
+                     (got {} dimensions, limit {limit})",
+                    vector.len()
+                ),
+            });
+        }
         dispatch!(self, bus => bus.kb_vector(filter, vector, limit, exact).await)
     }
 

@@ -134,6 +134,11 @@ impl VectorIndex {
         self.chunk_ids.len()
     }
 
+    /// The dimension of the vectors (0 before an embedding model is recorded).
+    pub(crate) fn dim(&self) -> usize {
+        self.dim
+    }
+
     /// The document of a chunk of this generation.
     pub(crate) fn document_of(&self, chunk_id: i64) -> Option<&IndexedDocument> {
         let row = self.chunk_ids.binary_search(&chunk_id).ok()?;

@@ -413,6 +413,18 @@ pub async fn bad_writes_and_queries_get_clear_errors(test: TestStore) {
         vec![store::knowledge::EntityKey::new("symbol", "a"), store::knowledge::EntityKey::new("symbol", "a")];
     let err = test.store.knowledge_put_document(twice).await.expect_err("duplicate entity").to_string();
     assert!(err.contains("listed twice"), "{err}");
+    // vector queries: the wrong dimension, a NaN, an empty vector and a zero limit, on both paths
+    let filter = KnowledgeFilter { tenant: "acme".into(), ..Default::default() };
+    for exact in [false, true] {
+        let err = test.store.knowledge_vector(&filter, &[0.1; 12], 10, exact).await.expect_err("12 dims").to_string();
+        assert!(err.contains("12-dimensional query against a 384-dimensional index"), "{err}");
+        let mut nan = vec![0.1; 384];
+        nan[7] = f32::NAN;
+        for (vector, limit) in [(nan, 10), (Vec::new(), 10), (vec![0.1; 384], 0)] {
+            let err = test.store.knowledge_vector(&filter, &vector, limit, exact).await.expect_err("bad").to_string();
+            assert!(err.contains("non-empty query of finite numbers and a limit above 0"), "{err}");
+        }
+    }
     let mut dangling = document(vec![chunk(384)]);
     dangling.relations = vec![store::knowledge::NewRelation { source: 0, target: 3, kind: "x".into() }];
     let err = test.store.knowledge_put_document(dangling).await.expect_err("dangling relation").to_string();
@@ -901,4 +913,60 @@ pub async fn full_text_ranks_rare_words_above_common_ones(test: TestStore) {
     assert!(hits[2].score > hits[3].score && hits[1].score > hits[2].score, "shorter ranks higher: {hits:?}");
     assert!(hits.windows(2).all(|w| w[0].score >= w[1].score), "best first");
     assert!(store.knowledge_fulltext(&filter, "the and of", 10).await.expect("stop words").is_empty());
+}
+
+/// A tenant with a small share of the graph, far from the query, gets as many hits as it asks for
+/// (the fast search walks again until enough pass the filter), the same as the exact scan's, and
+/// never another tenant's.
+pub async fn a_small_tenant_far_from_the_query_gets_full_results(test: TestStore) {
+    let store = &test.store;
+    store.knowledge_prepare("synthetic-8d", 8, false).await.expect("prepare");
+    // deterministic noise in [-1, 1)
+    let noise = |i: usize, d: usize| (((i * 31 + d * 17) * 2_654_435_761) % 10_007) as f32 / 5_003.5 - 1.0;
+    let unit = |mut v: Vec<f32>| {
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|x| *x /= norm);
+        v
+    };
+    let document = |tenant: &str, count: usize, base: [f32; 8]| NewDocument {
+        scope: KnowledgeScope::new(tenant, "p"),
+        source: format!("{tenant}.txt"),
+        kind: "text".into(),
+        title: None,
+        content_hash: tenant.into(),
+        bytes: 1,
+        chunks: (0..count)
+            .map(|i| NewChunk {
+                heading: None,
+                text: format!("{tenant} {i}"),
+                start: 0,
+                end: 1,
+                content_hash: format!("{i}"),
+                embedding: unit((0..8).map(|d| base[d] + 0.3 * noise(i, d)).collect()),
+            })
+            .collect(),
+        entities: vec![],
+        relations: vec![],
+        mentions: vec![],
+    };
+    // 600 chunks of `big` around the query, 30 of `small` off to one side
+    store.knowledge_put_document(document("big", 600, [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])).await.expect("big");
+    store.knowledge_put_document(document("small", 30, [0.3, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])).await.expect("small");
+    store.knowledge_analyze().await.expect("analyze");
+    let query = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+    let small = KnowledgeFilter { tenant: "small".into(), ..Default::default() };
+    let fast = store.knowledge_vector(&small, &query, 20, false).await.expect("fast");
+    let exact = store.knowledge_vector(&small, &query, 20, true).await.expect("exact");
+    assert_eq!(fast.len(), 20, "{fast:?}");
+    let ids = |hits: &[store::knowledge::ScoredChunk]| hits.iter().map(|h| h.chunk_id).collect::<Vec<_>>();
+    assert_eq!(ids(&fast), ids(&exact));
+    assert!(fast.windows(2).all(|w| w[0].score >= w[1].score), "{fast:?}");
+    let chunks = store.knowledge_chunks("small", &ids(&fast)).await.expect("chunks");
+    assert_eq!(chunks.len(), 20, "every hit is the small tenant's");
+    assert!(chunks.iter().all(|c| c.text.starts_with("small ")), "{chunks:?}");
+    // the large tenant still gets its nearest by the plain walk
+    let big = KnowledgeFilter { tenant: "big".into(), ..Default::default() };
+    let fast = store.knowledge_vector(&big, &query, 20, false).await.expect("big fast");
+    let exact = store.knowledge_vector(&big, &query, 20, true).await.expect("big exact");
+    assert_eq!(ids(&fast), ids(&exact));
 }

@@ -38,6 +38,7 @@ conformance!(
     the_indexing_role_runs_llm_extraction_only_with_an_llm,
     full_text_prunes_common_words_but_keeps_the_best_hits,
     full_text_ranks_rare_words_above_common_ones,
+    a_small_tenant_far_from_the_query_gets_full_results,
 );
 
 /// The bus's PostgreSQL has no pgvector: the knowledge index says so and how to fix it.

@@ -382,6 +382,11 @@ impl SqliteBus {
         exact: bool,
     ) -> Result<Vec<ScoredChunk>, Error> {
         let index = self.kb_vector_index().await?;
+        if index.dim() > 0 && vector.len() != index.dim() {
+            return Err(Error::InvalidKnowledge {
+                detail: format!("a {}-dimensional query against a {}-dimensional index", vector.len(), index.dim()),
+            });
+        }
         let filter = filter.clone();
         let vector = vector.to_vec();
         let limit = limit.min(limits::MAX_CANDIDATES);
