@@ -457,19 +457,30 @@ impl PgBus {
             other => other,
         };
         match result {
-            Ok(hits) => Ok(hits),
+            Ok(hits) if hits.len() >= wanted => Ok(hits),
             // the statement names the query's dimension rather than reading the index's first
-            // (one round trip less); a failure is explained from the recorded model
+            // (one round trip less); a short answer (over no rows, a query of the wrong dimension
+            // fails nothing) or a failure is checked against the recorded model
+            Ok(hits) => {
+                self.kb_check_dim(vector.len()).await?;
+                Ok(hits)
+            }
             Err(err) => {
-                let dim = self.kb_dim().await?;
-                if vector.len() != dim {
-                    return Err(Error::InvalidKnowledge {
-                        detail: format!("a {}-dimensional query against a {dim}-dimensional index", vector.len()),
-                    });
-                }
+                self.kb_check_dim(vector.len()).await?;
                 Err(err)
             }
         }
+    }
+
+    /// An error when a query of `query_dim` dimensions cannot search the index (or it has none).
+    async fn kb_check_dim(&self, query_dim: usize) -> Result<(), Error> {
+        let dim = self.kb_dim().await?;
+        if query_dim != dim {
+            return Err(Error::InvalidKnowledge {
+                detail: format!("a {query_dim}-dimensional query against a {dim}-dimensional index"),
+            });
+        }
+        Ok(())
     }
 
     async fn kb_vector_once(
