@@ -404,6 +404,13 @@ pub(crate) fn checked_graph(
     Ok((relations, mentions))
 }
 
+/// The error of a vector query whose dimension is not the index's.
+pub(crate) fn query_dimension_mismatch(query: usize, index: usize) -> crate::Error {
+    crate::Error::InvalidKnowledge {
+        detail: format!("a {query}-dimensional query against a {index}-dimensional index"),
+    }
+}
+
 /// The index's recorded model must be the one in use.
 pub(crate) fn check_model(recorded: Option<(String, i64)>, model: &str, dim: usize) -> Result<bool, crate::Error> {
     match recorded {

@@ -476,9 +476,7 @@ impl PgBus {
     async fn kb_check_dim(&self, query_dim: usize) -> Result<(), Error> {
         let dim = self.kb_dim().await?;
         if query_dim != dim {
-            return Err(Error::InvalidKnowledge {
-                detail: format!("a {query_dim}-dimensional query against a {dim}-dimensional index"),
-            });
+            return Err(crate::knowledge::query_dimension_mismatch(query_dim, dim));
         }
         Ok(())
     }
@@ -496,9 +494,9 @@ impl PgBus {
         // candidates the graph walks: several times the results wanted, at least 200 (on 100k
         // MiniLM embeddings of short texts, the m 24 / ef_construction 128 graph at ef_search 200
         // gave recall@10 0.96; at 150 0.94, at 100 0.90); set with the transaction's BEGIN, in one
-        // round trip, with the scan's kind. The plan is
-        // always the graph's scan, so the prepared statement's generic plan serves every query
-        // (planning each one for its vector took 0.8 ms, the generic plan's check 0.1)
+        // round trip, with the scan's kind. The plan is always the graph's scan, so the prepared
+        // statement's generic plan serves every query (planning each one for its vector took
+        // 0.8 ms, the generic plan's check 0.1)
         let ef_search = (limit * 4).clamp(200, 1000);
         let scan = if iterative { "relaxed_order" } else { "off" };
         let mut tx = self

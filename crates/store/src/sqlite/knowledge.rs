@@ -383,9 +383,7 @@ impl SqliteBus {
     ) -> Result<Vec<ScoredChunk>, Error> {
         let index = self.kb_vector_index().await?;
         if index.dim() > 0 && vector.len() != index.dim() {
-            return Err(Error::InvalidKnowledge {
-                detail: format!("a {}-dimensional query against a {}-dimensional index", vector.len(), index.dim()),
-            });
+            return Err(crate::knowledge::query_dimension_mismatch(vector.len(), index.dim()));
         }
         let filter = filter.clone();
         let vector = vector.to_vec();
